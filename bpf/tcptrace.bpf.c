@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* tcptrace: follow TCP state changes and correlate the peer's FIN
+ * (ESTABLISHED -> CLOSE_WAIT) with the application's close. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "tcptrace.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SEND_SHUTDOWN 2
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by user space before load. */
+const volatile __u8 mode = MODE_CLOSEWAIT;
+const volatile bool filter_ports = false;
+/* bpf_get_socket_cookie is usable from this program type (tp_btf on >= 5.12).
+ * When false the call is dead code the verifier prunes. */
+const volatile bool use_cookie = false;
+/* 0: the kernel's adaptive wake-up. Otherwise submit without waking the
+ * reader until this many bytes wait; the reader also polls on a timer. */
+const volatile __u64 wakeup_bytes = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* Sockets in CLOSE_WAIT, keyed by kernel address. Not preallocated: memory
+ * follows the number of sockets actually stuck. Size set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct cw_entry);
+} closewait SEC(".maps");
+
+/* trace mode: when each socket entered its current state. LRU so entries of
+ * sockets whose final transition was missed cannot fill the map for good. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} state_since SEC(".maps");
+
+/* --port filter: local or remote port, host byte order. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u16);
+	__type(value, __u8);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Keeps struct event in the BTF so bpf2go can generate its Go type. */
+const struct event *unused_event __attribute__((unused));
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &which);
+
+	/* Per-CPU slot, and the kernel never nests this program on one CPU. */
+	if (v)
+		(*v)++;
+}
+
+static __always_inline bool port_wanted(struct sock *sk)
+{
+	__u16 sport, dport;
+
+	if (!filter_ports)
+		return true;
+	sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return bpf_map_lookup_elem(&ports, &sport) || bpf_map_lookup_elem(&ports, &dport);
+}
+
+/* A transition that starts a socket's life: earlier per-socket state under the
+ * same address belongs to a freed socket. A passive child is cloned from its
+ * listener and enters SYN_RECV from LISTEN. */
+static __always_inline bool is_birth(int oldstate, int newstate)
+{
+	return oldstate == TCP_CLOSE || (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
+}
+
+static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int newstate,
+				 __u64 now, __u64 aux, __u8 flags)
+{
+	struct event *ev;
+	__u16 family;
+	__u64 wake = 0;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(CNT_RINGBUF_FULL);
+		return;
+	}
+	ev->ts_ns = now;
+	ev->skaddr = (__u64)sk;
+	ev->cookie = 0;
+	if (use_cookie) {
+		ev->cookie = bpf_get_socket_cookie(sk);
+		flags |= EVF_COOKIE;
+	}
+	ev->aux_ns = aux;
+	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	ev->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	ev->family = family;
+	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		/* Ring buffer memory is not zeroed. */
+		__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
+		__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
+		BPF_CORE_READ_INTO((__u32 *)ev->saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)ev->daddr, sk, __sk_common.skc_daddr);
+	}
+	ev->kind = kind;
+	ev->oldstate = oldstate;
+	ev->newstate = newstate;
+	ev->flags = flags;
+	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+
+	/* One wake-up per event costs an IRQ-work interrupt each: batch them. */
+	if (wakeup_bytes)
+		wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+			       BPF_RB_FORCE_WAKEUP :
+			       BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(ev, wake);
+}
+
+static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk, now, aux = 0, *since;
+	__u8 flags = 0;
+
+	if (!port_wanted(sk))
+		return;
+	now = bpf_ktime_get_boot_ns();
+	since = bpf_map_lookup_elem(&state_since, &key);
+	if (since && !is_birth(oldstate, newstate)) {
+		aux = now - *since;
+		flags |= EVF_AUX_VALID;
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&state_since, &key);
+	else if (since)
+		*since = now;
+	else
+		bpf_map_update_elem(&state_since, &key, &now, BPF_ANY);
+	emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags);
+}
+
+static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate)
+{
+	__u64 key = (__u64)sk, now, aux = 0;
+	struct cw_entry *tracked, entry;
+	__u8 flags = 0;
+
+	if (newstate == TCP_CLOSE_WAIT) {
+		if (!port_wanted(sk))
+			return;
+		now = bpf_ktime_get_boot_ns();
+		entry.fin_ns = now;
+		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY))
+			count(CNT_MAP_FULL);
+		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, 0);
+		return;
+	}
+	/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere
+	 * means its CLOSE_WAIT exit was missed: report it late, not never. */
+	if (oldstate != TCP_CLOSE_WAIT && newstate != TCP_CLOSE)
+		return;
+	tracked = bpf_map_lookup_elem(&closewait, &key);
+	if (tracked) {
+		aux = tracked->fin_ns;
+		flags |= EVF_AUX_VALID;
+		bpf_map_delete_elem(&closewait, &key);
+	} else if (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk)) {
+		return;
+	}
+	if (oldstate != TCP_CLOSE_WAIT)
+		flags |= EVF_INDIRECT;
+	/* close() sets both shutdown bits before it changes the state; a peer
+	 * reset or a timeout reaches CLOSE with only RCV_SHUTDOWN set. LAST_ACK
+	 * is reached only by the application's close() or shutdown(). */
+	if (newstate == TCP_LAST_ACK || oldstate == TCP_LAST_ACK ||
+	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & SEND_SHUTDOWN))
+		flags |= EVF_APP;
+	now = bpf_ktime_get_boot_ns();
+	emit(sk, EV_CW_LEAVE, oldstate, newstate, now, aux, flags);
+}
+
+static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
+{
+	/* The cheap state tests first: most transitions are dropped here. */
+	if (mode != MODE_TRACE && newstate != TCP_CLOSE_WAIT && oldstate != TCP_CLOSE_WAIT &&
+	    newstate != TCP_CLOSE)
+		return 0;
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	if (mode == MODE_TRACE)
+		trace_transition(sk, oldstate, newstate);
+	else
+		closewait_transition(sk, oldstate, newstate);
+	return 0;
+}
+
+/* Preferred: typed arguments, no tracefs needed. */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcptrace_set_state_btf, struct sock *sk, int oldstate, int newstate)
+{
+	return handle(sk, oldstate, newstate);
+}
+
+/* Fallback for kernels that refuse BPF_PROG_TYPE_TRACING. */
+SEC("tracepoint/sock/inet_sock_set_state")
+int tcptrace_set_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+}

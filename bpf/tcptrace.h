@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Layout shared by the eBPF programs and tracer/decode.go. Field order keeps
+ * every member naturally aligned so the layout is identical on all arches. */
+#ifndef TCPTRACE_H
+#define TCPTRACE_H
+
+/* What kind of record crosses the ring buffer. */
+enum event_kind {
+	EV_TRANSITION = 1, /* trace mode: any TCP state change */
+	EV_CW_ENTER = 2,   /* the socket entered CLOSE_WAIT: the peer's FIN arrived */
+	EV_CW_LEAVE = 3,   /* the socket left CLOSE_WAIT */
+};
+
+/* event.flags */
+enum event_flag {
+	EVF_AUX_VALID = 1 << 0, /* aux_ns holds a value */
+	EVF_APP = 1 << 1,       /* cw_leave: the application closed or shut down the socket */
+	EVF_INDIRECT = 1 << 2,  /* cw_leave: the CLOSE_WAIT exit itself was not seen, a later transition was */
+	EVF_COOKIE = 1 << 3,    /* cookie holds the kernel's socket cookie */
+};
+
+enum mode {
+	MODE_CLOSEWAIT = 0,
+	MODE_TRACE = 1,
+};
+
+/* Per-CPU counters, summed by user space. */
+enum counter {
+	CNT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event was dropped */
+	CNT_MAP_FULL = 1,     /* a CLOSE_WAIT socket could not be tracked in kernel */
+	CNT_MAX = 2,
+};
+
+struct event {
+	__u64 ts_ns;  /* CLOCK_BOOTTIME of the transition */
+	__u64 skaddr; /* kernel address: correlation key only, never exported */
+	__u64 cookie; /* socket cookie when EVF_COOKIE */
+	__u64 aux_ns; /* transition: ns spent in old state; cw_leave: FIN time (boot ns) */
+	__u32 netns;  /* network namespace inode */
+	__u32 pid;    /* tgid of the task the kernel ran in (not necessarily the owner) */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[16];
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u16 sport;  /* host byte order */
+	__u16 dport;  /* host byte order */
+	__u8 kind;
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 flags;
+	__u8 pad[6];
+};
+
+/* Kernel-side record of a socket in CLOSE_WAIT. */
+struct cw_entry {
+	__u64 fin_ns;
+};
+
+#endif

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/output"
+	"github.com/tcptrace/tcptrace/track"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+const (
+	// tickInterval bounds how late a stuck report can be.
+	tickInterval = 100 * time.Millisecond
+	// lostInterval is how often drop counters are read and reported.
+	lostInterval = time.Second
+)
+
+func runTracer(c *cli.Context, mode tracer.Mode) error {
+	o, err := parseOptions(c, mode)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(c.App.ErrWriter, o.level)
+	o.tracer.Logger = logger
+	tr, err := tracer.New(o.tracer)
+	if err != nil {
+		return err
+	}
+	s := &stream{tr: tr, out: output.New(c.App.Writer, o.format), log: logger}
+	if mode == tracer.ModeCloseWait {
+		s.track = track.New(o.track, tr.Clock())
+		logger.Info("watching CLOSE-WAIT", "threshold", o.track.Threshold, "repeat", o.track.Repeat, "ports", o.tracer.Ports)
+	} else {
+		logger.Info("tracing transitions", "ports", o.tracer.Ports)
+	}
+	runErr := s.run(c.Context)
+	closeErr := tr.Close()
+	s.summary()
+	return errors.Join(runErr, closeErr)
+}
+
+// stream moves events from the tracer through the tracker to the output.
+type stream struct {
+	tr    *tracer.Tracer
+	track *track.Tracker // nil in trace mode
+	out   *output.Writer
+	log   *slog.Logger
+
+	written  uint64
+	lost     events.LostCounts // cumulative, as last reported
+	writeErr error
+}
+
+func (s *stream) run(ctx context.Context) error {
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
+	lastLost := time.Now()
+	done := ctx.Done()
+	evs := s.tr.Events()
+	for s.writeErr == nil {
+		select {
+		case <-done:
+			// Detach, then deliver what the ring buffer still holds.
+			s.tr.Stop()
+			done = nil
+		case ev, ok := <-evs:
+			if !ok {
+				s.expire()
+				s.reportLost()
+				s.flush()
+				return errors.Join(s.tr.Err(), s.writeErr)
+			}
+			s.handle(&ev)
+			if len(evs) == 0 {
+				s.flush()
+			}
+		case <-tick.C:
+			s.expire()
+			if time.Since(lastLost) >= lostInterval {
+				s.reportLost()
+				lastLost = time.Now()
+			}
+			s.flush()
+		}
+	}
+	return s.writeErr
+}
+
+func (s *stream) handle(ev *events.Event) {
+	if s.track != nil {
+		s.track.Observe(ev, s.emit)
+		return
+	}
+	s.emit(ev)
+}
+
+func (s *stream) emit(ev *events.Event) {
+	if s.writeErr != nil {
+		return
+	}
+	if err := s.out.Write(ev); err != nil {
+		s.writeErr = fmt.Errorf("write output: %w", err)
+		return
+	}
+	s.written++
+}
+
+func (s *stream) flush() {
+	if s.writeErr == nil {
+		if err := s.out.Flush(); err != nil {
+			s.writeErr = fmt.Errorf("write output: %w", err)
+		}
+	}
+}
+
+func (s *stream) expire() {
+	if s.track != nil {
+		s.track.Expire(bootclock.Now(), s.emit)
+	}
+}
+
+// reportLost emits a lost event with what was dropped since the last one.
+func (s *stream) reportLost() {
+	now, err := s.tr.Lost()
+	if err != nil {
+		s.log.Warn("read drop counters", "error", err)
+		return
+	}
+	if s.track != nil {
+		now[events.LostTableFull] = s.track.TableFull()
+	}
+	delta := now.Sub(s.lost)
+	if delta.Total() == 0 {
+		return
+	}
+	s.lost = now
+	s.emit(&events.Event{Kind: events.KindLost, Time: time.Now(), Lost: delta})
+}
+
+func (s *stream) summary() {
+	attrs := []any{"events", s.written, "lost", s.lost.Total()}
+	for cause, n := range s.lost {
+		if n > 0 {
+			attrs = append(attrs, events.LostCause(cause).String(), n)
+		}
+	}
+	if s.track != nil {
+		attrs = append(attrs, "still_in_close_wait", s.track.Len())
+	}
+	s.log.Info("stopped", attrs...)
+}

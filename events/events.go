@@ -1,0 +1,186 @@
+// Package events defines what tcptrace reports: the event types, their JSON
+// encoding (one object per line) and the JSON Schema that describes it.
+//
+// These types are written by hand and independent of the generated eBPF
+// bindings in package tracer, which decodes kernel records into them.
+package events
+
+import (
+	"bytes"
+	"net/netip"
+	"time"
+)
+
+// Kind names an event.
+type Kind uint8
+
+const (
+	// KindTransition is one TCP state change (trace mode).
+	KindTransition Kind = iota + 1
+	// KindCloseWait: the peer's FIN arrived; the socket entered CLOSE-WAIT.
+	KindCloseWait
+	// KindStuck: the socket is still in CLOSE-WAIT past the threshold.
+	KindStuck
+	// KindAppClose: the application closed (or shut down) the socket after
+	// the peer's FIN, ending CLOSE-WAIT.
+	KindAppClose
+	// KindAbort: the socket left CLOSE-WAIT without the application closing
+	// it (peer reset, keepalive timeout, socket destroyed by an admin).
+	KindAbort
+	// KindLost: events dropped since the previous lost event, by cause.
+	KindLost
+)
+
+var kindNames = [...]string{
+	KindTransition: "transition",
+	KindCloseWait:  "close_wait",
+	KindStuck:      "stuck",
+	KindAppClose:   "app_close",
+	KindAbort:      "abort",
+	KindLost:       "lost",
+}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) && kindNames[k] != "" {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// Family is the address family of a connection.
+type Family uint8
+
+const (
+	FamilyIPv4 Family = iota + 1
+	FamilyIPv6
+)
+
+func (f Family) String() string {
+	switch f {
+	case FamilyIPv4:
+		return "ipv4"
+	case FamilyIPv6:
+		return "ipv6"
+	}
+	return "unknown"
+}
+
+// Comm is a task's command name as the kernel keeps it: up to 15 bytes,
+// NUL-terminated, with no encoding guarantee.
+type Comm [16]byte
+
+// Bytes returns the name up to the first NUL.
+func (c *Comm) Bytes() []byte {
+	if i := bytes.IndexByte(c[:], 0); i >= 0 {
+		return c[:i]
+	}
+	return c[:]
+}
+
+func (c Comm) String() string { return string(c.Bytes()) }
+
+// Task identifies a process by its thread-group id and command name.
+type Task struct {
+	PID  uint32
+	Comm Comm
+}
+
+// LostCause says why events were dropped.
+type LostCause uint8
+
+const (
+	// LostRingbufFull: the kernel could not reserve ring-buffer space.
+	LostRingbufFull LostCause = iota
+	// LostRecursion: the kernel skipped a program run because the program was
+	// already running on that CPU (a softirq nested in a process-context run).
+	// Counts skipped runs: an upper bound on the events they would have made.
+	LostRecursion
+	// LostQueueFull: the user-space queue behind the ring buffer was full.
+	LostQueueFull
+	// LostDecode: a ring-buffer record could not be decoded.
+	LostDecode
+	// LostKernelTableFull: a CLOSE-WAIT socket could not be tracked in the
+	// kernel's table; its events still arrive, correlated in user space.
+	LostKernelTableFull
+	// LostTableFull: a CLOSE-WAIT socket could not be tracked in user space;
+	// it will not be reported stuck.
+	LostTableFull
+	// NumLostCauses is the number of causes.
+	NumLostCauses
+)
+
+var lostNames = [NumLostCauses]string{
+	LostRingbufFull:     "ringbuf_full",
+	LostRecursion:       "recursion_miss",
+	LostQueueFull:       "queue_full",
+	LostDecode:          "decode_error",
+	LostKernelTableFull: "kernel_table_full",
+	LostTableFull:       "table_full",
+}
+
+func (c LostCause) String() string {
+	if c < NumLostCauses {
+		return lostNames[c]
+	}
+	return "unknown"
+}
+
+// LostCounts holds one count per cause.
+type LostCounts [NumLostCauses]uint64
+
+// Sub returns c - prev, cause by cause.
+func (c LostCounts) Sub(prev LostCounts) LostCounts {
+	var d LostCounts
+	for i := range c {
+		d[i] = c[i] - prev[i]
+	}
+	return d
+}
+
+// Total sums all causes.
+func (c LostCounts) Total() uint64 {
+	var n uint64
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
+
+// Event is one reported fact. Which fields are meaningful depends on Kind;
+// see the README and schema.json.
+type Event struct {
+	Kind Kind
+	Time time.Time
+
+	// Socket identity and addresses (all kinds but lost).
+	Sock       uint64 // opaque, stable for the socket's life
+	Family     Family
+	LocalAddr  netip.Addr
+	LocalPort  uint16
+	RemoteAddr netip.Addr
+	RemotePort uint16
+	NetNS      uint32
+
+	// transition
+	OldState     State
+	NewState     State // also app_close, abort
+	PrevStateNS  int64 // valid when HasPrevState
+	HasPrevState bool
+	Task         Task // the task the kernel ran the transition in
+
+	// stuck, app_close, abort
+	AgeNS       int64 // stuck, abort: time in CLOSE-WAIT; app_close: FIN to close
+	AgeKnown    bool  // false when the FIN preceded tcptrace
+	ThresholdNS int64 // stuck
+	WasStuck    bool  // app_close, abort
+	Closer      Task  // app_close: valid when HasCloser
+	HasCloser   bool
+
+	// lost
+	Lost LostCounts
+
+	// BootNS is Time as the kernel's CLOCK_BOOTTIME, and FinBootNS when the
+	// FIN arrived (0: unknown). Used for correlation; not part of the JSON.
+	BootNS    int64
+	FinBootNS int64
+}

@@ -1,0 +1,156 @@
+package events
+
+import (
+	"strconv"
+	"unicode/utf8"
+)
+
+// TimeLayout is RFC 3339 with nanoseconds, always nine digits.
+const TimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// AppendJSON appends e as one JSON object (no trailing newline). It does not
+// allocate when dst has room: this is the hot path of `tcptrace trace`.
+func AppendJSON(dst []byte, e *Event) []byte {
+	dst = append(dst, `{"time":"`...)
+	dst = e.Time.UTC().AppendFormat(dst, TimeLayout)
+	dst = append(dst, `","event":"`...)
+	dst = append(dst, e.Kind.String()...)
+	dst = append(dst, '"')
+
+	if e.Kind == KindLost {
+		dst = append(dst, `,"counts":{`...)
+		first := true
+		for cause, n := range e.Lost {
+			if n == 0 {
+				continue
+			}
+			if !first {
+				dst = append(dst, ',')
+			}
+			first = false
+			dst = append(dst, '"')
+			dst = append(dst, LostCause(cause).String()...)
+			dst = append(dst, `":`...)
+			dst = strconv.AppendUint(dst, n, 10)
+		}
+		dst = append(dst, `},"total":`...)
+		dst = strconv.AppendUint(dst, e.Lost.Total(), 10)
+		return append(dst, '}')
+	}
+
+	dst = append(dst, `,"sock":"`...)
+	dst = strconv.AppendUint(dst, e.Sock, 16)
+	dst = append(dst, `","family":"`...)
+	dst = append(dst, e.Family.String()...)
+	dst = append(dst, `","local_addr":"`...)
+	dst = e.LocalAddr.AppendTo(dst)
+	dst = append(dst, `","local_port":`...)
+	dst = strconv.AppendUint(dst, uint64(e.LocalPort), 10)
+	dst = append(dst, `,"remote_addr":"`...)
+	dst = e.RemoteAddr.AppendTo(dst)
+	dst = append(dst, `","remote_port":`...)
+	dst = strconv.AppendUint(dst, uint64(e.RemotePort), 10)
+	dst = append(dst, `,"netns":`...)
+	dst = strconv.AppendUint(dst, uint64(e.NetNS), 10)
+
+	switch e.Kind {
+	case KindTransition:
+		dst = appendState(dst, `,"old_state":`, e.OldState)
+		dst = appendState(dst, `,"new_state":`, e.NewState)
+		if e.HasPrevState {
+			dst = appendInt(dst, `,"prev_state_ns":`, e.PrevStateNS)
+		}
+		dst = appendTask(dst, `,"task":`, &e.Task)
+	case KindStuck:
+		dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
+		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
+		dst = appendInt(dst, `,"threshold_ns":`, e.ThresholdNS)
+	case KindAppClose:
+		if e.AgeKnown {
+			dst = appendInt(dst, `,"fin_to_close_ns":`, e.AgeNS)
+		}
+		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
+		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
+		if e.HasCloser {
+			dst = appendTask(dst, `,"closer":`, &e.Closer)
+		}
+		dst = appendState(dst, `,"new_state":`, e.NewState)
+	case KindAbort:
+		if e.AgeKnown {
+			dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
+		}
+		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
+		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
+		dst = appendState(dst, `,"new_state":`, e.NewState)
+	}
+	return append(dst, '}')
+}
+
+func appendInt(dst []byte, key string, v int64) []byte {
+	dst = append(dst, key...)
+	return strconv.AppendInt(dst, v, 10)
+}
+
+func appendBool(dst []byte, key string, v bool) []byte {
+	dst = append(dst, key...)
+	return strconv.AppendBool(dst, v)
+}
+
+func appendState(dst []byte, key string, s State) []byte {
+	dst = append(dst, key...)
+	dst = append(dst, '"')
+	dst = append(dst, s.String()...)
+	return append(dst, '"')
+}
+
+func appendTask(dst []byte, key string, t *Task) []byte {
+	dst = append(dst, key...)
+	dst = append(dst, `{"pid":`...)
+	dst = strconv.AppendUint(dst, uint64(t.PID), 10)
+	dst = append(dst, `,"comm":`...)
+	dst = AppendString(dst, t.Comm.Bytes())
+	return append(dst, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Bytes that are not valid UTF-8
+// become U+FFFD and control characters are escaped, so any kernel-supplied
+// name yields a line every JSON parser accepts.
+func AppendString(dst []byte, s []byte) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c == '\n':
+				dst = append(dst, '\\', 'n')
+			case c == '\r':
+				dst = append(dst, '\\', 'r')
+			case c == '\t':
+				dst = append(dst, '\\', 't')
+			case c < 0x20 || c == 0x7f:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = append(dst, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			// Valid JSON, but breaks JavaScript consumers of log lines.
+			dst = append(dst, `\u202`...)
+			dst = append(dst, hexDigits[r&0xf])
+		default:
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}

@@ -1,0 +1,183 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// Attach chooses the kernel hook for inet_sock_set_state.
+type Attach string
+
+const (
+	// AttachAuto tries tp_btf first and falls back to the classic tracepoint.
+	AttachAuto Attach = "auto"
+	// AttachTPBTF uses the BTF-typed raw tracepoint: no tracefs needed.
+	AttachTPBTF Attach = "tp_btf"
+	// AttachTracepoint uses the classic tracepoint; tracefs is mounted if missing.
+	AttachTracepoint Attach = "tracepoint"
+)
+
+// candidate is one way to hook the state machine, tried in order.
+type candidate struct {
+	point  string // what users see, e.g. tp_btf/inet_sock_set_state
+	prog   string // program name in the object file
+	cookie bool   // the program may call bpf_get_socket_cookie
+	attach func(*ebpf.Program) (link.Link, error)
+}
+
+func (c candidate) String() string {
+	if c.cookie {
+		return c.point + " (socket cookie)"
+	}
+	return c.point
+}
+
+var (
+	tpBTFWithCookie = candidate{
+		point: "tp_btf/inet_sock_set_state", prog: "tcptrace_set_state_btf", cookie: true,
+		attach: attachTPBTF,
+	}
+	// Tracing programs may call bpf_get_socket_cookie only from Linux 5.12.
+	tpBTF = candidate{
+		point: "tp_btf/inet_sock_set_state", prog: "tcptrace_set_state_btf",
+		attach: attachTPBTF,
+	}
+	tracepoint = candidate{
+		point: "tracepoint/sock/inet_sock_set_state", prog: "tcptrace_set_state_tp",
+		attach: attachTracepoint,
+	}
+)
+
+func (a Attach) candidates() ([]candidate, error) {
+	switch a {
+	case "", AttachAuto:
+		return []candidate{tpBTFWithCookie, tpBTF, tracepoint}, nil
+	case AttachTPBTF:
+		return []candidate{tpBTFWithCookie, tpBTF}, nil
+	case AttachTracepoint:
+		return []candidate{tracepoint}, nil
+	}
+	return nil, fmt.Errorf("unknown attach point %q (want auto, tp_btf or tracepoint)", string(a))
+}
+
+func attachTPBTF(prog *ebpf.Program) (link.Link, error) {
+	return link.AttachTracing(link.TracingOptions{Program: prog})
+}
+
+func attachTracepoint(prog *ebpf.Program) (link.Link, error) {
+	if err := ensureTracefs(); err != nil {
+		return nil, err
+	}
+	return link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
+}
+
+// ensureTracefs mounts tracefs where the kernel expects it when no tracefs
+// is mounted. cilium/ebpf caches its tracefs lookup, so this must run before
+// the first tracepoint attach of the process.
+func ensureTracefs() error {
+	for _, m := range []struct {
+		path  string
+		magic int64
+	}{
+		{"/sys/kernel/tracing", unix.TRACEFS_MAGIC},
+		{"/sys/kernel/debug/tracing", unix.TRACEFS_MAGIC},
+		{"/sys/kernel/debug/tracing", unix.DEBUGFS_MAGIC},
+	} {
+		var st unix.Statfs_t
+		if unix.Statfs(m.path, &st) == nil && int64(st.Type) == m.magic {
+			return nil
+		}
+	}
+	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("mount tracefs at /sys/kernel/tracing: %w", err)
+	}
+	return nil
+}
+
+// loadAndAttach tries each candidate until one loads and attaches.
+func (t *Tracer) loadAndAttach() error {
+	cands, err := t.cfg.Attach.candidates()
+	if err != nil {
+		return err
+	}
+	spec, err := loadTcptrace()
+	if err != nil {
+		return fmt.Errorf("load eBPF object: %w", err)
+	}
+	// Only kernels before 5.11 charge eBPF memory to RLIMIT_MEMLOCK.
+	memlockErr := rlimit.RemoveMemlock()
+
+	var failures []error
+	for _, c := range cands {
+		err := t.tryCandidate(spec.Copy(), c)
+		if err == nil {
+			t.point = c.point
+			t.cfg.Logger.Info("attached", "point", c.point, "socket_cookie", c.cookie)
+			return nil
+		}
+		t.cfg.Logger.Debug("attach point unusable", "candidate", c.String(), "error", err)
+		failures = append(failures, fmt.Errorf("%s: %w", c, err))
+	}
+	if memlockErr != nil {
+		failures = append(failures, fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", memlockErr))
+	}
+	return fmt.Errorf("no usable attach point: %w", errors.Join(failures...))
+}
+
+func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
+	for name := range spec.Programs {
+		if name != c.prog {
+			delete(spec.Programs, name)
+		}
+	}
+	mode, closewaitSize, stateSize := uint8(kernModeCloseWait), t.cfg.MaxTracked, uint32(1)
+	if t.cfg.Mode == ModeTrace {
+		mode, closewaitSize, stateSize = kernModeTrace, 1, t.cfg.MaxTracked
+	}
+	spec.Maps["closewait"].MaxEntries = closewaitSize
+	spec.Maps["state_since"].MaxEntries = stateSize
+	spec.Maps["events"].MaxEntries = t.cfg.RingBufBytes
+	for name, value := range map[string]any{
+		"mode":         mode,
+		"filter_ports": len(t.cfg.Ports) > 0,
+		"use_cookie":   c.cookie,
+		// Wake the reader early only when a quarter of the ring is used;
+		// otherwise it polls every FlushInterval.
+		"wakeup_bytes": uint64(t.cfg.RingBufBytes / 4),
+	} {
+		if err := spec.Variables[name].Set(value); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		return fmt.Errorf("load: %w", shortVerifierError(err))
+	}
+	l, err := c.attach(coll.Programs[c.prog])
+	if err != nil {
+		coll.Close()
+		return fmt.Errorf("attach: %w", err)
+	}
+	t.coll, t.prog, t.link = coll, coll.Programs[c.prog], l
+	return nil
+}
+
+// shortVerifierError keeps the last lines of a verifier log, which say why
+// a program was refused, instead of the whole log.
+func shortVerifierError(err error) error {
+	var ve *ebpf.VerifierError
+	if !errors.As(err, &ve) || len(ve.Log) == 0 {
+		return err
+	}
+	log := ve.Log
+	if len(log) > 3 {
+		log = log[len(log)-3:]
+	}
+	return fmt.Errorf("%w: %s", ve.Cause, strings.Join(log, "; "))
+}

@@ -1,0 +1,139 @@
+package tracer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net/netip"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Offsets of struct event (bpf/tcptrace.h). decode_test.go checks them
+// against the bpf2go-generated type; decoding by hand avoids reflection.
+const (
+	offTS       = 0
+	offSkaddr   = 8
+	offCookie   = 16
+	offAux      = 24
+	offNetns    = 32
+	offPID      = 36
+	offSaddr    = 40
+	offDaddr    = 56
+	offComm     = 72
+	offFamily   = 88
+	offSport    = 90
+	offDport    = 92
+	offKind     = 94
+	offOldState = 95
+	offNewState = 96
+	offFlags    = 97
+	eventSize   = 104
+)
+
+// Values of enum event_kind, event_flag (bpf/tcptrace.h).
+const (
+	evTransition = 1
+	evCWEnter    = 2
+	evCWLeave    = 3
+
+	flagAuxValid = 1 << 0
+	flagApp      = 1 << 1
+	flagIndirect = 1 << 2
+	flagCookie   = 1 << 3
+)
+
+const (
+	afInet  = 2
+	afInet6 = 10
+)
+
+var errShortRecord = errors.New("short record")
+
+// decoder turns ring-buffer records into events.
+type decoder struct {
+	clock bootclock.Clock
+	// Keys the hash that stands in for the socket cookie where the kernel
+	// cannot provide one, so kernel addresses never leave the process.
+	seed maphash.Seed
+}
+
+func newDecoder(clock bootclock.Clock) *decoder {
+	return &decoder{clock: clock, seed: maphash.MakeSeed()}
+}
+
+// decode fills ev from one record. It never panics on malformed input.
+func (d *decoder) decode(b []byte, ev *events.Event) error {
+	if len(b) < eventSize {
+		return fmt.Errorf("%w: %d bytes, want %d", errShortRecord, len(b), eventSize)
+	}
+	le := binary.LittleEndian
+	*ev = events.Event{}
+
+	flags := b[offFlags]
+	ts := int64(le.Uint64(b[offTS:]))
+	ev.Time = d.clock.Wall(ts)
+	ev.BootNS = ts
+	if flags&flagCookie != 0 {
+		ev.Sock = le.Uint64(b[offCookie:])
+	} else {
+		ev.Sock = maphash.Comparable(d.seed, le.Uint64(b[offSkaddr:]))
+	}
+	ev.NetNS = le.Uint32(b[offNetns:])
+	task := events.Task{PID: le.Uint32(b[offPID:])}
+	copy(task.Comm[:], b[offComm:offComm+16])
+
+	switch le.Uint16(b[offFamily:]) {
+	case afInet:
+		ev.LocalAddr = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
+		ev.RemoteAddr = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
+	case afInet6:
+		// A dual-stack socket carrying IPv4 reports IPv4 addresses.
+		ev.LocalAddr = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
+		ev.RemoteAddr = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+	default:
+		return fmt.Errorf("unknown address family %d", le.Uint16(b[offFamily:]))
+	}
+	ev.Family = events.FamilyIPv6
+	if ev.LocalAddr.Is4() && (ev.RemoteAddr.Is4() || ev.RemoteAddr.IsUnspecified()) {
+		ev.Family = events.FamilyIPv4
+		if !ev.RemoteAddr.Is4() {
+			ev.RemoteAddr = netip.IPv4Unspecified()
+		}
+	}
+	ev.LocalPort = le.Uint16(b[offSport:])
+	ev.RemotePort = le.Uint16(b[offDport:])
+	ev.OldState = events.State(b[offOldState])
+	ev.NewState = events.State(b[offNewState])
+	aux := int64(le.Uint64(b[offAux:]))
+	auxValid := flags&flagAuxValid != 0
+
+	switch b[offKind] {
+	case evTransition:
+		ev.Kind = events.KindTransition
+		ev.Task = task
+		ev.PrevStateNS, ev.HasPrevState = aux, auxValid
+	case evCWEnter:
+		ev.Kind = events.KindCloseWait
+		ev.FinBootNS = ts
+	case evCWLeave:
+		ev.Kind = events.KindAbort
+		if flags&flagApp != 0 {
+			ev.Kind = events.KindAppClose
+			// When the CLOSE_WAIT exit itself was missed, the task that ran
+			// the later transition is not the closer.
+			if flags&flagIndirect == 0 {
+				ev.Closer, ev.HasCloser = task, true
+			}
+		}
+		if auxValid && aux > 0 && aux <= ts {
+			ev.FinBootNS = aux
+			ev.AgeNS, ev.AgeKnown = ts-aux, true
+		}
+	default:
+		return fmt.Errorf("unknown record kind %d", b[offKind])
+	}
+	return nil
+}

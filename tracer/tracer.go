@@ -1,0 +1,306 @@
+// Package tracer loads tcptrace's eBPF programs, attaches them at the best
+// hook the running kernel allows, and delivers decoded events.
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Mode selects what the kernel sends to user space.
+type Mode uint8
+
+const (
+	// ModeCloseWait sends only sockets entering and leaving CLOSE-WAIT.
+	ModeCloseWait Mode = iota
+	// ModeTrace sends every TCP state transition.
+	ModeTrace
+)
+
+// Values of enum mode and enum counter (bpf/tcptrace.h).
+const (
+	kernModeCloseWait = 0
+	kernModeTrace     = 1
+
+	cntRingbufFull = 0
+	cntMapFull     = 1
+	cntMax         = 2
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxTracked    = 262144
+	DefaultRingBufBytes  = 4 << 20
+	DefaultQueueLen      = 16384
+	DefaultFlushInterval = 100 * time.Millisecond
+	maxPorts             = 64
+)
+
+// Config says what to trace.
+type Config struct {
+	Mode   Mode
+	Ports  []uint16 // only sockets with one of these local or remote ports; empty: all
+	Attach Attach   // AttachAuto picks the best hook the kernel allows
+	// MaxTracked bounds the kernel's table of CLOSE-WAIT sockets (closewait
+	// mode) or of per-socket state timestamps (trace mode).
+	MaxTracked uint32
+	// RingBufBytes is the ring buffer size; a power of two, multiple of the page size.
+	RingBufBytes uint32
+	// QueueLen bounds the queue between the ring-buffer reader and the consumer.
+	QueueLen int
+	// FlushInterval bounds how long an event may wait in the ring buffer:
+	// wake-ups are batched and the reader polls at this interval.
+	FlushInterval time.Duration
+	Logger        *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxTracked == 0 {
+		c.MaxTracked = DefaultMaxTracked
+	}
+	if c.RingBufBytes == 0 {
+		c.RingBufBytes = DefaultRingBufBytes
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = DefaultQueueLen
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Mode != ModeCloseWait && c.Mode != ModeTrace {
+		return fmt.Errorf("unknown mode %d", c.Mode)
+	}
+	if len(c.Ports) > maxPorts {
+		return fmt.Errorf("at most %d ports can be filtered, got %d", maxPorts, len(c.Ports))
+	}
+	for _, p := range c.Ports {
+		if p == 0 {
+			return errors.New("port 0 cannot be filtered")
+		}
+	}
+	if _, err := c.Attach.candidates(); err != nil {
+		return err
+	}
+	pageSize := uint32(os.Getpagesize())
+	if n := c.RingBufBytes; n&(n-1) != 0 || n%pageSize != 0 {
+		return fmt.Errorf("ring buffer size %d is not a power of two multiple of the page size %d", n, pageSize)
+	}
+	if c.QueueLen < 1 {
+		return fmt.Errorf("queue length %d is below 1", c.QueueLen)
+	}
+	if c.FlushInterval < time.Millisecond {
+		return fmt.Errorf("flush interval %v is below 1ms", c.FlushInterval)
+	}
+	return nil
+}
+
+// Tracer owns the loaded eBPF objects, the link and the ring-buffer reader.
+type Tracer struct {
+	cfg    Config
+	clock  bootclock.Clock
+	dec    *decoder
+	coll   *ebpf.Collection
+	prog   *ebpf.Program
+	link   link.Link
+	reader *ringbuf.Reader
+	point  string
+
+	queue      chan events.Event
+	queueDrops atomic.Uint64
+	decodeErrs atomic.Uint64
+	readErr    error // set by the read loop before it closes queue
+
+	detachOnce sync.Once
+	detachErr  error
+	stopOnce   sync.Once
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+// New checks privileges and kernel support, loads the programs, attaches
+// them and starts reading. On error nothing stays loaded or attached.
+func New(cfg Config) (_ *Tracer, err error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if err := CheckPrivileges(); err != nil {
+		return nil, err
+	}
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
+	t := &Tracer{
+		cfg:   cfg,
+		clock: bootclock.New(),
+		queue: make(chan events.Event, cfg.QueueLen),
+	}
+	t.dec = newDecoder(t.clock)
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+
+	if err := t.loadAndAttach(); err != nil {
+		return nil, err
+	}
+	if err := t.setPorts(); err != nil {
+		return nil, err
+	}
+	t.reader, err = ringbuf.NewReader(t.coll.Maps["events"])
+	if err != nil {
+		return nil, fmt.Errorf("open ring buffer reader: %w", err)
+	}
+	go t.readLoop()
+	return t, nil
+}
+
+func (t *Tracer) setPorts() error {
+	m := t.coll.Maps["ports"]
+	for _, p := range t.cfg.Ports {
+		if err := m.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("set port filter %d: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// AttachPoint names the hook in use, e.g. "tp_btf/inet_sock_set_state".
+func (t *Tracer) AttachPoint() string { return t.point }
+
+// Clock is the boot-time to wall-time conversion the tracer uses.
+func (t *Tracer) Clock() bootclock.Clock { return t.clock }
+
+// Events delivers decoded events. It is closed after Stop once every
+// event already in the ring buffer has been delivered, or on a read error
+// (see Err).
+func (t *Tracer) Events() <-chan events.Event { return t.queue }
+
+// Err reports why Events was closed, nil after a normal Stop. Call it only
+// after Events is closed.
+func (t *Tracer) Err() error { return t.readErr }
+
+func (t *Tracer) readLoop() {
+	defer close(t.queue)
+	var rec ringbuf.Record
+	t.reader.SetDeadline(time.Now().Add(t.cfg.FlushInterval))
+	for {
+		err := t.reader.ReadInto(&rec)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			// The programs submit without waking us; this is the poll tick.
+			t.reader.SetDeadline(time.Now().Add(t.cfg.FlushInterval))
+			continue
+		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
+			return
+		default:
+			t.readErr = fmt.Errorf("read ring buffer: %w", err)
+			return
+		}
+		var ev events.Event
+		if err := t.dec.decode(rec.RawSample, &ev); err != nil {
+			t.decodeErrs.Add(1)
+			continue
+		}
+		select {
+		case t.queue <- ev:
+		default:
+			t.queueDrops.Add(1)
+		}
+	}
+}
+
+// Lost returns cumulative counts of dropped events by cause since New.
+func (t *Tracer) Lost() (events.LostCounts, error) {
+	var c events.LostCounts
+	var perCPU []uint64
+	m := t.coll.Maps["counters"]
+	for key, cause := range map[uint32]events.LostCause{
+		cntRingbufFull: events.LostRingbufFull,
+		cntMapFull:     events.LostKernelTableFull,
+	} {
+		if err := m.Lookup(key, &perCPU); err != nil {
+			return c, fmt.Errorf("read counter %d: %w", key, err)
+		}
+		for _, v := range perCPU {
+			c[cause] += v
+		}
+	}
+	stats, err := t.prog.Stats()
+	if err != nil {
+		return c, fmt.Errorf("read program stats: %w", err)
+	}
+	c[events.LostRecursion] = stats.RecursionMisses
+	c[events.LostQueueFull] = t.queueDrops.Load()
+	c[events.LostDecode] = t.decodeErrs.Load()
+	return c, nil
+}
+
+// Stop detaches the programs so no new events are produced and makes the
+// reader deliver what is left in the ring buffer, then close Events.
+// It does not wait; drain Events to know when it is done.
+func (t *Tracer) Stop() {
+	t.stopOnce.Do(func() {
+		if err := t.detach(); err != nil {
+			t.cfg.Logger.Warn("detach failed", "error", err)
+		}
+		if t.reader != nil {
+			if err := t.reader.Flush(); err != nil {
+				// Without the flush the loop would block: close instead.
+				t.reader.Close()
+			}
+		}
+	})
+}
+
+// Close detaches and frees everything. It is idempotent and safe to call
+// with or without Stop; events still queued are discarded.
+func (t *Tracer) Close() error {
+	t.closeOnce.Do(func() {
+		var errs []error
+		if err := t.detach(); err != nil {
+			errs = append(errs, err)
+		}
+		if t.reader != nil {
+			if err := t.reader.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
+			}
+		}
+		if t.coll != nil {
+			t.coll.Close()
+		}
+		t.closeErr = errors.Join(errs...)
+	})
+	return t.closeErr
+}
+
+func (t *Tracer) detach() error {
+	t.detachOnce.Do(func() {
+		if t.link != nil {
+			if err := t.link.Close(); err != nil {
+				t.detachErr = fmt.Errorf("detach %s: %w", t.point, err)
+			}
+		}
+	})
+	return t.detachErr
+}

@@ -1,0 +1,204 @@
+// Package track correlates the moment a socket enters CLOSE-WAIT (the peer's
+// FIN) with the moment it leaves (the application's close), and finds the
+// sockets that stay in CLOSE-WAIT past a threshold.
+//
+// The table is safe for concurrent use so that readers other than the event
+// loop (metrics, a leak report) can query it with Snapshot.
+package track
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Config sets the stuck threshold and the table bound.
+type Config struct {
+	// Threshold is how long a socket may stay in CLOSE-WAIT before it is
+	// reported stuck.
+	Threshold time.Duration
+	// Repeat re-reports a stuck socket at this interval; 0 reports it once.
+	Repeat time.Duration
+	// MaxSockets bounds the table; sockets beyond it are counted, not tracked.
+	MaxSockets int
+}
+
+// Validate reports a configuration the tracker cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.Threshold <= 0:
+		return fmt.Errorf("threshold %v must be above 0", c.Threshold)
+	case c.Repeat < 0:
+		return fmt.Errorf("repeat %v must not be negative", c.Repeat)
+	case c.Repeat > 0 && c.Repeat < 10*time.Millisecond:
+		return fmt.Errorf("repeat %v is below 10ms", c.Repeat)
+	case c.MaxSockets < 1:
+		return errors.New("max sockets must be at least 1")
+	}
+	return nil
+}
+
+// Entry is a socket in CLOSE-WAIT as Snapshot reports it.
+type Entry struct {
+	// Socket holds the identity and addresses from the close_wait event.
+	Socket events.Event
+	// FinBootNS is when the peer's FIN arrived (CLOSE_BOOTTIME ns), valid
+	// when AgeKnown.
+	FinBootNS int64
+	AgeKnown  bool
+	// Stuck is true once the socket was reported stuck.
+	Stuck bool
+}
+
+type entry struct {
+	Entry
+	// Next stuck report, boot-time ns; index is the position in the heap, -1
+	// once no more reports are due.
+	due   int64
+	index int
+}
+
+// Tracker is the correlation table.
+type Tracker struct {
+	cfg   Config
+	clock bootclock.Clock
+
+	mu        sync.Mutex
+	byID      map[uint64]*entry
+	due       dueHeap
+	tableFull uint64
+}
+
+// New returns an empty tracker. cfg must be valid.
+func New(cfg Config, clock bootclock.Clock) *Tracker {
+	return &Tracker{cfg: cfg, clock: clock, byID: make(map[uint64]*entry)}
+}
+
+// Observe correlates ev and passes it, completed, to emit: app_close and
+// abort get the FIN time and was_stuck from the table when the kernel could
+// not supply them.
+func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch ev.Kind {
+	case events.KindCloseWait:
+		t.insert(ev)
+	case events.KindAppClose, events.KindAbort:
+		if e, ok := t.byID[ev.Sock]; ok {
+			if !ev.AgeKnown && e.AgeKnown && ev.BootNS >= e.FinBootNS {
+				ev.FinBootNS = e.FinBootNS
+				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.FinBootNS, true
+			}
+			ev.WasStuck = e.Stuck
+			t.remove(e)
+		}
+	}
+	emit(ev)
+}
+
+func (t *Tracker) insert(ev *events.Event) {
+	if old, ok := t.byID[ev.Sock]; ok {
+		// A reused id means the earlier socket's exit was never seen.
+		t.remove(old)
+	}
+	if len(t.byID) >= t.cfg.MaxSockets {
+		t.tableFull++
+		return
+	}
+	e := &entry{
+		Entry: Entry{Socket: *ev, FinBootNS: ev.FinBootNS, AgeKnown: ev.FinBootNS != 0},
+		due:   ev.FinBootNS + t.cfg.Threshold.Nanoseconds(),
+	}
+	t.byID[ev.Sock] = e
+	heap.Push(&t.due, e)
+}
+
+func (t *Tracker) remove(e *entry) {
+	delete(t.byID, e.Socket.Sock)
+	if e.index >= 0 {
+		heap.Remove(&t.due, e.index)
+	}
+}
+
+// Expire emits a stuck event for every socket whose report is due at
+// nowBoot (CLOCK_BOOTTIME ns).
+func (t *Tracker) Expire(nowBoot int64, emit func(*events.Event)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for len(t.due) > 0 && t.due[0].due <= nowBoot {
+		e := t.due[0]
+		ev := e.Socket
+		ev.Kind = events.KindStuck
+		ev.Time = t.clock.Wall(nowBoot)
+		ev.BootNS = nowBoot
+		ev.AgeNS = nowBoot - e.FinBootNS
+		ev.AgeKnown = e.AgeKnown
+		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
+		e.Stuck = true
+		if t.cfg.Repeat > 0 {
+			e.due += t.cfg.Repeat.Nanoseconds()
+			if e.due <= nowBoot {
+				// After a pause (suspend, a stalled loop) do not burst.
+				e.due = nowBoot + t.cfg.Repeat.Nanoseconds()
+			}
+			heap.Fix(&t.due, 0)
+		} else {
+			heap.Pop(&t.due)
+		}
+		emit(&ev)
+	}
+}
+
+// Len returns the number of sockets in CLOSE-WAIT being tracked.
+func (t *Tracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
+// TableFull counts sockets not tracked because the table was full.
+func (t *Tracker) TableFull() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tableFull
+}
+
+// Snapshot returns a copy of every tracked socket.
+func (t *Tracker) Snapshot() []Entry {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Entry, 0, len(t.byID))
+	for _, e := range t.byID {
+		out = append(out, e.Entry)
+	}
+	return out
+}
+
+// dueHeap orders entries by their next stuck report.
+type dueHeap []*entry
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *dueHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*h = old[:len(old)-1]
+	return e
+}
