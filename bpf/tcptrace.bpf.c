@@ -75,13 +75,20 @@ static __always_inline void count(__u32 which)
 		(*v)++;
 }
 
+/* The local port from inet_sport, not skc_num: on the way to CLOSE the
+ * kernel releases the bound port (skc_num = 0) before the tracepoint fires. */
+static __always_inline __u16 local_port(struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
+}
+
 static __always_inline bool port_wanted(struct sock *sk)
 {
 	__u16 sport, dport;
 
 	if (!filter_ports)
 		return true;
-	sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	sport = local_port(sk);
 	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	return bpf_map_lookup_elem(&ports, &sport) || bpf_map_lookup_elem(&ports, &dport);
 }
@@ -120,7 +127,7 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	ev->family = family;
-	ev->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	ev->sport = local_port(sk);
 	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);

@@ -154,6 +154,17 @@ func (t *Tracker) Expire(nowBoot int64, emit func(*events.Event)) {
 	}
 }
 
+// NextDue returns when the next stuck report is due (CLOCK_BOOTTIME ns),
+// false when none is scheduled.
+func (t *Tracker) NextDue() (int64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.due) == 0 {
+		return 0, false
+	}
+	return t.due[0].due, true
+}
+
 // Len returns the number of sockets in CLOSE-WAIT being tracked.
 func (t *Tracker) Len() int {
 	t.mu.Lock()

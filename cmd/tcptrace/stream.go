@@ -17,7 +17,8 @@ import (
 )
 
 const (
-	// tickInterval bounds how late a stuck report can be.
+	// tickInterval is how often buffered output is flushed when events
+	// keep arriving.
 	tickInterval = 100 * time.Millisecond
 	// lostInterval is how often drop counters are read and reported.
 	lostInterval = time.Second
@@ -57,15 +58,22 @@ type stream struct {
 	written  uint64
 	lost     events.LostCounts // cumulative, as last reported
 	writeErr error
+
+	stuckTimer *time.Timer // fires when the next stuck report is due
+	armedDue   int64       // the due time stuckTimer is set for; 0: none
 }
 
 func (s *stream) run(ctx context.Context) error {
 	tick := time.NewTicker(tickInterval)
 	defer tick.Stop()
+	s.stuckTimer = time.NewTimer(time.Hour)
+	s.stuckTimer.Stop()
+	defer s.stuckTimer.Stop()
 	lastLost := time.Now()
 	done := ctx.Done()
 	evs := s.tr.Events()
 	for s.writeErr == nil {
+		s.armStuckTimer()
 		select {
 		case <-done:
 			// Detach, then deliver what the ring buffer still holds.
@@ -82,8 +90,11 @@ func (s *stream) run(ctx context.Context) error {
 			if len(evs) == 0 {
 				s.flush()
 			}
-		case <-tick.C:
+		case <-s.stuckTimer.C:
+			s.armedDue = 0
 			s.expire()
+			s.flush()
+		case <-tick.C:
 			if time.Since(lastLost) >= lostInterval {
 				s.reportLost()
 				lastLost = time.Now()
@@ -119,6 +130,20 @@ func (s *stream) flush() {
 			s.writeErr = fmt.Errorf("write output: %w", err)
 		}
 	}
+}
+
+// armStuckTimer sets the timer for the tracker's next due stuck report, so
+// reports are on time rather than on a tick.
+func (s *stream) armStuckTimer() {
+	if s.track == nil {
+		return
+	}
+	due, ok := s.track.NextDue()
+	if !ok || due == s.armedDue {
+		return
+	}
+	s.armedDue = due
+	s.stuckTimer.Reset(max(time.Duration(due-bootclock.Now()), 0))
 }
 
 func (s *stream) expire() {

@@ -1,0 +1,36 @@
+# tcptrace build, code generation and tests. The real-kernel tests need root.
+GO ?= go
+# Pinned compiler for the committed eBPF objects (Debian package clang-19).
+CLANG ?= clang-19
+LLVM_STRIP ?= llvm-strip-19
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+export BPF2GO_CC := $(CLANG)
+export BPF2GO_STRIP := $(LLVM_STRIP)
+
+.PHONY: all build generate test vet check-generated clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/tcptrace ./cmd/tcptrace
+
+# Rebuild the bpf2go bindings and objects from bpf/*.c.
+generate:
+	$(GO) generate ./tracer
+
+# Unit tests run anywhere; real-kernel tests skip without root unless
+# TCPTRACE_REQUIRE_PRIVILEGED=1, which turns the skip into a failure.
+test:
+	$(GO) test -count=1 ./...
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+# Fails when the committed generated files differ from a fresh generate.
+check-generated: generate
+	git diff --exit-code -- tracer/ || { echo "generated eBPF files are stale: run make generate and commit"; exit 1; }
+
+clean:
+	rm -rf bin

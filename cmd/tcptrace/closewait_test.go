@@ -1,0 +1,231 @@
+package main
+
+import (
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+const eventTimeout = 5 * time.Second
+
+// The server lingers 300 ms after the client's FIN: close_wait, then
+// app_close with that latency, closed by this process.
+func TestCloseWaitAppCloseLatency(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
+		c := dial(t, ln)
+
+		const linger = 300 * time.Millisecond
+		// On loopback the FIN is processed inside the client's close, so the
+		// server enters CLOSE_WAIT before Close returns.
+		c.client.Close()
+		start := time.Now()
+		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+		time.Sleep(linger - time.Since(start))
+		c.server.Close()
+		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && c.isServer(ev) })
+
+		if ac.Sock != cw.Sock {
+			t.Errorf("app_close sock %q, close_wait sock %q: want the same socket id", ac.Sock, cw.Sock)
+		}
+		for _, ev := range []jsonEvent{cw, ac} {
+			if ev.Family != "ipv4" || ev.LocalAddr != "127.0.0.1" || ev.RemoteAddr != "127.0.0.1" {
+				t.Errorf("%s: family %s %s -> %s, want ipv4 127.0.0.1 -> 127.0.0.1", ev.Event, ev.Family, ev.LocalAddr, ev.RemoteAddr)
+			}
+			if ev.NetNS != ownNetNS(t) {
+				t.Errorf("%s: netns %d, want %d", ev.Event, ev.NetNS, ownNetNS(t))
+			}
+		}
+		const slack = 150 * time.Millisecond
+		if ac.FinToCloseNS == nil {
+			t.Fatalf("app_close without fin_to_close_ns: %v", ac)
+		}
+		if got := time.Duration(*ac.FinToCloseNS); got < linger || got > linger+slack {
+			t.Errorf("fin_to_close_ns = %v, want within [%v, %v]", got, linger, linger+slack)
+		}
+		if ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+			t.Errorf("closer = %+v, want pid %d (this test process)", ac.Closer, os.Getpid())
+		}
+		if ac.NewState != "LAST_ACK" || *ac.WasStuck || !*ac.AgeKnown {
+			t.Errorf("app_close new_state=%s was_stuck=%v age_known=%v, want LAST_ACK false true",
+				ac.NewState, *ac.WasStuck, *ac.AgeKnown)
+		}
+		// The client never enters CLOSE_WAIT: in closewait mode nothing
+		// about it crosses to user space.
+		for _, ev := range p.drain() {
+			if c.isClient(ev) {
+				t.Errorf("closewait mode reported the client socket: %v", ev)
+			}
+		}
+	})
+}
+
+// A server that does not close is reported stuck after the threshold,
+// again every --repeat, and its late close says was_stuck.
+func TestStuckThenClose(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
+			"--threshold", "200ms", "--repeat", "150ms")
+		c := dial(t, ln)
+		c.client.Close()
+		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+
+		isStuck := func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock }
+		first := p.next(eventTimeout, "stuck", isStuck)
+		if *first.AgeNS < int64(200*time.Millisecond) || *first.ThresholdNS != int64(200*time.Millisecond) || !*first.AgeKnown {
+			t.Errorf("first stuck: age_ns=%d threshold_ns=%d age_known=%v, want age >= 200ms, threshold 200ms, known",
+				*first.AgeNS, *first.ThresholdNS, *first.AgeKnown)
+		}
+		second := p.next(eventTimeout, "repeated stuck", isStuck)
+		if gap := *second.AgeNS - *first.AgeNS; gap < int64(100*time.Millisecond) {
+			t.Errorf("repeated stuck %v after the first, want about 150ms", time.Duration(gap))
+		}
+		c.server.Close()
+		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
+		if !*ac.WasStuck {
+			t.Errorf("app_close was_stuck = false after stuck reports: %v", ac)
+		}
+		if *ac.FinToCloseNS < *second.AgeNS {
+			t.Errorf("fin_to_close_ns %d below the last stuck age %d", *ac.FinToCloseNS, *second.AgeNS)
+		}
+		for _, ev := range p.drain() {
+			if isStuck(ev) && ev.Time > ac.Time {
+				t.Errorf("stuck reported after the socket was closed: %v", ev)
+			}
+		}
+	})
+}
+
+func TestCloseWaitIPv6(t *testing.T) {
+	ln := listen(t, "tcp6", "[::1]:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	c := dial(t, ln)
+	c.client.Close()
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	c.server.Close()
+	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
+	for _, ev := range []jsonEvent{cw, ac} {
+		if ev.Family != "ipv6" || ev.LocalAddr != "::1" || ev.RemoteAddr != "::1" {
+			t.Errorf("%s: family %s %s -> %s, want ipv6 ::1 -> ::1", ev.Event, ev.Family, ev.LocalAddr, ev.RemoteAddr)
+		}
+	}
+	if ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+		t.Errorf("closer = %+v, want pid %d", ac.Closer, os.Getpid())
+	}
+}
+
+// A dual-stack IPv6 socket carrying IPv4 reports IPv4 addresses.
+func TestCloseWaitV4MappedShownAsIPv4(t *testing.T) {
+	ln := listen(t, "tcp", "[::]:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	cl, err := net.Dial("tcp4", "127.0.0.1:"+portArg(ln))
+	if err != nil {
+		t.Skipf("no dual-stack listener here: %v", err)
+	}
+	srv, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := conn{port: listenerPort(ln), clientPort: cl.LocalAddr().(*net.TCPAddr).Port}
+	cl.Close()
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	if cw.Family != "ipv4" || cw.LocalAddr != "127.0.0.1" || cw.RemoteAddr != "127.0.0.1" {
+		t.Errorf("v4-mapped socket reported as %s %s -> %s, want ipv4 127.0.0.1 -> 127.0.0.1", cw.Family, cw.LocalAddr, cw.RemoteAddr)
+	}
+}
+
+// Closing with unread data sends RST (CLOSE_WAIT -> CLOSE): still the
+// application's close.
+func TestAppCloseWithUnreadDataResets(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
+		c := dial(t, ln)
+		if _, err := c.client.Write([]byte("never read")); err != nil {
+			t.Fatal(err)
+		}
+		c.client.Close()
+		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+		c.server.Close()
+		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
+		if ac.Event != "app_close" || ac.NewState != "CLOSE" {
+			t.Fatalf("close with unread data reported as %s -> %s, want app_close -> CLOSE: %v", ac.Event, ac.NewState, ac)
+		}
+		if ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+			t.Errorf("closer = %+v, want pid %d", ac.Closer, os.Getpid())
+		}
+	})
+}
+
+// The peer resets a socket in CLOSE-WAIT: the socket leaves CLOSE-WAIT but
+// the application never closed it, so this is an abort, not an app_close.
+func TestPeerResetIsAbort(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	c := dial(t, ln)
+	c.client.Close()
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	// Data sent to the closed client makes it answer with RST.
+	if _, err := c.server.Write([]byte("to a closed peer")); err != nil {
+		t.Fatal(err)
+	}
+	ev := p.next(eventTimeout, "abort", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
+	if ev.Event != "abort" || ev.NewState != "CLOSE" || !*ev.AgeKnown {
+		t.Fatalf("peer reset reported as %v, want abort -> CLOSE with age", ev)
+	}
+	c.server.Close()
+	for _, ev := range p.drain() {
+		if ev.Sock == cw.Sock && ev.Event == "app_close" {
+			t.Errorf("app_close for a socket the peer reset: %v", ev)
+		}
+	}
+}
+
+// 2,000 sockets sit in CLOSE-WAIT together, then all close: exactly 2,000
+// app_close events, nothing lost.
+func TestManySocketsNoneLost(t *testing.T) {
+	const n = 2000
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m")
+	conns := make([]conn, 0, n)
+	for range n {
+		conns = append(conns, dial(t, ln))
+	}
+	for _, c := range conns {
+		c.client.Close()
+	}
+	inCW := map[string]bool{}
+	for len(inCW) < n {
+		ev := p.next(20*time.Second, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" || ev.Event == "lost" })
+		if ev.Event == "lost" {
+			t.Fatalf("events lost: %v", ev)
+		}
+		inCW[ev.Sock] = true
+	}
+	for _, c := range conns {
+		c.server.Close()
+	}
+	closed := map[string]bool{}
+	for len(closed) < n {
+		ev := p.next(20*time.Second, "app_close", func(ev jsonEvent) bool { return ev.Event != "close_wait" })
+		if ev.Event != "app_close" || !inCW[ev.Sock] || closed[ev.Sock] {
+			t.Fatalf("unexpected event after %d app_close: %v", len(closed), ev)
+		}
+		closed[ev.Sock] = true
+	}
+	counts := map[string]int{}
+	for _, ev := range p.drain() {
+		counts[ev.Event]++
+	}
+	if counts["close_wait"] != n || counts["app_close"] != n || counts["lost"] != 0 || len(counts) != 2 {
+		t.Errorf("events = %v, want exactly %d close_wait and %d app_close", counts, n, n)
+	}
+	if !strings.Contains(p.stderr.String(), " lost=0 ") {
+		t.Errorf("exit summary does not report lost=0:\n%s", p.stderr.String())
+	}
+}

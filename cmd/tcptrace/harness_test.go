@@ -1,0 +1,294 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+// The test binary doubles as the tcptrace binary: with this variable set it
+// runs main, so the tests drive the real CLI in a separate process (also in
+// a VM where no Go toolchain exists).
+const runMainEnv = "TCPTRACE_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// jsonEvent is one output line as a consumer parses it.
+type jsonEvent struct {
+	Time         string            `json:"time"`
+	Event        string            `json:"event"`
+	Sock         string            `json:"sock"`
+	Family       string            `json:"family"`
+	LocalAddr    string            `json:"local_addr"`
+	LocalPort    int               `json:"local_port"`
+	RemoteAddr   string            `json:"remote_addr"`
+	RemotePort   int               `json:"remote_port"`
+	NetNS        uint64            `json:"netns"`
+	OldState     string            `json:"old_state"`
+	NewState     string            `json:"new_state"`
+	PrevStateNS  *int64            `json:"prev_state_ns"`
+	Task         *jsonTask         `json:"task"`
+	AgeNS        *int64            `json:"age_ns"`
+	AgeKnown     *bool             `json:"age_known"`
+	ThresholdNS  *int64            `json:"threshold_ns"`
+	FinToCloseNS *int64            `json:"fin_to_close_ns"`
+	WasStuck     *bool             `json:"was_stuck"`
+	Closer       *jsonTask         `json:"closer"`
+	Counts       map[string]uint64 `json:"counts"`
+	Total        uint64            `json:"total"`
+}
+
+type jsonTask struct {
+	PID  int    `json:"pid"`
+	Comm string `json:"comm"`
+}
+
+func (e jsonEvent) String() string {
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
+// tracerProc is a running `tcptrace` subprocess.
+type tracerProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	events chan jsonEvent
+	stderr *syncBuffer
+	done   chan struct{} // closed when stdout is fully read
+	seen   []jsonEvent   // everything received so far, in order
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// tcptraceCmd returns a command running this binary as tcptrace.
+func tcptraceCmd(args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	return cmd
+}
+
+// startTracer runs tcptrace with args (JSON output) and waits until it has
+// attached. At cleanup it is interrupted and must exit 0.
+func startTracer(t *testing.T, args ...string) *tracerProc {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	p := &tracerProc{
+		t:      t,
+		cmd:    tcptraceCmd(append(args, "--output", "json")...),
+		events: make(chan jsonEvent, 100000),
+		stderr: &syncBuffer{},
+		done:   make(chan struct{}),
+	}
+	p.cmd.Stderr = p.stderr
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start tcptrace: %v", err)
+	}
+	var readErr error
+	go func() {
+		defer close(p.done)
+		defer close(p.events)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if err := testenv.ValidateLine(t, line); err != nil {
+				readErr = fmt.Errorf("line fails events/schema.json: %v\n%s", err, line)
+				return
+			}
+			var ev jsonEvent
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				readErr = fmt.Errorf("line is not JSON: %v\n%s", err, line)
+				return
+			}
+			p.events <- ev
+		}
+	}()
+	t.Cleanup(func() {
+		p.stop()
+		if readErr != nil {
+			t.Error(readErr)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.stderr.String(), "msg=attached") {
+		if time.Now().After(deadline) || p.exited() {
+			t.Fatalf("tcptrace did not attach; stderr:\n%s", p.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
+}
+
+func (p *tracerProc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop interrupts tcptrace and checks that it exits 0 promptly with its
+// exit summary. Idempotent.
+func (p *tracerProc) stop() {
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	waited := make(chan error, 1)
+	go func() {
+		<-p.done
+		waited <- p.cmd.Wait()
+	}()
+	select {
+	case err := <-waited:
+		if err != nil {
+			p.t.Errorf("tcptrace exited with %v after SIGINT; stderr:\n%s", err, p.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-waited
+		p.t.Errorf("tcptrace did not exit within 10s of SIGINT; stderr:\n%s", p.stderr.String())
+	}
+	if !strings.Contains(p.stderr.String(), "msg=stopped") {
+		p.t.Errorf("no exit summary on stderr:\n%s", p.stderr.String())
+	}
+}
+
+// next returns the next event matching match, failing after timeout.
+func (p *tracerProc) next(timeout time.Duration, what string, match func(jsonEvent) bool) jsonEvent {
+	p.t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case ev, ok := <-p.events:
+			if !ok {
+				p.t.Fatalf("tcptrace output ended while waiting for %s; stderr:\n%s", what, p.stderr.String())
+			}
+			p.seen = append(p.seen, ev)
+			if match(ev) {
+				return ev
+			}
+		case <-timer.C:
+			p.t.Fatalf("no %s within %v; received %d events; stderr:\n%s", what, timeout, len(p.seen), p.stderr.String())
+		}
+	}
+}
+
+// drain stops tcptrace and returns every event it wrote, including those
+// already consumed by next.
+func (p *tracerProc) drain() []jsonEvent {
+	p.t.Helper()
+	p.stop()
+	for ev := range p.events {
+		p.seen = append(p.seen, ev)
+	}
+	return p.seen
+}
+
+// conn is one loopback connection seen from both ends.
+type conn struct {
+	client, server *net.TCPConn
+	port           int // the listener's port
+	clientPort     int
+}
+
+// isServer matches events of the accepted (server-side) socket.
+func (c conn) isServer(ev jsonEvent) bool {
+	return ev.LocalPort == c.port && ev.RemotePort == c.clientPort
+}
+
+func (c conn) isClient(ev jsonEvent) bool {
+	return ev.LocalPort == c.clientPort && ev.RemotePort == c.port
+}
+
+// listen opens a loopback listener on a free port.
+func listen(t *testing.T, network, addr string) *net.TCPListener {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("cannot listen on %s %s: %v", network, addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.(*net.TCPListener)
+}
+
+func listenerPort(ln *net.TCPListener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// dial connects to ln and accepts the connection.
+func dial(t *testing.T, ln *net.TCPListener) conn {
+	t.Helper()
+	c, err := net.Dial(ln.Addr().Network(), ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	s, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return conn{
+		client:     c.(*net.TCPConn),
+		server:     s,
+		port:       listenerPort(ln),
+		clientPort: c.LocalAddr().(*net.TCPAddr).Port,
+	}
+}
+
+// ownNetNS returns the inode of this process's network namespace.
+func ownNetNS(t *testing.T) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func portArg(ln *net.TCPListener) string { return fmt.Sprint(listenerPort(ln)) }
+
+// attachModes runs f once per kernel hook, so the fallback is tested on
+// kernels where the preferred hook works too.
+func attachModes(t *testing.T, f func(t *testing.T, attach string)) {
+	for _, a := range []string{"tp_btf", "tracepoint"} {
+		t.Run(a, func(t *testing.T) { f(t, a) })
+	}
+}

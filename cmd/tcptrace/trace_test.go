@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+type transition struct{ old, new string }
+
+// trace reports the whole life of both ends of a connection, and of the
+// listener, each socket under one id.
+func TestTraceFullSequence(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		p := startTracer(t, "trace", "--attach", attach, "--port", portArg(ln))
+		// Reopen the listener on its port so its birth is traced too.
+		ln.Close()
+		ln = listen(t, "tcp4", ln.Addr().String())
+		c := dial(t, ln)
+		c.client.Close()
+		// Let the client's FIN settle before the server closes, so neither
+		// end sees a simultaneous close.
+		time.Sleep(100 * time.Millisecond)
+		c.server.Close()
+		p.next(eventTimeout, "server LAST_ACK -> CLOSE", func(ev jsonEvent) bool {
+			return c.isServer(ev) && ev.OldState == "LAST_ACK" && ev.NewState == "CLOSE"
+		})
+		ln.Close()
+		p.next(eventTimeout, "listener close", func(ev jsonEvent) bool {
+			return ev.LocalPort == c.port && ev.OldState == "LISTEN" && ev.NewState == "CLOSE"
+		})
+
+		evs := p.drain()
+		// Ports are set after the first transition of each socket: identify
+		// sockets by a transition where the 4-tuple is known, then collect
+		// every event with the same id.
+		idOf := func(match func(jsonEvent) bool) string {
+			for _, ev := range evs {
+				if match(ev) && ev.OldState == "ESTABLISHED" {
+					return ev.Sock
+				}
+			}
+			t.Fatalf("socket not found in %d events", len(evs))
+			return ""
+		}
+		sequence := func(sock string) []transition {
+			var seq []transition
+			for _, ev := range evs {
+				if ev.Sock != sock {
+					continue
+				}
+				seq = append(seq, transition{ev.OldState, ev.NewState})
+				if ev.Task == nil {
+					t.Errorf("transition without task: %v", ev)
+				}
+				if ev.PrevStateNS == nil && ev.OldState != "CLOSE" && ev.OldState != "LISTEN" {
+					t.Errorf("transition without prev_state_ns: %v", ev)
+				}
+			}
+			return seq
+		}
+		wantClient := []transition{
+			{"CLOSE", "SYN_SENT"}, {"SYN_SENT", "ESTABLISHED"}, {"ESTABLISHED", "FIN_WAIT1"},
+			{"FIN_WAIT1", "FIN_WAIT2"}, {"FIN_WAIT2", "CLOSE"},
+		}
+		wantServer := []transition{
+			{"LISTEN", "SYN_RECV"}, {"SYN_RECV", "ESTABLISHED"}, {"ESTABLISHED", "CLOSE_WAIT"},
+			{"CLOSE_WAIT", "LAST_ACK"}, {"LAST_ACK", "CLOSE"},
+		}
+		if got := sequence(idOf(c.isClient)); !slices.Equal(got, wantClient) {
+			t.Errorf("client transitions = %v, want %v", got, wantClient)
+		}
+		if got := sequence(idOf(c.isServer)); !slices.Equal(got, wantServer) {
+			t.Errorf("server transitions = %v, want %v", got, wantServer)
+		}
+		var listenerSock string
+		for _, ev := range evs {
+			if ev.LocalPort == c.port && ev.OldState == "CLOSE" && ev.NewState == "LISTEN" {
+				listenerSock = ev.Sock
+			}
+		}
+		listener := sequence(listenerSock)
+		if want := []transition{{"CLOSE", "LISTEN"}, {"LISTEN", "CLOSE"}}; !slices.Equal(listener, want) {
+			t.Errorf("listener transitions = %v, want %v", listener, want)
+		}
+	})
+}
+
+// Without the capabilities, one clear line names them and the exit code is 1.
+func TestUnprivilegedFailsClearly(t *testing.T) {
+	testenv.RequirePrivileged(t) // to switch to an unprivileged user
+	dir, err := os.MkdirTemp("", "tcptrace-unpriv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "tcptrace")
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"closewait"}, {"trace"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = append(os.Environ(), runMainEnv+"=1")
+		const nobody = 65534
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		exitErr, ok := err.(*exec.ExitError)
+		if !ok || exitErr.ExitCode() != 1 {
+			t.Errorf("%v as nobody: %v, want exit status 1; stderr:\n%s", args, err, stderr.String())
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		if len(lines) != 1 || !strings.Contains(lines[0], "CAP_BPF") || strings.Contains(lines[0], "panic") {
+			t.Errorf("%v as nobody: stderr %q, want one line naming CAP_BPF", args, stderr.String())
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("%v as nobody wrote to stdout: %q", args, stdout.String())
+		}
+	}
+}
+
+// Bad invocations: one line on stderr and exit code 2, before any eBPF.
+func TestBadInvocation(t *testing.T) {
+	for _, args := range [][]string{
+		{},
+		{"nosuchcommand"},
+		{"closewait", "--nosuchflag"},
+		{"closewait", "--threshold", "soon"},
+		{"closewait", "--threshold", "0s"},
+		{"closewait", "--threshold", "-1s"},
+		{"closewait", "--repeat", "-5s"},
+		{"closewait", "--port", "0"},
+		{"closewait", "--port", "65536"},
+		{"trace", "--port", "http"},
+		{"trace", "--output", "xml"},
+		{"trace", "--attach", "kprobe"},
+		{"trace", "--max-tracked", "0"},
+		{"trace", "--ring-buffer-size", "5000"},
+		{"trace", "--flush-interval", "0s"},
+		{"trace", "--log-level", "loud"},
+		{"trace", "extra-argument"},
+		{"version", "extra"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append([]string{"tcptrace"}, args...), &stdout, &stderr)
+		code := exitCode(err, &stderr)
+		msg := strings.TrimSpace(stderr.String())
+		if code != 2 {
+			t.Errorf("%q: exit code %d, want 2 (stderr %q)", args, code, msg)
+			continue
+		}
+		if last := msg[strings.LastIndexByte(msg, '\n')+1:]; !strings.HasPrefix(last, "tcptrace: ") {
+			t.Errorf("%q: last stderr line %q, want a tcptrace: error line", args, last)
+		}
+	}
+}
+
+func TestBadEnvironmentVariable(t *testing.T) {
+	t.Setenv("TCPTRACE_THRESHOLD", "forever")
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"tcptrace", "closewait"}, &stdout, &stderr)
+	if code := exitCode(err, &stderr); code != 2 || !strings.Contains(stderr.String(), "TCPTRACE_THRESHOLD") {
+		t.Errorf("bad TCPTRACE_THRESHOLD: exit %d, stderr %q; want 2 naming the variable", code, stderr.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"tcptrace", "version"}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout.String(), "tcptrace ") || !strings.Contains(stdout.String(), "cilium/ebpf") {
+		t.Errorf("version printed %q", stdout.String())
+	}
+}

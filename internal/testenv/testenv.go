@@ -1,0 +1,33 @@
+// Package testenv gates tests that need root and a BTF kernel: they skip
+// with the reason elsewhere, and fail instead when RequireEnv is "1", so CI
+// cannot pass by skipping the real-kernel tests.
+package testenv
+
+import (
+	"os"
+	"testing"
+
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// RequireEnv turns a privileged test's skip into a failure.
+const RequireEnv = "TCPTRACE_REQUIRE_PRIVILEGED"
+
+// RequirePrivileged skips (or fails, see RequireEnv) unless the process may
+// load tracing programs on a kernel with BTF.
+func RequirePrivileged(tb testing.TB) {
+	tb.Helper()
+	reason := ""
+	if err := tracer.CheckPrivileges(); err != nil {
+		reason = err.Error()
+	} else if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
+		reason = "no kernel BTF: " + err.Error()
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		tb.Fatalf("privileged test cannot run (%s=1): %s", RequireEnv, reason)
+	}
+	tb.Skipf("needs root and kernel BTF (%s); set %s=1 to fail instead of skipping", reason, RequireEnv)
+}
