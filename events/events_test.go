@@ -1,0 +1,150 @@
+package events_test
+
+import (
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+func TestStateNames(t *testing.T) {
+	for s := events.StateEstablished; s <= events.StateBoundInactive; s++ {
+		name := s.String()
+		if strings.HasPrefix(name, "UNKNOWN") {
+			t.Errorf("state %d has no name", s)
+		}
+		if back, ok := events.ParseState(name); !ok || back != s {
+			t.Errorf("ParseState(%q) = %d, %v; want %d", name, back, ok, s)
+		}
+	}
+	if got := events.State(200).String(); got != "UNKNOWN_200" {
+		t.Errorf("State(200) = %q", got)
+	}
+	if events.StateCloseWait != 8 || events.StateClose != 7 || events.StateLastAck != 9 {
+		t.Error("state numbers differ from include/net/tcp_states.h")
+	}
+}
+
+func comm(s string) (c events.Comm) {
+	copy(c[:], s)
+	return c
+}
+
+// One event of each kind, as the tracer and tracker produce them.
+func samples() []events.Event {
+	base := events.Event{
+		Time: time.Date(2026, 11, 24, 15, 4, 5, 6, time.UTC), Sock: 0xabc, Family: events.FamilyIPv4,
+		LocalAddr: netip.MustParseAddr("10.1.2.3"), LocalPort: 5984,
+		RemoteAddr: netip.MustParseAddr("10.1.2.4"), RemotePort: 51000, NetNS: 4026531840,
+	}
+	transition := base
+	transition.Kind, transition.OldState, transition.NewState = events.KindTransition, events.StateEstablished, events.StateCloseWait
+	transition.PrevStateNS, transition.HasPrevState = 1234, true
+	transition.Task = events.Task{PID: 7, Comm: comm("beam.smp")}
+	cw := base
+	cw.Kind = events.KindCloseWait
+	stuck := base
+	stuck.Kind, stuck.AgeNS, stuck.AgeKnown, stuck.ThresholdNS = events.KindStuck, 31e9, true, 30e9
+	ac := base
+	ac.Kind, ac.AgeNS, ac.AgeKnown, ac.WasStuck, ac.NewState = events.KindAppClose, 31e9, true, true, events.StateLastAck
+	ac.Closer, ac.HasCloser = events.Task{PID: 7, Comm: comm("beam.smp")}, true
+	acUnknown := ac
+	acUnknown.AgeKnown, acUnknown.HasCloser = false, false
+	abort := base
+	abort.Kind, abort.AgeNS, abort.AgeKnown, abort.NewState = events.KindAbort, 5e9, true, events.StateClose
+	v6 := cw
+	v6.Family, v6.LocalAddr, v6.RemoteAddr = events.FamilyIPv6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::1")
+	lost := events.Event{Kind: events.KindLost, Time: base.Time}
+	lost.Lost[events.LostRingbufFull], lost.Lost[events.LostRecursion] = 3, 1
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, lost}
+}
+
+func TestJSONMatchesSchema(t *testing.T) {
+	for _, ev := range samples() {
+		line := string(events.AppendJSON(nil, &ev))
+		if err := testenv.ValidateLine(t, line); err != nil {
+			t.Errorf("%s fails the schema: %v\n%s", ev.Kind, err, line)
+		}
+		if !json.Valid([]byte(line)) {
+			t.Errorf("invalid JSON: %s", line)
+		}
+	}
+}
+
+// The schema is not vacuous: lines that break the contract fail it.
+func TestSchemaRejects(t *testing.T) {
+	for _, line := range []string{
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait"}`,
+		`{"time":"yesterday","event":"lost","counts":{"ringbuf_full":1},"total":1}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"lost","counts":{"ringbuf_full":1},"total":1,"extra":1}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"app_close","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"age_known":true,"was_stuck":false,"new_state":"LAST_ACK"}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"::1","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1}`,
+	} {
+		if testenv.ValidateLine(t, line) == nil {
+			t.Errorf("schema accepts %s", line)
+		}
+	}
+}
+
+func TestAppendStringHostile(t *testing.T) {
+	for _, in := range []string{
+		`quote" backslash\ slash/`,
+		"new\nline\r\ttab",
+		"\x1b[31mred\x1b[0m\x07bell\x00nul\x7f",
+		"bad utf8 \xff\xfe \xc3",
+		"line sep \u2028 para \u2029",
+		"ok ünïcödé ✓",
+	} {
+		out := events.AppendString(nil, []byte(in))
+		var back string
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Errorf("AppendString(%q) = %s: not JSON: %v", in, out, err)
+			continue
+		}
+		if !utf8.ValidString(string(out)) {
+			t.Errorf("AppendString(%q) is not valid UTF-8", in)
+		}
+		for _, c := range out {
+			if c < 0x20 {
+				t.Errorf("AppendString(%q) = %q holds a raw control byte", in, out)
+				break
+			}
+		}
+		if utf8.ValidString(in) && back != in {
+			t.Errorf("round trip of %q gave %q", in, back)
+		}
+	}
+}
+
+func TestAppendJSONDoesNotAllocate(t *testing.T) {
+	evs := samples()
+	buf := make([]byte, 0, 1024)
+	allocs := testing.AllocsPerRun(100, func() {
+		for i := range evs {
+			buf = events.AppendJSON(buf[:0], &evs[i])
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("AppendJSON allocates %.1f times per run of %d events", allocs, len(evs))
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	f.Add([]byte("plain"))
+	f.Add([]byte("\x1b[2J\"\\\xff"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out := events.AppendString(nil, in)
+		var back string
+		if err := json.Unmarshal(out, &back); err != nil {
+			t.Fatalf("AppendString(%q) = %s: %v", in, out, err)
+		}
+		if utf8.Valid(in) && back != string(in) {
+			t.Fatalf("round trip of %q gave %q", in, back)
+		}
+	})
+}

@@ -1,0 +1,201 @@
+package tracer
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"reflect"
+	"testing"
+	"unsafe"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// The hand-written offsets must match the layout bpf2go generated from
+// bpf/tcptrace.h.
+func TestDecodeOffsetsMatchGeneratedLayout(t *testing.T) {
+	var ev tcptraceEvent
+	for name, want := range map[string]uintptr{
+		"TsNs": offTS, "Skaddr": offSkaddr, "Cookie": offCookie, "AuxNs": offAux,
+		"Netns": offNetns, "Pid": offPID, "Saddr": offSaddr, "Daddr": offDaddr,
+		"Comm": offComm, "Family": offFamily, "Sport": offSport, "Dport": offDport,
+		"Kind": offKind, "Oldstate": offOldState, "Newstate": offNewState, "Flags": offFlags,
+	} {
+		f, ok := reflect.TypeOf(ev).FieldByName(name)
+		if !ok {
+			t.Errorf("generated event has no field %s", name)
+			continue
+		}
+		if f.Offset != want {
+			t.Errorf("offset of %s = %d, decode.go uses %d", name, f.Offset, want)
+		}
+	}
+	if size := unsafe.Sizeof(ev); size != eventSize {
+		t.Errorf("sizeof(struct event) = %d, decode.go uses %d", size, eventSize)
+	}
+}
+
+func record(t *testing.T, ev tcptraceEvent) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := binary.Write(&b, binary.LittleEndian, ev); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func comm(s string) (c [16]int8) {
+	for i := range len(s) {
+		c[i] = int8(s[i])
+	}
+	return c
+}
+
+func TestDecode(t *testing.T) {
+	d := newDecoder(bootclock.New())
+	v4 := tcptraceEvent{
+		TsNs: 5_000_000_000, Skaddr: 0xffff888012345678, Cookie: 0x1a2b, AuxNs: 4_700_000_000,
+		Netns: 4026531840, Pid: 4242, Comm: comm("couchdb"), Family: afInet, Sport: 5984, Dport: 40000,
+		Kind: evCWLeave, Oldstate: 8, Newstate: 9, Flags: flagAuxValid | flagApp | flagCookie,
+	}
+	copy(v4.Saddr[:], []byte{10, 0, 0, 1})
+	copy(v4.Daddr[:], []byte{10, 0, 0, 2})
+	var ev events.Event
+	if err := d.decode(record(t, v4), &ev); err != nil {
+		t.Fatal(err)
+	}
+	want := events.Event{
+		Kind: events.KindAppClose, Time: ev.Time, BootNS: 5_000_000_000, Sock: 0x1a2b,
+		Family: events.FamilyIPv4, LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 5984,
+		RemoteAddr: netip.MustParseAddr("10.0.0.2"), RemotePort: 40000, NetNS: 4026531840,
+		OldState: events.StateCloseWait, NewState: events.StateLastAck,
+		AgeNS: 300_000_000, AgeKnown: true, FinBootNS: 4_700_000_000,
+		Closer: events.Task{PID: 4242, Comm: events.Comm{'c', 'o', 'u', 'c', 'h', 'd', 'b'}}, HasCloser: true,
+	}
+	if ev != want {
+		t.Errorf("decoded\n%+v\nwant\n%+v", ev, want)
+	}
+
+	// No cookie: a keyed hash of the address stands in, stable for it.
+	noCookie := v4
+	noCookie.Flags &^= flagCookie
+	var a, b events.Event
+	if err := d.decode(record(t, noCookie), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.decode(record(t, noCookie), &b); err != nil {
+		t.Fatal(err)
+	}
+	if a.Sock != b.Sock || a.Sock == noCookie.Skaddr || a.Sock == 0 {
+		t.Errorf("sock without cookie = %x then %x for address %x: want stable, not the address", a.Sock, b.Sock, noCookie.Skaddr)
+	}
+
+	// Missed CLOSE_WAIT exit: the task is not the closer.
+	indirect := v4
+	indirect.Oldstate, indirect.Newstate, indirect.Flags = 9, 7, v4.Flags|flagIndirect
+	if err := d.decode(record(t, indirect), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != events.KindAppClose || ev.HasCloser {
+		t.Errorf("indirect leave: kind %v has_closer %v, want app_close without closer", ev.Kind, ev.HasCloser)
+	}
+
+	// Without the app flag the socket left CLOSE_WAIT on its own.
+	abort := v4
+	abort.Newstate, abort.Flags = 7, flagAuxValid
+	if err := d.decode(record(t, abort), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != events.KindAbort || ev.HasCloser || !ev.AgeKnown {
+		t.Errorf("abort decoded as %v has_closer=%v age_known=%v", ev.Kind, ev.HasCloser, ev.AgeKnown)
+	}
+}
+
+func TestDecodeIPv6(t *testing.T) {
+	d := newDecoder(bootclock.New())
+	mapped := tcptraceEvent{TsNs: 1, Family: afInet6, Kind: evTransition, Oldstate: 1, Newstate: 8}
+	copy(mapped.Saddr[:], netip.MustParseAddr("::ffff:192.0.2.1").AsSlice())
+	copy(mapped.Daddr[:], netip.MustParseAddr("::ffff:192.0.2.2").AsSlice())
+	var ev events.Event
+	if err := d.decode(record(t, mapped), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Family != events.FamilyIPv4 || ev.LocalAddr.String() != "192.0.2.1" || ev.RemoteAddr.String() != "192.0.2.2" {
+		t.Errorf("v4-mapped: %v %v -> %v, want ipv4 192.0.2.1 -> 192.0.2.2", ev.Family, ev.LocalAddr, ev.RemoteAddr)
+	}
+	v6 := mapped
+	copy(v6.Saddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
+	copy(v6.Daddr[:], netip.MustParseAddr("2001:db8::2").AsSlice())
+	if err := d.decode(record(t, v6), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Family != events.FamilyIPv6 || ev.LocalAddr.String() != "2001:db8::1" {
+		t.Errorf("v6: %v %v, want ipv6 2001:db8::1", ev.Family, ev.LocalAddr)
+	}
+	if ev.HasPrevState || ev.Kind != events.KindTransition {
+		t.Errorf("transition without aux flag: kind %v has_prev_state %v", ev.Kind, ev.HasPrevState)
+	}
+}
+
+func TestDecodeRejectsMalformed(t *testing.T) {
+	d := newDecoder(bootclock.New())
+	good := record(t, tcptraceEvent{TsNs: 1, Family: afInet, Kind: evTransition})
+	var ev events.Event
+	for name, b := range map[string][]byte{
+		"empty":  nil,
+		"short":  good[:eventSize-1],
+		"family": func() []byte { b := bytes.Clone(good); b[offFamily] = 99; return b }(),
+		"kind":   func() []byte { b := bytes.Clone(good); b[offKind] = 99; return b }(),
+	} {
+		if err := d.decode(b, &ev); err == nil {
+			t.Errorf("%s record decoded without error", name)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(make([]byte, eventSize))
+	d := newDecoder(bootclock.New())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var ev events.Event
+		if d.decode(b, &ev) != nil {
+			return
+		}
+		// Whatever decodes must encode to valid output.
+		out := events.AppendJSON(nil, &ev)
+		if !bytes.HasPrefix(out, []byte(`{"time":"`)) {
+			t.Fatalf("bad encoding %q", out)
+		}
+	})
+}
+
+func TestParseRelease(t *testing.T) {
+	for release, want := range map[string][2]int{
+		"5.10.0-30-amd64":   {5, 10},
+		"6.18.44-fc-v657":   {6, 18},
+		"6.1.0-56-cloud":    {6, 1},
+		"7.2.0-rc1+":        {7, 2},
+		"4.19.0":            {4, 19},
+		"5.8":               {5, 8},
+		"6.12rc3-something": {6, 12},
+	} {
+		major, minor, ok := parseRelease(release)
+		if !ok || major != want[0] || minor != want[1] {
+			t.Errorf("parseRelease(%q) = %d, %d, %v; want %v", release, major, minor, ok, want)
+		}
+	}
+	for _, bad := range []string{"", "linux", "x.y", "6"} {
+		if _, _, ok := parseRelease(bad); ok {
+			t.Errorf("parseRelease(%q) ok", bad)
+		}
+	}
+	for release, supported := range map[string]bool{
+		"4.19.0-27-amd64": false, "5.4.0": false, "5.7.19": false, "5.8.0": true, "5.10.0-30-amd64": true, "6.18.44": true, "garbage": true,
+	} {
+		err := checkKernelRelease(release)
+		if (err == nil) != supported {
+			t.Errorf("checkKernelRelease(%q) = %v, want supported=%v", release, err, supported)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package track
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+)
+
+const ms = int64(time.Millisecond)
+
+type sink []events.Event
+
+func (s *sink) emit(ev *events.Event) { *s = append(*s, *ev) }
+
+func (s *sink) kinds() []events.Kind {
+	var k []events.Kind
+	for _, ev := range *s {
+		k = append(k, ev.Kind)
+	}
+	return k
+}
+
+func closeWait(sock uint64, finNS int64) *events.Event {
+	return &events.Event{Kind: events.KindCloseWait, Sock: sock, BootNS: finNS, FinBootNS: finNS, LocalPort: 80}
+}
+
+func leave(kind events.Kind, sock uint64, atNS int64) *events.Event {
+	return &events.Event{Kind: kind, Sock: sock, BootNS: atNS, NewState: events.StateLastAck}
+}
+
+func newTracker(t *testing.T, threshold, repeat time.Duration, max int) *Tracker {
+	t.Helper()
+	cfg := Config{Threshold: threshold, Repeat: repeat, MaxSockets: max}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return New(cfg, bootclock.New())
+}
+
+func TestStuckOnceThenClose(t *testing.T) {
+	tk := newTracker(t, 200*time.Millisecond, 0, 10)
+	var out sink
+	tk.Observe(closeWait(1, 1000*ms), out.emit)
+	tk.Expire(1199*ms, out.emit)
+	if len(out) != 1 {
+		t.Fatalf("stuck before the threshold: %v", out.kinds())
+	}
+	tk.Expire(1250*ms, out.emit)
+	tk.Expire(5000*ms, out.emit) // no repeat configured
+	if got := out.kinds(); len(got) != 2 || got[1] != events.KindStuck {
+		t.Fatalf("events = %v, want close_wait, stuck", got)
+	}
+	if st := out[1]; st.AgeNS != 250*ms || st.ThresholdNS != 200*ms || !st.AgeKnown || st.LocalPort != 80 {
+		t.Errorf("stuck = %+v", st)
+	}
+	if snap := tk.Snapshot(); len(snap) != 1 || !snap[0].Stuck {
+		t.Errorf("snapshot = %+v, want one stuck entry", snap)
+	}
+	// The kernel did not know the FIN time: the table supplies it.
+	tk.Observe(leave(events.KindAppClose, 1, 6000*ms), out.emit)
+	ac := out[2]
+	if ac.Kind != events.KindAppClose || !ac.WasStuck || !ac.AgeKnown || ac.AgeNS != 5000*ms {
+		t.Errorf("app_close = %+v, want was_stuck with age 5s", ac)
+	}
+	if tk.Len() != 0 {
+		t.Errorf("%d sockets still tracked after close", tk.Len())
+	}
+	if _, ok := tk.NextDue(); ok {
+		t.Error("a report is still due after close")
+	}
+}
+
+func TestRepeat(t *testing.T) {
+	tk := newTracker(t, 100*time.Millisecond, 50*time.Millisecond, 10)
+	var out sink
+	tk.Observe(closeWait(1, 0), out.emit)
+	for now := int64(0); now <= 300*ms; now += 10 * ms {
+		tk.Expire(now, out.emit)
+	}
+	var ages []int64
+	for _, ev := range out[1:] {
+		ages = append(ages, ev.AgeNS/ms)
+	}
+	want := []int64{100, 150, 200, 250, 300}
+	if len(ages) != len(want) {
+		t.Fatalf("stuck ages = %v ms, want %v", ages, want)
+	}
+	for i := range want {
+		if ages[i] != want[i] {
+			t.Fatalf("stuck ages = %v ms, want %v", ages, want)
+		}
+	}
+	// After a long pause, one report, not a burst.
+	out = out[:0]
+	tk.Expire(10_000*ms, out.emit)
+	if len(out) != 1 {
+		t.Errorf("%d reports after a pause, want 1", len(out))
+	}
+}
+
+func TestHeapOrderAndRemoval(t *testing.T) {
+	tk := newTracker(t, 100*time.Millisecond, 0, 100)
+	var out sink
+	for i, fin := range []int64{50, 10, 40, 20, 30} {
+		tk.Observe(closeWait(uint64(i+1), fin*ms), out.emit)
+	}
+	tk.Observe(leave(events.KindAppClose, 3, 60*ms), out.emit) // fin 40 closes early
+	out = out[:0]
+	tk.Expire(1000*ms, out.emit)
+	var socks []uint64
+	for _, ev := range out {
+		socks = append(socks, ev.Sock)
+	}
+	want := []uint64{2, 4, 5, 1} // by FIN time; 3 closed
+	if len(socks) != len(want) {
+		t.Fatalf("stuck order = %v, want %v", socks, want)
+	}
+	for i := range want {
+		if socks[i] != want[i] {
+			t.Fatalf("stuck order = %v, want %v", socks, want)
+		}
+	}
+}
+
+func TestBoundCountsOverflow(t *testing.T) {
+	tk := newTracker(t, time.Second, 0, 2)
+	var out sink
+	for i := range 5 {
+		tk.Observe(closeWait(uint64(i+1), int64(i)), out.emit)
+	}
+	if tk.Len() != 2 || tk.TableFull() != 3 {
+		t.Errorf("len %d table_full %d, want 2 and 3", tk.Len(), tk.TableFull())
+	}
+	if len(out) != 5 {
+		t.Errorf("%d close_wait events passed on, want all 5", len(out))
+	}
+	// An untracked socket's close is still reported, without a made-up age.
+	tk.Observe(leave(events.KindAppClose, 5, 100), out.emit)
+	if ac := out[5]; ac.AgeKnown || ac.WasStuck {
+		t.Errorf("untracked close = %+v", ac)
+	}
+}
+
+func TestReusedIDReplacesEntry(t *testing.T) {
+	tk := newTracker(t, time.Second, 0, 10)
+	var out sink
+	tk.Observe(closeWait(7, 0), out.emit)
+	tk.Observe(closeWait(7, 500*ms), out.emit)
+	if tk.Len() != 1 {
+		t.Fatalf("len %d after a reused id, want 1", tk.Len())
+	}
+	tk.Expire(1200*ms, out.emit)
+	if len(out) != 2 {
+		t.Errorf("stuck reported for the replaced entry: %v", out.kinds())
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, c := range []Config{
+		{Threshold: 0, MaxSockets: 1},
+		{Threshold: -time.Second, MaxSockets: 1},
+		{Threshold: time.Second, Repeat: -time.Second, MaxSockets: 1},
+		{Threshold: time.Second, Repeat: time.Millisecond, MaxSockets: 1},
+		{Threshold: time.Second},
+	} {
+		if c.Validate() == nil {
+			t.Errorf("%+v validated", c)
+		}
+	}
+}
