@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/output"
-	"github.com/tcptrace/tcptrace/track"
 	"github.com/tcptrace/tcptrace/tracer"
+	"github.com/tcptrace/tcptrace/track"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -209,4 +209,3 @@ func versionString() string {
 func newLogger(stderr io.Writer, level slog.Level) *slog.Logger {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 }
-

@@ -12,8 +12,8 @@ import (
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/output"
-	"github.com/tcptrace/tcptrace/track"
 	"github.com/tcptrace/tcptrace/tracer"
+	"github.com/tcptrace/tcptrace/track"
 )
 
 const (
