@@ -162,6 +162,41 @@ func TestAppCloseWithUnreadDataResets(t *testing.T) {
 	})
 }
 
+// SO_LINGER with a zero timeout makes close() reset the connection: still
+// the application's close.
+func TestAppCloseWithZeroLingerResets(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	c := dial(t, ln)
+	if err := c.server.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	c.client.Close()
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	c.server.Close()
+	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
+	if ac.Event != "app_close" || ac.NewState != "CLOSE" || ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+		t.Fatalf("close with SO_LINGER 0 reported as %v, want app_close -> CLOSE by pid %d", ac, os.Getpid())
+	}
+}
+
+// shutdown(SHUT_WR) ends CLOSE-WAIT (CLOSE_WAIT -> LAST_ACK) although the
+// descriptor stays open: reported as the application's close.
+func TestShutdownWriteIsAppClose(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	c := dial(t, ln)
+	c.client.Close()
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	if err := c.server.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
+	if ac.Event != "app_close" || ac.NewState != "LAST_ACK" || ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+		t.Fatalf("shutdown(SHUT_WR) reported as %v, want app_close -> LAST_ACK by pid %d", ac, os.Getpid())
+	}
+}
+
 // The peer resets a socket in CLOSE-WAIT: the socket leaves CLOSE-WAIT but
 // the application never closed it, so this is an abort, not an app_close.
 func TestPeerResetIsAbort(t *testing.T) {
