@@ -1,11 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tcptrace/tcptrace/internal/testenv"
 )
 
 const eventTimeout = 5 * time.Second
@@ -177,6 +182,43 @@ func TestAppCloseWithZeroLingerResets(t *testing.T) {
 	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
 	if ac.Event != "app_close" || ac.NewState != "CLOSE" || ac.Closer == nil || ac.Closer.PID != os.Getpid() {
 		t.Fatalf("close with SO_LINGER 0 reported as %v, want app_close -> CLOSE by pid %d", ac, os.Getpid())
+	}
+}
+
+// A process that exits holding a socket in CLOSE-WAIT closes it in its
+// exit path: app_close, closed by that process.
+func TestProcessExitIsAppClose(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	child := exec.Command(os.Args[0])
+	child.Env = append(os.Environ(), helperEnv+"=exit-holding")
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Wait()
+	defer child.Process.Kill()
+	lines := bufio.NewScanner(out)
+	if !lines.Scan() {
+		t.Fatal("helper printed no port")
+	}
+	port := strings.TrimSpace(lines.Text())
+	p := startTracer(t, "closewait", "--port", port, "--threshold", "10s")
+	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool {
+		return ev.Event == "app_close" && fmt.Sprint(ev.LocalPort) == port
+	})
+	if ac.Closer == nil || ac.Closer.PID != child.Process.Pid {
+		t.Errorf("closer = %+v, want the exiting helper, pid %d (test pid %d)", ac.Closer, child.Process.Pid, os.Getpid())
+	}
+	if ac.FinToCloseNS == nil || *ac.FinToCloseNS < int64(200*time.Millisecond) {
+		t.Errorf("fin_to_close_ns = %v, want >= 200ms (the helper waits before exiting)", ac.FinToCloseNS)
 	}
 }
 

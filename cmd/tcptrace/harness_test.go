@@ -22,12 +22,44 @@ import (
 // a VM where no Go toolchain exists).
 const runMainEnv = "TCPTRACE_TEST_RUN_MAIN"
 
+// helperEnv makes the test binary act as a helper process instead.
+const helperEnv = "TCPTRACE_TEST_HELPER"
+
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
 		main()
 		return
 	}
+	if h := os.Getenv(helperEnv); h != "" {
+		runHelper(h)
+		return
+	}
 	os.Exit(m.Run())
+}
+
+// runHelper runs a helper process role and exits.
+func runHelper(role string) {
+	switch role {
+	case "exit-holding":
+		// Accept one connection, wait for the peer's FIN, then exit without
+		// closing: the kernel closes the socket as the process exits.
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+		c, err := ln.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		_, _ = c.Read(make([]byte, 1)) // returns at EOF
+		fmt.Println("eof")
+		time.Sleep(200 * time.Millisecond)
+		os.Exit(0)
+	}
+	fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
+	os.Exit(2)
 }
 
 // jsonEvent is one output line as a consumer parses it.
