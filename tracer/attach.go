@@ -117,8 +117,7 @@ func (t *Tracer) loadAndAttach() error {
 	for _, c := range cands {
 		err := t.tryCandidate(spec.Copy(), c)
 		if err == nil {
-			t.point = c.point
-			t.cfg.Logger.Info("attached", "point", c.point, "socket_cookie", c.cookie)
+			t.point, t.cookie = c.point, c.cookie
 			return nil
 		}
 		t.cfg.Logger.Debug("attach point unusable", "candidate", c.String(), "error", err)
@@ -159,6 +158,11 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	if err != nil {
 		return fmt.Errorf("load: %w", shortVerifierError(err))
 	}
+	// Fill the filter before attaching: an empty filter drops everything.
+	if err := setPorts(coll.Maps["ports"], t.cfg.Ports); err != nil {
+		coll.Close()
+		return err
+	}
 	l, err := c.attach(coll.Programs[c.prog])
 	if err != nil {
 		coll.Close()
@@ -180,4 +184,13 @@ func shortVerifierError(err error) error {
 		log = log[len(log)-3:]
 	}
 	return fmt.Errorf("%w: %s", ve.Cause, strings.Join(log, "; "))
+}
+
+func setPorts(m *ebpf.Map, ports []uint16) error {
+	for _, p := range ports {
+		if err := m.Put(p, uint8(1)); err != nil {
+			return fmt.Errorf("set port filter %d: %w", p, err)
+		}
+	}
+	return nil
 }

@@ -122,6 +122,7 @@ type Tracer struct {
 	link   link.Link
 	reader *ringbuf.Reader
 	point  string
+	cookie bool // sock ids are socket cookies
 
 	queue      chan events.Event
 	queueDrops atomic.Uint64
@@ -163,25 +164,14 @@ func New(cfg Config) (_ *Tracer, err error) {
 	if err := t.loadAndAttach(); err != nil {
 		return nil, err
 	}
-	if err := t.setPorts(); err != nil {
-		return nil, err
-	}
 	t.reader, err = ringbuf.NewReader(t.coll.Maps["events"])
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
 	}
 	go t.readLoop()
+	// Logged only once events flow: scripts and tests wait for this line.
+	cfg.Logger.Info("attached", "point", t.point, "socket_cookie", t.cookie)
 	return t, nil
-}
-
-func (t *Tracer) setPorts() error {
-	m := t.coll.Maps["ports"]
-	for _, p := range t.cfg.Ports {
-		if err := m.Put(p, uint8(1)); err != nil {
-			return fmt.Errorf("set port filter %d: %w", p, err)
-		}
-	}
-	return nil
 }
 
 // AttachPoint names the hook in use, e.g. "tp_btf/inet_sock_set_state".
