@@ -28,7 +28,7 @@ func TestCloseWaitAppCloseLatency(t *testing.T) {
 		// server enters CLOSE_WAIT before Close returns.
 		c.client.Close()
 		start := time.Now()
-		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+		cw := p.closeWaitOf(c)
 		time.Sleep(linger - time.Since(start))
 		c.server.Close()
 		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && c.isServer(ev) })
@@ -77,7 +77,7 @@ func TestStuckThenClose(t *testing.T) {
 			"--threshold", "200ms", "--repeat", "150ms")
 		c := dial(t, ln)
 		c.client.Close()
-		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+		cw := p.closeWaitOf(c)
 
 		isStuck := func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock }
 		first := p.next(eventTimeout, "stuck", isStuck)
@@ -110,7 +110,7 @@ func TestCloseWaitIPv6(t *testing.T) {
 	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
-	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	cw := p.closeWaitOf(c)
 	c.server.Close()
 	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
 	for _, ev := range []jsonEvent{cw, ac} {
@@ -138,7 +138,7 @@ func TestCloseWaitV4MappedShownAsIPv4(t *testing.T) {
 	defer srv.Close()
 	c := conn{port: listenerPort(ln), clientPort: cl.LocalAddr().(*net.TCPAddr).Port}
 	cl.Close()
-	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	cw := p.closeWaitOf(c)
 	if cw.Family != "ipv4" || cw.LocalAddr != "127.0.0.1" || cw.RemoteAddr != "127.0.0.1" {
 		t.Errorf("v4-mapped socket reported as %s %s -> %s, want ipv4 127.0.0.1 -> 127.0.0.1", cw.Family, cw.LocalAddr, cw.RemoteAddr)
 	}
@@ -155,7 +155,7 @@ func TestAppCloseWithUnreadDataResets(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.client.Close()
-		cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+		cw := p.closeWaitOf(c)
 		c.server.Close()
 		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
 		if ac.Event != "app_close" || ac.NewState != "CLOSE" {
@@ -177,7 +177,7 @@ func TestAppCloseWithZeroLingerResets(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.client.Close()
-	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	cw := p.closeWaitOf(c)
 	c.server.Close()
 	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
 	if ac.Event != "app_close" || ac.NewState != "CLOSE" || ac.Closer == nil || ac.Closer.PID != os.Getpid() {
@@ -229,7 +229,7 @@ func TestShutdownWriteIsAppClose(t *testing.T) {
 	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
-	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	cw := p.closeWaitOf(c)
 	if err := c.server.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -246,7 +246,7 @@ func TestPeerResetIsAbort(t *testing.T) {
 	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
-	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && c.isServer(ev) })
+	cw := p.closeWaitOf(c)
 	// Data sent to the closed client makes it answer with RST.
 	if _, err := c.server.Write([]byte("to a closed peer")); err != nil {
 		t.Fatal(err)

@@ -245,6 +245,14 @@ func (p *tracerProc) next(timeout time.Duration, what string, match func(jsonEve
 	}
 }
 
+// closeWaitOf waits for the close_wait event of c's server socket.
+func (p *tracerProc) closeWaitOf(c conn) jsonEvent {
+	p.t.Helper()
+	return p.next(5*time.Second, "close_wait of the server socket", func(ev jsonEvent) bool {
+		return ev.Event == "close_wait" && c.isServer(ev)
+	})
+}
+
 // drain stops tcptrace and returns every event it wrote, including those
 // already consumed by next.
 func (p *tracerProc) drain() []jsonEvent {
