@@ -3,6 +3,8 @@ package tracer_test
 import (
 	"errors"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,45 +16,56 @@ import (
 	"github.com/tcptrace/tcptrace/tracer"
 )
 
-// settledPrograms waits for the count to reach want: the kernel frees a
-// closed program after an RCU grace period, not at close.
-func settledPrograms(t *testing.T, want int) int {
+// bpfObjects returns how many eBPF object descriptors (programs, maps,
+// links) this process holds, and the ids of the programs among them. Other
+// processes' tracers, such as concurrently running tests, do not count.
+func bpfObjects(t *testing.T) (fds int, progs []ebpf.ProgramID) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		got := loadedPrograms(t)
-		if got == want || time.Now().After(deadline) {
-			return got
-		}
-		time.Sleep(20 * time.Millisecond)
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
 	}
+	for _, e := range entries {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || !strings.HasPrefix(target, "anon_inode:bpf") {
+			continue
+		}
+		fds++
+		if target != "anon_inode:bpf-prog" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if id, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				n, _ := strconv.Atoi(strings.TrimSpace(id))
+				progs = append(progs, ebpf.ProgramID(n))
+			}
+		}
+	}
+	return fds, progs
 }
 
-// loadedPrograms counts tcptrace's programs in the kernel, from any process.
-func loadedPrograms(t *testing.T) int {
-	t.Helper()
-	n := 0
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
-		if err != nil {
-			break
-		}
-		id = next
+// gone waits for the kernel to free a program: it does so after an RCU
+// grace period, not at close.
+func gone(id ebpf.ProgramID) bool {
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
 		p, err := ebpf.NewProgramFromID(id)
 		if err != nil {
-			continue // unloaded meanwhile
-		}
-		if info, err := p.Info(); err == nil && strings.HasPrefix(info.Name, "tcptrace_") {
-			n++
+			return true
 		}
 		p.Close()
+		time.Sleep(20 * time.Millisecond)
 	}
-	return n
+	return false
 }
 
 func TestLifecycle(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	before := loadedPrograms(t)
+	before, _ := bpfObjects(t)
 	for _, attach := range []tracer.Attach{tracer.AttachTPBTF, tracer.AttachTracepoint} {
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
@@ -66,8 +79,9 @@ func TestLifecycle(t *testing.T) {
 		if !strings.HasPrefix(tr.AttachPoint(), string(attach)) {
 			t.Errorf("attach point %q, asked for %s", tr.AttachPoint(), attach)
 		}
-		if got := loadedPrograms(t); got != before+1 {
-			t.Errorf("%s: %d tcptrace programs loaded, want %d", attach, got, before+1)
+		fds, progs := bpfObjects(t)
+		if fds <= before || len(progs) != 1 {
+			t.Fatalf("%s: %d eBPF descriptors (%d before) and programs %v after New, want one program", attach, fds, before, progs)
 		}
 		c, err := net.Dial("tcp4", ln.Addr().String())
 		if err != nil {
@@ -111,8 +125,11 @@ func TestLifecycle(t *testing.T) {
 		if err := tr.Close(); err != nil {
 			t.Errorf("%s: second Close: %v", attach, err)
 		}
-		if got := settledPrograms(t, before); got != before {
-			t.Errorf("%s: %d tcptrace programs after Close, want %d", attach, got, before)
+		if after, _ := bpfObjects(t); after != before {
+			t.Errorf("%s: %d eBPF descriptors after Close, want %d as before New", attach, after, before)
+		}
+		if !gone(progs[0]) {
+			t.Errorf("%s: program %d still loaded 3s after Close", attach, progs[0])
 		}
 	}
 }
@@ -120,18 +137,19 @@ func TestLifecycle(t *testing.T) {
 // Close without Stop, while events may still be queued, frees everything.
 func TestCloseWithoutStop(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	before := loadedPrograms(t)
+	before, _ := bpfObjects(t)
 	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait})
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, progs := bpfObjects(t)
 	if err := tr.Close(); err != nil {
 		t.Fatal(err)
 	}
 	for range tr.Events() {
 	}
-	if got := settledPrograms(t, before); got != before {
-		t.Errorf("%d tcptrace programs after Close, want %d", got, before)
+	if after, _ := bpfObjects(t); after != before || len(progs) != 1 || !gone(progs[0]) {
+		t.Errorf("after Close: %d eBPF descriptors (want %d), program %v still loaded", after, before, progs)
 	}
 }
 
