@@ -29,8 +29,10 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
-/* Sockets in CLOSE_WAIT, keyed by kernel address. Not preallocated: memory
- * follows the number of sockets actually stuck. Size set by user space. */
+/* Sockets in CLOSE_WAIT, keyed by kernel address. Not preallocated, so
+ * memory follows the number of sockets actually stuck; user space switches
+ * to preallocation for classic tracepoints, which must not allocate before
+ * Linux 6.1. Size set by user space. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
@@ -82,6 +84,11 @@ static __always_inline __u16 local_port(struct sock *sk)
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
+static __always_inline __u16 remote_port(struct sock *sk)
+{
+	return bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
 static __always_inline bool port_wanted(struct sock *sk)
 {
 	__u16 sport, dport;
@@ -89,7 +96,7 @@ static __always_inline bool port_wanted(struct sock *sk)
 	if (!filter_ports)
 		return true;
 	sport = local_port(sk);
-	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	dport = remote_port(sk);
 	return bpf_map_lookup_elem(&ports, &sport) || bpf_map_lookup_elem(&ports, &dport);
 }
 
@@ -128,7 +135,7 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	ev->family = family;
 	ev->sport = local_port(sk);
-	ev->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	ev->dport = remote_port(sk);
 	if (family == AF_INET6) {
 		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
@@ -170,8 +177,8 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 		bpf_map_delete_elem(&state_since, &key);
 	else if (since)
 		*since = now;
-	else
-		bpf_map_update_elem(&state_since, &key, &now, BPF_ANY);
+	else if (bpf_map_update_elem(&state_since, &key, &now, BPF_ANY))
+		count(CNT_MAP_FULL);
 	emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags);
 }
 
@@ -186,9 +193,14 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 			return;
 		now = bpf_ktime_get_boot_ns();
 		entry.fin_ns = now;
+		entry.sport = local_port(sk);
+		entry.dport = remote_port(sk);
+		entry.pad = 0;
 		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY))
 			count(CNT_MAP_FULL);
-		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, 0);
+		else
+			flags |= EVF_TRACKED;
+		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, flags);
 		return;
 	}
 	/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere
@@ -197,12 +209,19 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		return;
 	tracked = bpf_map_lookup_elem(&closewait, &key);
 	if (tracked) {
+		bool same = tracked->sport == local_port(sk) && tracked->dport == remote_port(sk);
+
 		aux = tracked->fin_ns;
-		flags |= EVF_AUX_VALID;
 		bpf_map_delete_elem(&closewait, &key);
-	} else if (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk)) {
-		return;
+		/* Different ports: an earlier socket at this address left a stale
+		 * entry; it says nothing about this one. */
+		if (same)
+			flags |= EVF_AUX_VALID;
+		else
+			tracked = NULL;
 	}
+	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk)))
+		return;
 	if (oldstate != TCP_CLOSE_WAIT)
 		flags |= EVF_INDIRECT;
 	/* close() sets both shutdown bits before it changes the state; a peer

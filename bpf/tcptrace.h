@@ -17,6 +17,7 @@ enum event_flag {
 	EVF_APP = 1 << 1,       /* cw_leave: the application closed or shut down the socket */
 	EVF_INDIRECT = 1 << 2,  /* cw_leave: the CLOSE_WAIT exit itself was not seen, a later transition was */
 	EVF_COOKIE = 1 << 3,    /* cookie holds the kernel's socket cookie */
+	EVF_TRACKED = 1 << 4,   /* cw_enter: the socket is in the kernel's closewait table */
 };
 
 enum mode {
@@ -27,7 +28,7 @@ enum mode {
 /* Per-CPU counters, summed by user space. */
 enum counter {
 	CNT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event was dropped */
-	CNT_MAP_FULL = 1,     /* a CLOSE_WAIT socket could not be tracked in kernel */
+	CNT_MAP_FULL = 1,     /* a socket could not be tracked in a kernel table */
 	CNT_MAX = 2,
 };
 
@@ -51,9 +52,14 @@ struct event {
 	__u8 pad[6];
 };
 
-/* Kernel-side record of a socket in CLOSE_WAIT. */
+/* Kernel-side record of a socket in CLOSE_WAIT. The ports tell a stale
+ * entry (its socket's exit was missed and the address reused) from a live
+ * one; fin_ns lets user space check that an entry is the episode it knows. */
 struct cw_entry {
 	__u64 fin_ns;
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
 };
 
 #endif

@@ -29,6 +29,9 @@ const (
 	KindAbort
 	// KindLost: events dropped since the previous lost event, by cause.
 	KindLost
+	// KindProgress is never written out. The tracer sends it in band to
+	// say that every kernel event before BootNS has been delivered.
+	KindProgress
 )
 
 var kindNames = [...]string{
@@ -179,8 +182,12 @@ type Event struct {
 	// lost
 	Lost LostCounts
 
-	// BootNS is Time as the kernel's CLOCK_BOOTTIME, and FinBootNS when the
-	// FIN arrived (0: unknown). Used for correlation; not part of the JSON.
-	BootNS    int64
-	FinBootNS int64
+	// Correlation state, never written out. BootNS is Time as the kernel's
+	// CLOCK_BOOTTIME; FinBootNS when the FIN arrived (0: unknown). Key is
+	// the socket's key in the kernel's tables, and KernelTracked says a
+	// close_wait socket made it into the kernel's CLOSE-WAIT table.
+	BootNS        int64
+	FinBootNS     int64
+	Key           uint64
+	KernelTracked bool
 }

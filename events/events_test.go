@@ -9,7 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/internal/schemacheck"
 )
 
 func TestStateNames(t *testing.T) {
@@ -67,7 +67,7 @@ func samples() []events.Event {
 func TestJSONMatchesSchema(t *testing.T) {
 	for _, ev := range samples() {
 		line := string(events.AppendJSON(nil, &ev))
-		if err := testenv.ValidateLine(t, line); err != nil {
+		if err := schemacheck.Line(t, line); err != nil {
 			t.Errorf("%s fails the schema: %v\n%s", ev.Kind, err, line)
 		}
 		if !json.Valid([]byte(line)) {
@@ -85,7 +85,7 @@ func TestSchemaRejects(t *testing.T) {
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"app_close","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"age_known":true,"was_stuck":false,"new_state":"LAST_ACK"}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"::1","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1}`,
 	} {
-		if testenv.ValidateLine(t, line) == nil {
+		if schemacheck.Line(t, line) == nil {
 			t.Errorf("schema accepts %s", line)
 		}
 	}

@@ -28,7 +28,10 @@ type candidate struct {
 	point  string // what users see, e.g. tp_btf/inet_sock_set_state
 	prog   string // program name in the object file
 	cookie bool   // the program may call bpf_get_socket_cookie
-	attach func(*ebpf.Program) (link.Link, error)
+	// Classic tracepoint programs must not allocate map memory at run
+	// time: refused on PREEMPT_RT and a kernel warning before Linux 6.1.
+	prealloc bool
+	attach   func(*ebpf.Program) (link.Link, error)
 }
 
 func (c candidate) String() string {
@@ -49,7 +52,7 @@ var (
 		attach: attachTPBTF,
 	}
 	tracepoint = candidate{
-		point: "tracepoint/sock/inet_sock_set_state", prog: "tcptrace_set_state_tp",
+		point: "tracepoint/sock/inet_sock_set_state", prog: "tcptrace_set_state_tp", prealloc: true,
 		attach: attachTracepoint,
 	}
 )
@@ -126,7 +129,7 @@ func (t *Tracer) loadAndAttach() error {
 	if memlockErr != nil {
 		failures = append(failures, fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", memlockErr))
 	}
-	return fmt.Errorf("no usable attach point: %w", errors.Join(failures...))
+	return fmt.Errorf("no usable attach point: %w", joinLine(failures))
 }
 
 func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
@@ -140,6 +143,9 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		mode, closewaitSize, stateSize = kernModeTrace, 1, t.cfg.MaxTracked
 	}
 	spec.Maps["closewait"].MaxEntries = closewaitSize
+	if c.prealloc {
+		spec.Maps["closewait"].Flags &^= unix.BPF_F_NO_PREALLOC
+	}
 	spec.Maps["state_since"].MaxEntries = stateSize
 	spec.Maps["events"].MaxEntries = t.cfg.RingBufBytes
 	for name, value := range map[string]any{

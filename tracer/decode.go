@@ -43,6 +43,7 @@ const (
 	flagApp      = 1 << 1
 	flagIndirect = 1 << 2
 	flagCookie   = 1 << 3
+	flagTracked  = 1 << 4
 )
 
 const (
@@ -76,10 +77,11 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	ts := int64(le.Uint64(b[offTS:]))
 	ev.Time = d.clock.Wall(ts)
 	ev.BootNS = ts
+	ev.Key = le.Uint64(b[offSkaddr:])
 	if flags&flagCookie != 0 {
 		ev.Sock = le.Uint64(b[offCookie:])
 	} else {
-		ev.Sock = maphash.Comparable(d.seed, le.Uint64(b[offSkaddr:]))
+		ev.Sock = maphash.Comparable(d.seed, ev.Key)
 	}
 	ev.NetNS = le.Uint32(b[offNetns:])
 	task := events.Task{PID: le.Uint32(b[offPID:])}
@@ -87,21 +89,16 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 
 	switch le.Uint16(b[offFamily:]) {
 	case afInet:
+		ev.Family = events.FamilyIPv4
 		ev.LocalAddr = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
 		ev.RemoteAddr = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
 	case afInet6:
-		// A dual-stack socket carrying IPv4 reports IPv4 addresses.
-		ev.LocalAddr = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16])).Unmap()
-		ev.RemoteAddr = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16])).Unmap()
+		ev.Family = events.FamilyIPv6
+		ev.LocalAddr = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16]))
+		ev.RemoteAddr = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16]))
+		unmapIPv4(ev)
 	default:
 		return fmt.Errorf("unknown address family %d", le.Uint16(b[offFamily:]))
-	}
-	ev.Family = events.FamilyIPv6
-	if ev.LocalAddr.Is4() && (ev.RemoteAddr.Is4() || ev.RemoteAddr.IsUnspecified()) {
-		ev.Family = events.FamilyIPv4
-		if !ev.RemoteAddr.Is4() {
-			ev.RemoteAddr = netip.IPv4Unspecified()
-		}
 	}
 	ev.LocalPort = le.Uint16(b[offSport:])
 	ev.RemotePort = le.Uint16(b[offDport:])
@@ -114,11 +111,16 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	case evTransition:
 		ev.Kind = events.KindTransition
 		ev.Task = task
-		ev.PrevStateNS, ev.HasPrevState = aux, auxValid
+		// Time in a state cannot exceed time since boot.
+		ev.PrevStateNS, ev.HasPrevState = aux, auxValid && aux >= 0 && aux <= ts
 	case evCWEnter:
 		ev.Kind = events.KindCloseWait
 		ev.FinBootNS = ts
+		ev.KernelTracked = flags&flagTracked != 0
 	case evCWLeave:
+		if ev.NewState != events.StateLastAck && ev.NewState != events.StateClose {
+			return fmt.Errorf("CLOSE_WAIT exit to %v", ev.NewState)
+		}
 		ev.Kind = events.KindAbort
 		if flags&flagApp != 0 {
 			ev.Kind = events.KindAppClose
@@ -136,4 +138,22 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		return fmt.Errorf("unknown record kind %d", b[offKind])
 	}
 	return nil
+}
+
+// unmapIPv4 reports a dual-stack IPv6 socket carrying IPv4 as IPv4. Both
+// addresses change together so an event never mixes families: each must
+// be v4-mapped or unspecified (not yet known), and one v4-mapped.
+func unmapIPv4(ev *events.Event) {
+	l, r := ev.LocalAddr, ev.RemoteAddr
+	mappedOrUnset := func(a netip.Addr) bool { return a.Is4In6() || a.IsUnspecified() }
+	if !mappedOrUnset(l) || !mappedOrUnset(r) || (!l.Is4In6() && !r.Is4In6()) {
+		return
+	}
+	v4 := func(a netip.Addr) netip.Addr {
+		if a.IsUnspecified() {
+			return netip.IPv4Unspecified()
+		}
+		return a.Unmap()
+	}
+	ev.Family, ev.LocalAddr, ev.RemoteAddr = events.FamilyIPv4, v4(l), v4(r)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/schemacheck"
 )
 
 // The hand-written offsets must match the layout bpf2go generated from
@@ -70,7 +71,7 @@ func TestDecode(t *testing.T) {
 		Family: events.FamilyIPv4, LocalAddr: netip.MustParseAddr("10.0.0.1"), LocalPort: 5984,
 		RemoteAddr: netip.MustParseAddr("10.0.0.2"), RemotePort: 40000, NetNS: 4026531840,
 		OldState: events.StateCloseWait, NewState: events.StateLastAck,
-		AgeNS: 300_000_000, AgeKnown: true, FinBootNS: 4_700_000_000,
+		AgeNS: 300_000_000, AgeKnown: true, FinBootNS: 4_700_000_000, Key: 0xffff888012345678,
 		Closer: events.Task{PID: 4242, Comm: events.Comm{'c', 'o', 'u', 'c', 'h', 'd', 'b'}}, HasCloser: true,
 	}
 	if ev != want {
@@ -124,6 +125,25 @@ func TestDecodeIPv6(t *testing.T) {
 	if ev.Family != events.FamilyIPv4 || ev.LocalAddr.String() != "192.0.2.1" || ev.RemoteAddr.String() != "192.0.2.2" {
 		t.Errorf("v4-mapped: %v %v -> %v, want ipv4 192.0.2.1 -> 192.0.2.2", ev.Family, ev.LocalAddr, ev.RemoteAddr)
 	}
+	// The family never mixes: unspecified goes with the other address.
+	for _, tc := range []struct{ local, remote, family, wantLocal, wantRemote string }{
+		{"::", "::ffff:127.0.0.1", "ipv4", "0.0.0.0", "127.0.0.1"},
+		{"::ffff:127.0.0.1", "::", "ipv4", "127.0.0.1", "0.0.0.0"},
+		{"::", "::", "ipv6", "::", "::"},
+		{"::1", "::ffff:127.0.0.1", "ipv6", "::1", "::ffff:127.0.0.1"},
+		{"2001:db8::1", "::", "ipv6", "2001:db8::1", "::"},
+	} {
+		r := mapped
+		copy(r.Saddr[:], netip.MustParseAddr(tc.local).AsSlice())
+		copy(r.Daddr[:], netip.MustParseAddr(tc.remote).AsSlice())
+		if err := d.decode(record(t, r), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Family.String() != tc.family || ev.LocalAddr.String() != tc.wantLocal || ev.RemoteAddr.String() != tc.wantRemote {
+			t.Errorf("%s -> %s decoded as %v %v -> %v, want %s %s -> %s", tc.local, tc.remote,
+				ev.Family, ev.LocalAddr, ev.RemoteAddr, tc.family, tc.wantLocal, tc.wantRemote)
+		}
+	}
 	v6 := mapped
 	copy(v6.Saddr[:], netip.MustParseAddr("2001:db8::1").AsSlice())
 	copy(v6.Daddr[:], netip.MustParseAddr("2001:db8::2").AsSlice())
@@ -155,17 +175,27 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 }
 
 func FuzzDecode(f *testing.F) {
-	f.Add(make([]byte, eventSize))
+	for _, ev := range []tcptraceEvent{
+		{TsNs: 1, Family: afInet, Kind: evTransition, Oldstate: 1, Newstate: 8},
+		{TsNs: 9, AuxNs: 3, Family: afInet6, Kind: evCWLeave, Oldstate: 8, Newstate: 7, Flags: flagAuxValid | flagApp},
+		{TsNs: 5, Family: afInet6, Kind: evCWEnter, Oldstate: 1, Newstate: 8, Flags: flagCookie | flagTracked},
+	} {
+		var b bytes.Buffer
+		if err := binary.Write(&b, binary.LittleEndian, ev); err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b.Bytes())
+	}
 	d := newDecoder(bootclock.New())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var ev events.Event
 		if d.decode(b, &ev) != nil {
 			return
 		}
-		// Whatever decodes must encode to valid output.
+		// Whatever decodes must encode to a line the schema accepts.
 		out := events.AppendJSON(nil, &ev)
-		if !bytes.HasPrefix(out, []byte(`{"time":"`)) {
-			t.Fatalf("bad encoding %q", out)
+		if err := schemacheck.Line(t, string(out)); err != nil {
+			t.Fatalf("record %x encodes to a line the schema rejects: %v\n%s", b, err, out)
 		}
 	})
 }

@@ -16,6 +16,9 @@ import (
 type tcptraceCwEntry struct {
 	_     structs.HostLayout
 	FinNs uint64
+	Sport uint16
+	Dport uint16
+	Pad   uint32
 }
 
 type tcptraceEvent struct {

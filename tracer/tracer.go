@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -198,7 +199,9 @@ func (t *Tracer) readLoop() {
 		switch {
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// The programs submit without waking us; this is the poll tick.
+			// The programs submit without waking us; this is the poll tick,
+			// and the ring was just read empty: tell the consumer.
+			t.sendProgress()
 			t.reader.SetDeadline(time.Now().Add(t.cfg.FlushInterval))
 			continue
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
@@ -218,6 +221,38 @@ func (t *Tracer) readLoop() {
 			t.queueDrops.Add(1)
 		}
 	}
+}
+
+// progressMargin covers a record still being written by a program that took
+// its timestamp just before the ring was read empty.
+const progressMargin = time.Millisecond
+
+// sendProgress tells the consumer that every event before now (less the
+// margin) has been queued, so it can act on the absence of events, such as
+// reporting a socket stuck, without racing a close still in the ring.
+func (t *Tracer) sendProgress() {
+	mark := events.Event{Kind: events.KindProgress, BootNS: bootclock.Now() - progressMargin.Nanoseconds()}
+	select {
+	case t.queue <- mark:
+	default:
+		// The consumer is behind; the next mark will do.
+	}
+}
+
+// InCloseWait reports whether the kernel's CLOSE-WAIT table still holds the
+// socket of a close_wait event, for the same episode. False means its exit
+// from CLOSE-WAIT happened but was lost. Meaningful only for events with
+// KernelTracked set, in closewait mode.
+func (t *Tracer) InCloseWait(ev *events.Event) (bool, error) {
+	var entry tcptraceCwEntry
+	err := t.coll.Maps["closewait"].Lookup(ev.Key, &entry)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up CLOSE-WAIT table: %w", err)
+	}
+	return int64(entry.FinNs) == ev.FinBootNS && entry.Sport == ev.LocalPort && entry.Dport == ev.RemotePort, nil
 }
 
 // Lost returns cumulative counts of dropped events by cause since New.
@@ -279,7 +314,7 @@ func (t *Tracer) Close() error {
 		if t.coll != nil {
 			t.coll.Close()
 		}
-		t.closeErr = errors.Join(errs...)
+		t.closeErr = joinLine(errs)
 	})
 	return t.closeErr
 }
@@ -293,4 +328,21 @@ func (t *Tracer) detach() error {
 		}
 	})
 	return t.detachErr
+}
+
+// joinLine joins errors on one line: tcptrace prints each error as one line.
+func joinLine(errs []error) error {
+	var msgs []string
+	for _, err := range errs {
+		if err != nil {
+			msgs = append(msgs, err.Error())
+		}
+	}
+	switch len(msgs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	return errors.New(strings.Join(msgs, "; "))
 }

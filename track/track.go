@@ -55,6 +55,11 @@ type Entry struct {
 	Stuck bool
 }
 
+// Verifier reports whether a socket is still in CLOSE-WAIT. It lets the
+// tracker drop a socket whose exit event was lost instead of reporting it
+// stuck for ever.
+type Verifier func(socket *events.Event) (bool, error)
+
 type entry struct {
 	Entry
 	// Next stuck report, boot-time ns; index is the position in the heap, -1
@@ -72,6 +77,7 @@ type Tracker struct {
 	byID      map[uint64]*entry
 	due       dueHeap
 	tableFull uint64
+	vanished  uint64
 }
 
 // New returns an empty tracker. cfg must be valid.
@@ -126,12 +132,26 @@ func (t *Tracker) remove(e *entry) {
 }
 
 // Expire emits a stuck event for every socket whose report is due at
-// nowBoot (CLOCK_BOOTTIME ns).
-func (t *Tracker) Expire(nowBoot int64, emit func(*events.Event)) {
+// nowBoot (CLOCK_BOOTTIME ns). The caller must have passed every event
+// before nowBoot to Observe, or a close still in flight would be overtaken.
+// verify, if not nil, is asked about each socket first; a socket it says
+// has left CLOSE-WAIT is dropped and counted in Vanished.
+func (t *Tracker) Expire(nowBoot int64, verify Verifier, emit func(*events.Event)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for len(t.due) > 0 && t.due[0].due <= nowBoot {
 		e := t.due[0]
+		if verify != nil {
+			still, err := verify(&e.Socket)
+			if err != nil {
+				return err
+			}
+			if !still {
+				t.vanished++
+				t.remove(e)
+				continue
+			}
+		}
 		ev := e.Socket
 		ev.Kind = events.KindStuck
 		ev.Time = t.clock.Wall(nowBoot)
@@ -152,17 +172,7 @@ func (t *Tracker) Expire(nowBoot int64, emit func(*events.Event)) {
 		}
 		emit(&ev)
 	}
-}
-
-// NextDue returns when the next stuck report is due (CLOCK_BOOTTIME ns),
-// false when none is scheduled.
-func (t *Tracker) NextDue() (int64, bool) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.due) == 0 {
-		return 0, false
-	}
-	return t.due[0].due, true
+	return nil
 }
 
 // Len returns the number of sockets in CLOSE-WAIT being tracked.
@@ -177,6 +187,14 @@ func (t *Tracker) TableFull() uint64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.tableFull
+}
+
+// Vanished counts sockets dropped because they had left CLOSE-WAIT although
+// their exit event never arrived (it was lost, and counted as lost).
+func (t *Tracker) Vanished() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.vanished
 }
 
 // Snapshot returns a copy of every tracked socket.

@@ -73,8 +73,10 @@ func TestCloseWaitAppCloseLatency(t *testing.T) {
 func TestStuckThenClose(t *testing.T) {
 	attachModes(t, func(t *testing.T, attach string) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
+		// Stuck reports wait for the ring buffer to be read empty, so they
+		// come up to one flush interval late: keep it short.
 		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
-			"--threshold", "200ms", "--repeat", "150ms")
+			"--threshold", "200ms", "--repeat", "150ms", "--flush-interval", "20ms")
 		c := dial(t, ln)
 		c.client.Close()
 		cw := p.closeWaitOf(c)
@@ -86,8 +88,8 @@ func TestStuckThenClose(t *testing.T) {
 				*first.AgeNS, *first.ThresholdNS, *first.AgeKnown)
 		}
 		second := p.next(eventTimeout, "repeated stuck", isStuck)
-		if gap := *second.AgeNS - *first.AgeNS; gap < int64(100*time.Millisecond) {
-			t.Errorf("repeated stuck %v after the first, want about 150ms", time.Duration(gap))
+		if gap := time.Duration(*second.AgeNS - *first.AgeNS); gap < 130*time.Millisecond || gap > 250*time.Millisecond {
+			t.Errorf("repeated stuck %v after the first, want 150ms give or take the 20ms flush interval", gap)
 		}
 		c.server.Close()
 		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
@@ -105,9 +107,58 @@ func TestStuckThenClose(t *testing.T) {
 	})
 }
 
+// A close that happens before the threshold but is still in the ring
+// buffer when the threshold passes must not be reported stuck. Here the
+// FIN events are read at once (a burst fills a quarter of a 4 KiB ring,
+// which wakes the reader), the close 150 ms later is read only at the next
+// 2 s poll, and the threshold is 300 ms: a stuck report driven by a timer
+// rather than by what was read would fire in between.
+func TestCloseInRingIsNotOvertakenByStuck(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "300ms",
+		"--flush-interval", "2s", "--ring-buffer-size", "4096")
+	target := dial(t, ln)
+	var fillers []conn
+	for range 12 {
+		fillers = append(fillers, dial(t, ln))
+	}
+	start := time.Now()
+	target.client.Close()
+	for _, f := range fillers {
+		f.client.Close()
+	}
+	p.closeWaitOf(target)
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("FIN events read after %v: the burst did not wake the reader, so this test proves nothing", waited)
+	}
+	time.Sleep(150*time.Millisecond - time.Since(start))
+	target.server.Close()
+	ac := p.next(5*time.Second, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && target.isServer(ev) })
+	if *ac.WasStuck || *ac.FinToCloseNS >= int64(300*time.Millisecond) {
+		t.Errorf("app_close after %v reported was_stuck=%v with a 300ms threshold", time.Duration(*ac.FinToCloseNS), *ac.WasStuck)
+	}
+	stuckFillers := 0
+	for _, ev := range p.drain() {
+		switch {
+		case ev.Event == "stuck" && ev.Sock == ac.Sock:
+			t.Errorf("stuck reported for a socket closed before the threshold: %v", ev)
+		case ev.Event == "stuck":
+			stuckFillers++
+		}
+	}
+	// The fillers stay in CLOSE-WAIT: they show stuck reporting still works.
+	if stuckFillers != len(fillers) {
+		t.Errorf("%d fillers reported stuck, want %d", stuckFillers, len(fillers))
+	}
+}
+
 func TestCloseWaitIPv6(t *testing.T) {
+	attachModes(t, testCloseWaitIPv6)
+}
+
+func testCloseWaitIPv6(t *testing.T, attach string) {
 	ln := listen(t, "tcp6", "[::1]:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
 	cw := p.closeWaitOf(c)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcptrace/tcptrace/internal/schemacheck"
 	"github.com/tcptrace/tcptrace/internal/testenv"
 )
 
@@ -159,7 +160,7 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
-			if err := testenv.ValidateLine(t, line); err != nil {
+			if err := schemacheck.Line(t, line); err != nil {
 				readErr = fmt.Errorf("line fails events/schema.json: %v\n%s", err, line)
 				return
 			}

@@ -58,22 +58,15 @@ type stream struct {
 	written  uint64
 	lost     events.LostCounts // cumulative, as last reported
 	writeErr error
-
-	stuckTimer *time.Timer // fires when the next stuck report is due
-	armedDue   int64       // the due time stuckTimer is set for; 0: none
 }
 
 func (s *stream) run(ctx context.Context) error {
 	tick := time.NewTicker(tickInterval)
 	defer tick.Stop()
-	s.stuckTimer = time.NewTimer(time.Hour)
-	s.stuckTimer.Stop()
-	defer s.stuckTimer.Stop()
 	lastLost := time.Now()
 	done := ctx.Done()
 	evs := s.tr.Events()
 	for s.writeErr == nil {
-		s.armStuckTimer()
 		select {
 		case <-done:
 			// Detach, then deliver what the ring buffer still holds.
@@ -81,19 +74,18 @@ func (s *stream) run(ctx context.Context) error {
 			done = nil
 		case ev, ok := <-evs:
 			if !ok {
-				s.expire()
+				// Everything the kernel produced has been handled.
+				err := s.expire(bootclock.Now())
 				s.reportLost()
 				s.flush()
-				return errors.Join(s.tr.Err(), s.writeErr)
+				return errors.Join(err, s.tr.Err(), s.writeErr)
 			}
-			s.handle(&ev)
+			if err := s.handle(&ev); err != nil {
+				return err
+			}
 			if len(evs) == 0 {
 				s.flush()
 			}
-		case <-s.stuckTimer.C:
-			s.armedDue = 0
-			s.expire()
-			s.flush()
 		case <-tick.C:
 			if time.Since(lastLost) >= lostInterval {
 				s.reportLost()
@@ -105,12 +97,18 @@ func (s *stream) run(ctx context.Context) error {
 	return s.writeErr
 }
 
-func (s *stream) handle(ev *events.Event) {
+func (s *stream) handle(ev *events.Event) error {
+	if ev.Kind == events.KindProgress {
+		// Every event before ev.BootNS has been handled: stuck reports up to
+		// then cannot overtake a close.
+		return s.expire(ev.BootNS)
+	}
 	if s.track != nil {
 		s.track.Observe(ev, s.emit)
-		return
+		return nil
 	}
 	s.emit(ev)
+	return nil
 }
 
 func (s *stream) emit(ev *events.Event) {
@@ -132,24 +130,20 @@ func (s *stream) flush() {
 	}
 }
 
-// armStuckTimer sets the timer for the tracker's next due stuck report, so
-// reports are on time rather than on a tick.
-func (s *stream) armStuckTimer() {
+func (s *stream) expire(nowBoot int64) error {
 	if s.track == nil {
-		return
+		return nil
 	}
-	due, ok := s.track.NextDue()
-	if !ok || due == s.armedDue {
-		return
-	}
-	s.armedDue = due
-	s.stuckTimer.Reset(max(time.Duration(due-bootclock.Now()), 0))
+	return s.track.Expire(nowBoot, s.stillInCloseWait, s.emit)
 }
 
-func (s *stream) expire() {
-	if s.track != nil {
-		s.track.Expire(bootclock.Now(), s.emit)
+// stillInCloseWait checks a socket due for a stuck report against the
+// kernel's table, when the kernel tracks it.
+func (s *stream) stillInCloseWait(socket *events.Event) (bool, error) {
+	if !socket.KernelTracked {
+		return true, nil
 	}
+	return s.tr.InCloseWait(socket)
 }
 
 // reportLost emits a lost event with what was dropped since the last one.
@@ -179,6 +173,9 @@ func (s *stream) summary() {
 	}
 	if s.track != nil {
 		attrs = append(attrs, "still_in_close_wait", s.track.Len())
+		if n := s.track.Vanished(); n > 0 {
+			attrs = append(attrs, "close_wait_exits_missed", n)
+		}
 	}
 	s.log.Info("stopped", attrs...)
 }

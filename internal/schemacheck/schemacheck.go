@@ -1,4 +1,6 @@
-package testenv
+// Package schemacheck validates output lines against events/schema.json in
+// tests.
+package schemacheck
 
 import (
 	"bytes"
@@ -24,8 +26,8 @@ var compiled = sync.OnceValues(func() (*jsonschema.Schema, error) {
 	return c.Compile("schema.json")
 })
 
-// ValidateLine checks one output line against events/schema.json.
-func ValidateLine(tb testing.TB, line string) error {
+// Line checks one output line against events/schema.json.
+func Line(tb testing.TB, line string) error {
 	tb.Helper()
 	sch, err := compiled()
 	if err != nil {
