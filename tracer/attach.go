@@ -9,6 +9,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/oneline"
 )
 
 // Attach chooses the kernel hook for inet_sock_set_state.
@@ -129,7 +131,7 @@ func (t *Tracer) loadAndAttach() error {
 	if memlockErr != nil {
 		failures = append(failures, fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", memlockErr))
 	}
-	return fmt.Errorf("no usable attach point: %w", joinLine(failures))
+	return fmt.Errorf("no usable attach point: %w", oneline.Join(failures...))
 }
 
 func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {

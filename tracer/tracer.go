@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/oneline"
 )
 
 // Mode selects what the kernel sends to user space.
@@ -314,7 +314,7 @@ func (t *Tracer) Close() error {
 		if t.coll != nil {
 			t.coll.Close()
 		}
-		t.closeErr = joinLine(errs)
+		t.closeErr = oneline.Join(errs...)
 	})
 	return t.closeErr
 }
@@ -328,21 +328,4 @@ func (t *Tracer) detach() error {
 		}
 	})
 	return t.detachErr
-}
-
-// joinLine joins errors on one line: tcptrace prints each error as one line.
-func joinLine(errs []error) error {
-	var msgs []string
-	for _, err := range errs {
-		if err != nil {
-			msgs = append(msgs, err.Error())
-		}
-	}
-	switch len(msgs) {
-	case 0:
-		return nil
-	case 1:
-		return errs[0]
-	}
-	return errors.New(strings.Join(msgs, "; "))
 }

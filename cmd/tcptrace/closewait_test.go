@@ -315,7 +315,9 @@ func TestPeerResetIsAbort(t *testing.T) {
 }
 
 // 2,000 sockets sit in CLOSE-WAIT together, then all close: exactly 2,000
-// app_close events, nothing lost.
+// app_close events, nothing lost. (A lost event may report recursion misses
+// alone: the kernel counts those per program, for all sockets on the host.
+// Any that hit this test's sockets would break the exact counts.)
 func TestManySocketsNoneLost(t *testing.T) {
 	const n = 2000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
@@ -329,10 +331,7 @@ func TestManySocketsNoneLost(t *testing.T) {
 	}
 	inCW := map[string]bool{}
 	for len(inCW) < n {
-		ev := p.next(20*time.Second, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" || ev.Event == "lost" })
-		if ev.Event == "lost" {
-			t.Fatalf("events lost: %v", ev)
-		}
+		ev := p.next(20*time.Second, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
 		inCW[ev.Sock] = true
 	}
 	for _, c := range conns {
@@ -340,7 +339,7 @@ func TestManySocketsNoneLost(t *testing.T) {
 	}
 	closed := map[string]bool{}
 	for len(closed) < n {
-		ev := p.next(20*time.Second, "app_close", func(ev jsonEvent) bool { return ev.Event != "close_wait" })
+		ev := p.next(20*time.Second, "app_close", func(ev jsonEvent) bool { return ev.Event != "close_wait" && ev.Event != "lost" })
 		if ev.Event != "app_close" || !inCW[ev.Sock] || closed[ev.Sock] {
 			t.Fatalf("unexpected event after %d app_close: %v", len(closed), ev)
 		}
@@ -349,11 +348,12 @@ func TestManySocketsNoneLost(t *testing.T) {
 	counts := map[string]int{}
 	for _, ev := range p.drain() {
 		counts[ev.Event]++
+		if ev.Event == "lost" && (len(ev.Counts) != 1 || ev.Counts["recursion_miss"] == 0) {
+			t.Errorf("events lost: %v", ev)
+		}
 	}
-	if counts["close_wait"] != n || counts["app_close"] != n || counts["lost"] != 0 || len(counts) != 2 {
+	delete(counts, "lost")
+	if counts["close_wait"] != n || counts["app_close"] != n || len(counts) != 2 {
 		t.Errorf("events = %v, want exactly %d close_wait and %d app_close", counts, n, n)
-	}
-	if !strings.Contains(p.stderr.String(), " lost=0 ") {
-		t.Errorf("exit summary does not report lost=0:\n%s", p.stderr.String())
 	}
 }

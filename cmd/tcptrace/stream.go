@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/oneline"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/tracer"
 	"github.com/tcptrace/tcptrace/track"
@@ -45,7 +45,7 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	runErr := s.run(c.Context)
 	closeErr := tr.Close()
 	s.summary()
-	return errors.Join(runErr, closeErr)
+	return oneline.Join(runErr, closeErr)
 }
 
 // stream moves events from the tracer through the tracker to the output.
@@ -78,7 +78,7 @@ func (s *stream) run(ctx context.Context) error {
 				err := s.expire(bootclock.Now())
 				s.reportLost()
 				s.flush()
-				return errors.Join(err, s.tr.Err(), s.writeErr)
+				return oneline.Join(err, s.tr.Err(), s.writeErr)
 			}
 			if err := s.handle(&ev); err != nil {
 				return err

@@ -26,7 +26,11 @@ func TestTraceFullSequence(t *testing.T) {
 		// Reopen the listener on its port so its birth is traced too.
 		ln.Close()
 		ln = listen(t, "tcp4", ln.Addr().String())
+		// Traffic on another port, before and alongside: filtered out.
+		other := listen(t, "tcp4", "127.0.0.1:0")
+		dial(t, other).client.Close()
 		c := dial(t, ln)
+		dial(t, other).server.Close()
 		c.client.Close()
 		// Let the client's FIN settle before the server closes, so neither
 		// end sees a simultaneous close.
@@ -41,6 +45,11 @@ func TestTraceFullSequence(t *testing.T) {
 		})
 
 		evs := p.drain()
+		for _, ev := range evs {
+			if ev.LocalPort == listenerPort(other) || ev.RemotePort == listenerPort(other) {
+				t.Errorf("--port %d let through an event of port %d: %v", c.port, listenerPort(other), ev)
+			}
+		}
 		// Ports are set after the first transition of each socket: identify
 		// sockets by a transition where the 4-tuple is known, then collect
 		// every event with the same id.
