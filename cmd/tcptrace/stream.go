@@ -66,16 +66,22 @@ func (s *stream) run(ctx context.Context) error {
 	lastLost := time.Now()
 	done := ctx.Done()
 	evs := s.tr.Events()
+	var stoppedAt int64
 	for s.writeErr == nil {
 		select {
 		case <-done:
 			// Detach, then deliver what the ring buffer still holds.
+			stoppedAt = bootclock.Now()
 			s.tr.Stop()
 			done = nil
 		case ev, ok := <-evs:
 			if !ok {
-				// Everything the kernel produced has been handled.
-				err := s.expire(bootclock.Now())
+				// Everything the kernel produced before the detach has been
+				// handled; after it, nothing is known.
+				var err error
+				if stoppedAt != 0 {
+					err = s.expire(stoppedAt)
+				}
 				s.reportLost()
 				s.flush()
 				return oneline.Join(err, s.tr.Err(), s.writeErr)
