@@ -1,0 +1,618 @@
+package owner
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The test binary doubles as the helper process holding sockets: with
+// helperEnv set, TestMain runs the helper named by the first argument
+// instead of the tests. The helper speaks a line protocol: it prints
+// "sock <ino> <fd>" per socket, "child <pid>", "sent", "ready", and takes
+// commands on stdin; stdin EOF makes it exit.
+const (
+	helperEnv  = "TCPTRACE_OWNER_HELPER"
+	helperArg  = "owner-helper"
+	helperN    = "OWNER_HELPER_N"    // sockets to open at start (default 1)
+	helperAddr = "OWNER_HELPER_ADDR" // IPv4 address to listen on (default 127.0.0.1)
+	helperComm = "OWNER_HELPER_COMM" // comm to set at start
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		if err := helper(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "helper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func helper(args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("no mode")
+	}
+	if c := os.Getenv(helperComm); c != "" {
+		// Writing /proc/self/comm names the thread group leader, whichever
+		// thread runs this; prctl(PR_SET_NAME) would name only the caller.
+		if err := os.WriteFile("/proc/self/comm", []byte(c), 0); err != nil {
+			return err
+		}
+	}
+	switch args[0] {
+	case "listen":
+		return helperListen()
+	case "hold":
+		_, err := io.Copy(io.Discard, os.Stdin)
+		return err
+	case "recv":
+		return helperRecv()
+	}
+	return fmt.Errorf("unknown mode %q", args[0])
+}
+
+func listenSock(addr [4]byte) (fd int, ino uint64, err error) {
+	fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: addr}); err != nil {
+		return 0, 0, err
+	}
+	if err := syscall.Listen(fd, 1); err != nil {
+		return 0, 0, err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, 0, err
+	}
+	return fd, st.Ino, nil
+}
+
+func helperListen() error {
+	n := 1
+	if s := os.Getenv(helperN); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	addr := [4]byte{127, 0, 0, 1}
+	if s := os.Getenv(helperAddr); s != "" {
+		var a, b, c, d byte
+		if _, err := fmt.Sscanf(s, "%d.%d.%d.%d", &a, &b, &c, &d); err != nil {
+			return err
+		}
+		addr = [4]byte{a, b, c, d}
+	}
+	var fds []int
+	open := func() error {
+		fd, ino, err := listenSock(addr)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+		fmt.Printf("sock %d %d\n", ino, fd)
+		return nil
+	}
+	for range n {
+		if err := open(); err != nil {
+			return err
+		}
+	}
+	fmt.Println("ready")
+	var kids []*exec.Cmd
+	var keep []*os.File // an unreachable *os.File would close its fd
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "more":
+			if err := open(); err != nil {
+				return err
+			}
+		case "fork":
+			// The grandchild inherits fds[0] as its fd 3 and exits when we
+			// do: its stdin pipe closes, and Pdeathsig backs that up.
+			sock := os.NewFile(uintptr(fds[0]), "sock")
+			cmd := exec.Command(os.Args[0], helperArg, "hold")
+			cmd.Env = os.Environ()
+			cmd.ExtraFiles = []*os.File{sock}
+			cmd.Stderr = os.Stderr
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			if _, err := cmd.StdinPipe(); err != nil {
+				return err
+			}
+			if err := cmd.Start(); err != nil {
+				return err
+			}
+			kids = append(kids, cmd)
+			keep = append(keep, sock)
+			fmt.Printf("child %d\n", cmd.Process.Pid)
+		case "send":
+			// fd 3 is our end of a socketpair; pass fds[0] and close it.
+			if err := syscall.Sendmsg(3, []byte("x"), syscall.UnixRights(fds[0]), nil, 0); err != nil {
+				return err
+			}
+			syscall.Close(fds[0])
+			fmt.Println("sent")
+		}
+	}
+	for _, k := range kids {
+		k.Process.Kill()
+		k.Wait()
+	}
+	runtime.KeepAlive(keep)
+	return in.Err()
+}
+
+func helperRecv() error {
+	buf := make([]byte, 1)
+	oob := make([]byte, syscall.CmsgSpace(4))
+	_, oobn, _, _, err := syscall.Recvmsg(3, buf, oob, 0)
+	if err != nil {
+		return err
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("control messages: %v", err)
+	}
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return fmt.Errorf("rights: %v", err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fds[0], &st); err != nil {
+		return err
+	}
+	fmt.Printf("sock %d %d\n", st.Ino, fds[0])
+	_, err = io.Copy(io.Discard, os.Stdin)
+	return err
+}
+
+// child is a running helper process.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+}
+
+type childOpts struct {
+	env   []string
+	extra []*os.File
+	sys   *syscall.SysProcAttr
+}
+
+func startChild(t *testing.T, o childOpts, args ...string) *child {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, append([]string{helperArg}, args...)...)
+	cmd.Env = append(os.Environ(), helperEnv+"=1")
+	cmd.Env = append(cmd.Env, o.env...)
+	cmd.ExtraFiles = o.extra
+	cmd.SysProcAttr = o.sys
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &child{cmd: cmd, stdin: stdin, lines: make(chan string, 1024)}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+		close(c.lines)
+	}()
+	t.Cleanup(func() {
+		stdin.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return c
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+// next returns the fields of the child's next line, which must start with
+// word.
+func (c *child) next(t *testing.T, word string) []string {
+	t.Helper()
+	select {
+	case line, ok := <-c.lines:
+		if !ok {
+			t.Fatalf("child %d: exited, wanted %q", c.pid(), word)
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != word {
+			t.Fatalf("child %d: got %q, wanted %q", c.pid(), line, word)
+		}
+		return f[1:]
+	case <-time.After(5 * time.Second):
+		t.Fatalf("child %d: timeout waiting for %q", c.pid(), word)
+	}
+	return nil
+}
+
+type sock struct {
+	ino uint64
+	fd  int
+}
+
+func (c *child) sock(t *testing.T) sock {
+	t.Helper()
+	f := c.next(t, "sock")
+	ino, err1 := strconv.ParseUint(f[0], 10, 64)
+	fd, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil {
+		t.Fatalf("bad sock line %q", f)
+	}
+	return sock{ino, fd}
+}
+
+func (c *child) send(t *testing.T, cmd string) {
+	t.Helper()
+	if _, err := io.WriteString(c.stdin, cmd+"\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func netnsSelf(t *testing.T) uint64 {
+	t.Helper()
+	ns, err := netnsOf("/proc", os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+func testExe(t *testing.T) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+// pids lists the owners' pids, in order.
+func pids(owners []Owner) []int {
+	var out []int
+	for _, o := range owners {
+		out = append(out, o.PID)
+	}
+	return out
+}
+
+func TestResolveChild(t *testing.T) {
+	c := startChild(t, childOpts{}, "listen", "arg-one")
+	s := c.sock(t)
+	c.next(t, "ready")
+
+	r := NewResolver(Config{})
+	owners, src := r.Resolve(s.ino, netnsSelf(t), nil)
+	if src != SourceProc || len(owners) != 1 {
+		t.Fatalf("got %v %+v, want one owner", src, owners)
+	}
+	o := owners[0]
+	exe := testExe(t)
+	want := Owner{
+		PID:     c.pid(),
+		Comm:    o.Comm, // checked below
+		Exe:     exe,
+		Cmdline: exe + " " + helperArg + " listen arg-one",
+		UID:     uint32(os.Getuid()),
+		FD:      s.fd,
+	}
+	if o != want {
+		t.Errorf("got  %+v\nwant %+v", o, want)
+	}
+	// The kernel names the process after the executable's base name,
+	// truncated to 15 bytes.
+	base := exe[strings.LastIndexByte(exe, '/')+1:]
+	if len(base) > 15 {
+		base = base[:15]
+	}
+	if o.Comm != base {
+		t.Errorf("comm %q, want %q", o.Comm, base)
+	}
+
+	// Once the child is gone the cache must not answer for it.
+	c.stdin.Close()
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	if owners, src := r.Resolve(s.ino, netnsSelf(t), nil); src != SourceUnresolved || owners != nil {
+		t.Errorf("after exit: got %v %+v", src, owners)
+	}
+	if owners, src := r.Resolve(0, 0, nil); src != SourceUnresolved || owners != nil {
+		t.Errorf("inode 0: got %v %+v", src, owners)
+	}
+}
+
+func TestResolveFork(t *testing.T) {
+	c := startChild(t, childOpts{}, "listen")
+	s := c.sock(t)
+	c.next(t, "ready")
+	netns := netnsSelf(t)
+
+	// MaxAge ~0: every hit is re-confirmed by a full scan, so a holder that
+	// appeared after the first Resolve is found.
+	r := NewResolver(Config{MinRescan: time.Nanosecond, MaxAge: time.Nanosecond})
+	if owners, _ := r.Resolve(s.ino, netns, nil); !slices.Equal(pids(owners), []int{c.pid()}) {
+		t.Fatalf("before fork: got %+v", owners)
+	}
+
+	c.send(t, "fork")
+	gpid, err := strconv.Atoi(c.next(t, "child")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int{c.pid(), gpid}
+	slices.Sort(want)
+	for _, r := range []*Resolver{r, NewResolver(Config{})} {
+		owners, src := r.Resolve(s.ino, netns, nil)
+		if src != SourceProc || !slices.Equal(pids(owners), want) {
+			t.Fatalf("after fork: got %v %+v, want pids %v", src, owners, want)
+		}
+		for _, o := range owners {
+			wantFD := s.fd
+			if o.PID == gpid {
+				wantFD = 3 // first of ExtraFiles
+				if !strings.Contains(o.Cmdline, helperArg+" hold") {
+					t.Errorf("grandchild cmdline %q", o.Cmdline)
+				}
+			}
+			if o.FD != wantFD || o.Exe != testExe(t) {
+				t.Errorf("owner %+v: want fd %d exe %s", o, wantFD, testExe(t))
+			}
+		}
+	}
+}
+
+func TestResolveSCMRights(t *testing.T) {
+	sp, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fa, fb := os.NewFile(uintptr(sp[0]), "a"), os.NewFile(uintptr(sp[1]), "b")
+	a := startChild(t, childOpts{extra: []*os.File{fa}}, "listen")
+	b := startChild(t, childOpts{extra: []*os.File{fb}}, "recv")
+	fa.Close()
+	fb.Close()
+	s := a.sock(t)
+	a.next(t, "ready")
+	netns := netnsSelf(t)
+
+	fast := NewResolver(Config{MinRescan: time.Nanosecond})
+	slow := NewResolver(Config{MinRescan: time.Hour})
+	for _, r := range []*Resolver{fast, slow} {
+		if owners, _ := r.Resolve(s.ino, netns, nil); !slices.Equal(pids(owners), []int{a.pid()}) {
+			t.Fatalf("before send: got %+v, want pid %d", owners, a.pid())
+		}
+	}
+
+	a.send(t, "send")
+	a.next(t, "sent")
+	got := b.sock(t)
+	if got.ino != s.ino {
+		t.Fatalf("received inode %d, want %d", got.ino, s.ino)
+	}
+
+	// A was cached as the holder; verification must drop it and a scan
+	// find B.
+	owners, src := fast.Resolve(s.ino, netns, nil)
+	if src != SourceProc || len(owners) != 1 || owners[0].PID != b.pid() || owners[0].FD != got.fd {
+		t.Errorf("after send: got %v %+v, want pid %d fd %d", src, owners, b.pid(), got.fd)
+	}
+	// Rate limited: no scan allowed, but the stale holder is still dropped.
+	if owners, src := slow.Resolve(s.ino, netns, nil); src != SourceUnresolved || owners != nil {
+		t.Errorf("rate limited after send: got %v %+v, want unresolved", src, owners)
+	}
+}
+
+func TestResolveNetns(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to create a network namespace (CLONE_NEWNET)")
+	}
+	// Probe first: containers often deny CLONE_NEWNET even to root.
+	probe := exec.Command(testExe(t), "-test.run=^$")
+	probe.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	if err := probe.Run(); err != nil {
+		t.Skipf("cannot create a network namespace here: %v", err)
+	}
+
+	// No loopback address in a fresh namespace: listen on 0.0.0.0.
+	c := startChild(t, childOpts{
+		env: []string{helperAddr + "=0.0.0.0"},
+		sys: &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET},
+	}, "listen")
+	s := c.sock(t)
+	c.next(t, "ready")
+	host := netnsSelf(t)
+	ns, err := netnsOf("/proc", c.pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns == host {
+		t.Fatal("child shares the host network namespace")
+	}
+
+	r := NewResolver(Config{})
+	if owners, src := r.Resolve(s.ino, host, nil); src != SourceUnresolved {
+		t.Errorf("host netns: got %v %+v, want unresolved", src, owners)
+	}
+	if st := r.Stats(); st.FullScans != 1 || st.PidsSkipped == 0 {
+		t.Errorf("host netns: stats %+v, want 1 full scan skipping the child", st)
+	}
+	before := r.Stats()
+	owners, src := r.Resolve(s.ino, ns, nil)
+	if src != SourceProc || !slices.Equal(pids(owners), []int{c.pid()}) || owners[0].FD != s.fd {
+		t.Errorf("child netns: got %v %+v, want pid %d", src, owners, c.pid())
+	}
+	// Only the child (and nothing else) lives in its namespace.
+	if st := r.Stats(); st.PidsScanned-before.PidsScanned != 1 {
+		t.Errorf("child netns: scanned %d pids, want 1", st.PidsScanned-before.PidsScanned)
+	}
+}
+
+func TestResolveCache(t *testing.T) {
+	const n = 200
+	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
+	var socks []sock
+	for range n {
+		socks = append(socks, c.sock(t))
+	}
+	c.next(t, "ready")
+	netns := netnsSelf(t)
+
+	r := NewResolver(Config{MinRescan: time.Hour})
+	for _, s := range socks {
+		owners, src := r.Resolve(s.ino, netns, nil)
+		if src != SourceProc || len(owners) != 1 || owners[0].PID != c.pid() || owners[0].FD != s.fd {
+			t.Fatalf("sock %+v: got %v %+v", s, src, owners)
+		}
+	}
+	st := r.Stats()
+	if st.FullScans != 1 || st.CacheMisses != 1 || st.CacheHits != n-1 {
+		t.Errorf("stats %+v, want 1 full scan, 1 miss, %d hits", st, n-1)
+	}
+
+	// A socket born after the scan is unknown, and the rate limit holds
+	// back a second full scan (and a second read of the child's table).
+	c.send(t, "more")
+	s := c.sock(t)
+	if owners, src := r.Resolve(s.ino, netns, []int{c.pid()}); src != SourceUnresolved {
+		t.Errorf("new socket within MinRescan: got %v %+v, want unresolved", src, owners)
+	}
+	if st := r.Stats(); st.FullScans != 1 {
+		t.Errorf("full scans %d, want 1", st.FullScans)
+	}
+
+	// A fresh resolver finds it through the hint alone.
+	r2 := NewResolver(Config{MinRescan: time.Hour})
+	owners, src := r2.Resolve(s.ino, netns, []int{c.pid()})
+	if src != SourceProc || len(owners) != 1 || owners[0].PID != c.pid() || owners[0].FD != s.fd {
+		t.Errorf("hinted: got %v %+v", src, owners)
+	}
+	if st := r2.Stats(); st.FullScans != 0 || st.PidsScanned != 1 {
+		t.Errorf("hinted: stats %+v, want no full scan, 1 pid", st)
+	}
+
+	// Forget drops the entry: the next Resolve is a miss again.
+	r2.Forget(s.ino)
+	hits := r2.Stats().CacheHits
+	r2.Resolve(s.ino, netns, nil)
+	if r2.Stats().CacheHits != hits {
+		t.Error("Forget left the entry cached")
+	}
+}
+
+func TestResolveConcurrent(t *testing.T) {
+	const n = 20
+	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
+	var socks []sock
+	for range n {
+		socks = append(socks, c.sock(t))
+	}
+	c.next(t, "ready")
+	netns := netnsSelf(t)
+
+	r := NewResolver(Config{MinRescan: time.Nanosecond, MaxAge: time.Nanosecond})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, s := range socks {
+				if i%4 == g {
+					r.Forget(s.ino)
+				}
+				if owners, _ := r.Resolve(s.ino, netns, nil); len(owners) != 1 || owners[0].PID != c.pid() {
+					t.Errorf("sock %+v: got %+v", s, owners)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestResolveMaxEntries(t *testing.T) {
+	const n = 10
+	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
+	var socks []sock
+	for range n {
+		socks = append(socks, c.sock(t))
+	}
+	c.next(t, "ready")
+
+	r := NewResolver(Config{MaxEntries: 3, MinRescan: time.Hour})
+	if owners, _ := r.Resolve(socks[0].ino, netnsSelf(t), []int{c.pid()}); len(owners) != 1 {
+		t.Fatalf("got %+v", owners)
+	}
+	r.mu.Lock()
+	size := len(r.entries)
+	r.mu.Unlock()
+	if st := r.Stats(); size != 3 || st.Evictions == 0 {
+		t.Errorf("cache holds %d entries after %d evictions, want 3", size, st.Evictions)
+	}
+}
+
+func TestResolveCommCmdline(t *testing.T) {
+	const comm = "a) b (c"
+	long := strings.Repeat("x", 1000)
+	c := startChild(t, childOpts{env: []string{helperComm + "=" + comm}}, "listen", long)
+	s := c.sock(t)
+	c.next(t, "ready")
+
+	r := NewResolver(Config{})
+	owners, src := r.Resolve(s.ino, netnsSelf(t), []int{c.pid()})
+	if src != SourceProc || len(owners) != 1 {
+		t.Fatalf("got %v %+v", src, owners)
+	}
+	o := owners[0]
+	if o.Comm != comm {
+		t.Errorf("comm %q, want %q", o.Comm, comm)
+	}
+	want := (testExe(t) + " " + helperArg + " listen " + long)[:MaxCmdline]
+	if o.Cmdline != want {
+		t.Errorf("cmdline %q (%d bytes), want %q", o.Cmdline, len(o.Cmdline), want)
+	}
+}
+
+func TestSourceString(t *testing.T) {
+	for s, want := range map[Source]string{SourceProc: "proc", SourceUnresolved: "unresolved", 7: "Source(7)"} {
+		if s.String() != want {
+			t.Errorf("%d: %q, want %q", s, s.String(), want)
+		}
+	}
+}
+
+// BenchmarkFullScan measures one full scan of this machine's /proc.
+func BenchmarkFullScan(b *testing.B) {
+	var st Stats
+	for range b.N {
+		r := NewResolver(Config{})
+		r.Resolve(1, 0, nil) // no socket has inode 1: always a full scan
+		st = r.Stats()
+	}
+	b.ReportMetric(float64(st.PidsScanned), "pids/op")
+	b.ReportMetric(float64(st.FDsRead), "fds/op")
+}
