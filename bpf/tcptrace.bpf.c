@@ -108,18 +108,40 @@ static __always_inline bool is_birth(int oldstate, int newstate)
 	return oldstate == TCP_CLOSE || (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
 }
 
-static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int newstate,
-				 __u64 now, __u64 aux, __u8 flags)
-{
-	struct event *ev;
-	__u16 family;
-	__u64 wake = 0;
+/* Before 5.15 struct sock_cgroup_data was a union whose u64 held a cgroup
+ * pointer when its lowest bit (is_data) was clear. */
+struct sock_cgroup_data___old {
+	__u64 val;
+} __attribute__((preserve_access_index));
 
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count(CNT_RINGBUF_FULL);
-		return;
+/* The cgroup v2 id of the socket: its creator's cgroup (a listener's, for an
+ * accepted socket), i.e. the container or service it belongs to. */
+static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+{
+	struct cgroup *cgrp = NULL;
+
+	if (!bpf_core_field_exists(sk->sk_cgrp_data))
+		return 0;
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	} else {
+		struct sock_cgroup_data___old *old = (void *)__builtin_preserve_access_index(&sk->sk_cgrp_data);
+		__u64 val = BPF_CORE_READ(old, val);
+
+		if (!(val & 1))
+			cgrp = (struct cgroup *)val;
 	}
+	if (!cgrp)
+		return 0;
+	return BPF_CORE_READ(cgrp, kn, id);
+}
+
+/* fill writes everything but the kind-specific fields into ev. */
+static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, int oldstate,
+				 int newstate, __u64 now, __u64 aux, __u8 flags)
+{
+	__u16 family;
+
 	ev->ts_ns = now;
 	ev->skaddr = (__u64)sk;
 	ev->cookie = 0;
@@ -151,6 +173,22 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 	ev->newstate = newstate;
 	ev->flags = flags;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	ev->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	ev->cgroup_id = sock_cgroup_id(sk);
+}
+
+static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int newstate,
+				 __u64 now, __u64 aux, __u8 flags)
+{
+	struct event *ev;
+	__u64 wake = 0;
+
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(CNT_RINGBUF_FULL);
+		return;
+	}
+	fill(ev, sk, kind, oldstate, newstate, now, aux, flags);
 
 	/* One wake-up per event costs an IRQ-work interrupt each: batch them. */
 	if (wakeup_bytes)
@@ -195,7 +233,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		entry.fin_ns = now;
 		entry.sport = local_port(sk);
 		entry.dport = remote_port(sk);
-		entry.pad = 0;
+		entry.flags = 0;
 		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY))
 			count(CNT_MAP_FULL);
 		else
@@ -212,6 +250,8 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		bool same = tracked->sport == local_port(sk) && tracked->dport == remote_port(sk);
 
 		aux = tracked->fin_ns;
+		if (tracked->flags & CWF_AGE_UNKNOWN)
+			flags |= EVF_AGE_UNKNOWN;
 		bpf_map_delete_elem(&closewait, &key);
 		/* Different ports: an earlier socket at this address left a stale
 		 * entry; it says nothing about this one. */
@@ -261,4 +301,45 @@ SEC("tracepoint/sock/inet_sock_set_state")
 int tcptrace_set_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 {
 	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+}
+
+/* Start-up snapshot: lists the TCP sockets already in CLOSE_WAIT in the
+ * reading process's network namespace, and tracks them in the kernel table
+ * like sockets seen entering CLOSE_WAIT, with their age unknown. Sockets the
+ * live program already tracks are skipped. Records go to the iterator's
+ * seq_file, which user space reads without loss. */
+SEC("iter/tcp")
+int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct cw_entry entry = {};
+	struct event ev = {};
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u64 key, now;
+	__u8 flags = 0;
+
+	if (!skc || skc->skc_state != TCP_CLOSE_WAIT)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	if (!port_wanted(sk))
+		return 0;
+	key = (__u64)sk;
+	now = bpf_ktime_get_boot_ns();
+	entry.fin_ns = now;
+	entry.sport = local_port(sk);
+	entry.dport = remote_port(sk);
+	entry.flags = CWF_AGE_UNKNOWN;
+	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0)
+		flags |= EVF_TRACKED;
+	else if (bpf_map_lookup_elem(&closewait, &key))
+		return 0; /* seen entering CLOSE_WAIT since attach */
+	else
+		count(CNT_MAP_FULL);
+	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, 0, flags);
+	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
+	return 0;
 }

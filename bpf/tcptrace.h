@@ -9,6 +9,7 @@ enum event_kind {
 	EV_TRANSITION = 1, /* trace mode: any TCP state change */
 	EV_CW_ENTER = 2,   /* the socket entered CLOSE_WAIT: the peer's FIN arrived */
 	EV_CW_LEAVE = 3,   /* the socket left CLOSE_WAIT */
+	EV_SNAPSHOT = 4,   /* start-up snapshot: the socket was already in CLOSE_WAIT */
 };
 
 /* event.flags */
@@ -17,7 +18,13 @@ enum event_flag {
 	EVF_APP = 1 << 1,       /* cw_leave: the application closed or shut down the socket */
 	EVF_INDIRECT = 1 << 2,  /* cw_leave: the CLOSE_WAIT exit itself was not seen, a later transition was */
 	EVF_COOKIE = 1 << 3,    /* cookie holds the kernel's socket cookie */
-	EVF_TRACKED = 1 << 4,   /* cw_enter: the socket is in the kernel's closewait table */
+	EVF_TRACKED = 1 << 4,   /* cw_enter, snapshot: the socket is in the kernel's closewait table */
+	EVF_AGE_UNKNOWN = 1 << 5, /* cw_leave: aux_ns is when the socket was first seen, not its FIN */
+};
+
+/* cw_entry.flags */
+enum cw_flag {
+	CWF_AGE_UNKNOWN = 1 << 0, /* found by the start-up snapshot: fin_ns is first sight */
 };
 
 enum mode {
@@ -50,6 +57,8 @@ struct event {
 	__u8 newstate;
 	__u8 flags;
 	__u8 pad[6];
+	__u64 ino;       /* socket inode, 0 when no file holds the socket */
+	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup), 0 if unknown */
 };
 
 /* Kernel-side record of a socket in CLOSE_WAIT. The ports tell a stale
@@ -59,7 +68,7 @@ struct cw_entry {
 	__u64 fin_ns;
 	__u16 sport;
 	__u16 dport;
-	__u32 pad;
+	__u32 flags; /* enum cw_flag */
 };
 
 #endif

@@ -149,6 +149,45 @@ func (c LostCounts) Total() uint64 {
 	return n
 }
 
+// Owner is a process holding a descriptor of the socket.
+type Owner struct {
+	PID     int
+	Comm    string
+	Exe     string
+	Cmdline string // bounded; NUL separators shown as spaces
+	UID     uint32
+	FD      int
+}
+
+// OwnerSource says how an event's owners were determined.
+type OwnerSource uint8
+
+const (
+	// OwnerUnresolved: no holder was found (yet); owner is empty.
+	OwnerUnresolved OwnerSource = iota
+	// OwnerProc: found in /proc/<pid>/fd when the event was made.
+	OwnerProc
+	// OwnerLastSeen: the socket is closed; the holders it last had.
+	OwnerLastSeen
+	// OwnerNoFile: no file refers to the socket (e.g. still in a
+	// listener's accept queue), so no process holds it.
+	OwnerNoFile
+)
+
+var ownerSourceNames = [...]string{
+	OwnerUnresolved: "unresolved",
+	OwnerProc:       "proc",
+	OwnerLastSeen:   "last_seen",
+	OwnerNoFile:     "no_file",
+}
+
+func (s OwnerSource) String() string {
+	if int(s) < len(ownerSourceNames) {
+		return ownerSourceNames[s]
+	}
+	return "unknown"
+}
+
 // Event is one reported fact. Which fields are meaningful depends on Kind;
 // see the README and schema.json.
 type Event struct {
@@ -163,6 +202,10 @@ type Event struct {
 	RemoteAddr netip.Addr
 	RemotePort uint16
 	NetNS      uint32
+	// Container context: the socket's cgroup v2 id, and what its path says.
+	CgroupID    uint64
+	ContainerID string
+	PodUID      string
 
 	// transition
 	OldState     State
@@ -178,6 +221,11 @@ type Event struct {
 	WasStuck    bool  // app_close, abort
 	Closer      Task  // app_close: valid when HasCloser
 	HasCloser   bool
+
+	// close_wait, stuck, app_close, abort: who holds the socket.
+	Inode       uint64 // socket inode; 0 when no file refers to it
+	Owners      []Owner
+	OwnerSource OwnerSource
 
 	// lost
 	Lost LostCounts

@@ -3,6 +3,7 @@ package events
 import (
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // TimeLayout is RFC 3339 with nanoseconds, always nine digits.
@@ -52,6 +53,19 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	dst = strconv.AppendUint(dst, uint64(e.RemotePort), 10)
 	dst = append(dst, `,"netns":`...)
 	dst = strconv.AppendUint(dst, uint64(e.NetNS), 10)
+	dst = append(dst, `,"cgroup_id":`...)
+	dst = strconv.AppendUint(dst, e.CgroupID, 10)
+	if e.ContainerID != "" {
+		dst = append(dst, `,"container_id":`...)
+		dst = appendStr(dst, e.ContainerID)
+	}
+	if e.PodUID != "" {
+		dst = append(dst, `,"pod_uid":`...)
+		dst = appendStr(dst, e.PodUID)
+	}
+	if e.Kind != KindTransition {
+		dst = appendOwners(dst, e)
+	}
 
 	switch e.Kind {
 	case KindTransition:
@@ -61,6 +75,8 @@ func AppendJSON(dst []byte, e *Event) []byte {
 			dst = appendInt(dst, `,"prev_state_ns":`, e.PrevStateNS)
 		}
 		dst = appendTask(dst, `,"task":`, &e.Task)
+	case KindCloseWait:
+		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 	case KindStuck:
 		dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
@@ -84,6 +100,39 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendState(dst, `,"new_state":`, e.NewState)
 	}
 	return append(dst, '}')
+}
+
+func appendOwners(dst []byte, e *Event) []byte {
+	dst = append(dst, `,"socket_inode":`...)
+	dst = strconv.AppendUint(dst, e.Inode, 10)
+	dst = append(dst, `,"owner_source":"`...)
+	dst = append(dst, e.OwnerSource.String()...)
+	dst = append(dst, `","owner":[`...)
+	for i := range e.Owners {
+		o := &e.Owners[i]
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"pid":`...)
+		dst = strconv.AppendInt(dst, int64(o.PID), 10)
+		dst = append(dst, `,"comm":`...)
+		dst = appendStr(dst, o.Comm)
+		dst = append(dst, `,"exe":`...)
+		dst = appendStr(dst, o.Exe)
+		dst = append(dst, `,"cmdline":`...)
+		dst = appendStr(dst, o.Cmdline)
+		dst = append(dst, `,"uid":`...)
+		dst = strconv.AppendUint(dst, uint64(o.UID), 10)
+		dst = append(dst, `,"fd":`...)
+		dst = strconv.AppendInt(dst, int64(o.FD), 10)
+		dst = append(dst, '}')
+	}
+	return append(dst, ']')
+}
+
+// appendStr is AppendString for a string, without converting it.
+func appendStr(dst []byte, s string) []byte {
+	return AppendString(dst, unsafe.Slice(unsafe.StringData(s), len(s)))
 }
 
 func appendInt(dst []byte, key string, v int64) []byte {

@@ -131,6 +131,31 @@ func appendRow(b []byte, e *events.Event) []byte {
 	case events.KindAbort:
 		b = fmt.Appendf(b, "left CLOSE_WAIT without close -> %s", e.NewState)
 	}
+	if e.Kind != events.KindTransition {
+		b = appendOwners(b, e)
+	}
+	if e.ContainerID != "" {
+		b = append(b, " container="...)
+		b = append(b, e.ContainerID[:min(12, len(e.ContainerID))]...)
+	}
+	return b
+}
+
+func appendOwners(b []byte, e *events.Event) []byte {
+	switch {
+	case len(e.Owners) > 0:
+		b = append(b, " owner="...)
+		for i := range e.Owners {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(e.Owners[i].PID), 10)
+			b = append(b, '/')
+			b = AppendPrintable(b, []byte(e.Owners[i].Comm))
+		}
+	case e.OwnerSource == events.OwnerNoFile:
+		b = append(b, " owner=none(no file)"...)
+	}
 	return b
 }
 

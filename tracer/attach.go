@@ -134,12 +134,10 @@ func (t *Tracer) loadAndAttach() error {
 	return fmt.Errorf("no usable attach point: %w", oneline.Join(failures...))
 }
 
+// snapshotProg is the iter/tcp program of the start-up snapshot.
+const snapshotProg = "tcptrace_snapshot"
+
 func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
-	for name := range spec.Programs {
-		if name != c.prog {
-			delete(spec.Programs, name)
-		}
-	}
 	mode, closewaitSize, stateSize := uint8(kernModeCloseWait), t.cfg.MaxTracked, uint32(1)
 	if t.cfg.Mode == ModeTrace {
 		mode, closewaitSize, stateSize = kernModeTrace, 1, t.cfg.MaxTracked
@@ -162,7 +160,7 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
-	coll, err := ebpf.NewCollection(spec)
+	coll, err := ebpf.NewCollection(onlyProgram(spec, c.prog))
 	if err != nil {
 		return fmt.Errorf("load: %w", shortVerifierError(err))
 	}
@@ -177,7 +175,48 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		return fmt.Errorf("attach: %w", err)
 	}
 	t.coll, t.prog, t.link = coll, coll.Programs[c.prog], l
+	if t.cfg.Mode == ModeCloseWait {
+		t.loadSnapshot(spec)
+	}
 	return nil
+}
+
+// onlyProgram returns a copy of spec without the programs other than name.
+func onlyProgram(spec *ebpf.CollectionSpec, name string) *ebpf.CollectionSpec {
+	spec = spec.Copy()
+	for n := range spec.Programs {
+		if n != name {
+			delete(spec.Programs, n)
+		}
+	}
+	return spec
+}
+
+// loadSnapshot loads the snapshot iterator on the maps already loaded. It
+// needs Linux 5.9 (iter/tcp); without it tcptrace only misses the sockets
+// that were in CLOSE-WAIT before it started, so failure is logged, not fatal.
+func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
+	spec = onlyProgram(spec, snapshotProg)
+	replacements := make(map[string]*ebpf.Map)
+	for name := range spec.Maps {
+		if m, ok := t.coll.Maps[name]; ok {
+			replacements[name] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
+	if err != nil {
+		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported",
+			"error", shortVerifierError(err))
+		return
+	}
+	iter, err := link.AttachIter(link.IterOptions{Program: coll.Programs[snapshotProg]})
+	if err != nil {
+		coll.Close()
+		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported",
+			"error", fmt.Errorf("attach iter/tcp: %w", err))
+		return
+	}
+	t.snapshotColl, t.snapshotIter = coll, iter
 }
 
 // shortVerifierError keeps the last lines of a verifier log, which say why

@@ -30,7 +30,9 @@ const (
 	offOldState = 95
 	offNewState = 96
 	offFlags    = 97
-	eventSize   = 104
+	offIno      = 104
+	offCgroupID = 112
+	eventSize   = 120
 )
 
 // Values of enum event_kind, event_flag (bpf/tcptrace.h).
@@ -38,12 +40,14 @@ const (
 	evTransition = 1
 	evCWEnter    = 2
 	evCWLeave    = 3
+	evSnapshot   = 4
 
-	flagAuxValid = 1 << 0
-	flagApp      = 1 << 1
-	flagIndirect = 1 << 2
-	flagCookie   = 1 << 3
-	flagTracked  = 1 << 4
+	flagAuxValid   = 1 << 0
+	flagApp        = 1 << 1
+	flagIndirect   = 1 << 2
+	flagCookie     = 1 << 3
+	flagTracked    = 1 << 4
+	flagAgeUnknown = 1 << 5
 )
 
 const (
@@ -84,6 +88,8 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		ev.Sock = maphash.Comparable(d.seed, ev.Key)
 	}
 	ev.NetNS = le.Uint32(b[offNetns:])
+	ev.Inode = le.Uint64(b[offIno:])
+	ev.CgroupID = le.Uint64(b[offCgroupID:])
 	task := events.Task{PID: le.Uint32(b[offPID:])}
 	copy(task.Comm[:], b[offComm:offComm+16])
 
@@ -113,9 +119,12 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		ev.Task = task
 		// Time in a state cannot exceed time since boot.
 		ev.PrevStateNS, ev.HasPrevState = aux, auxValid && aux >= 0 && aux <= ts
-	case evCWEnter:
+	case evCWEnter, evSnapshot:
+		// A snapshot socket was already in CLOSE_WAIT: its age counts from
+		// now, first sight.
 		ev.Kind = events.KindCloseWait
 		ev.FinBootNS = ts
+		ev.AgeKnown = b[offKind] == evCWEnter
 		ev.KernelTracked = flags&flagTracked != 0
 	case evCWLeave:
 		if ev.NewState != events.StateLastAck && ev.NewState != events.StateClose {
@@ -132,7 +141,7 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		}
 		if auxValid && aux > 0 && aux <= ts {
 			ev.FinBootNS = aux
-			ev.AgeNS, ev.AgeKnown = ts-aux, true
+			ev.AgeNS, ev.AgeKnown = ts-aux, flags&flagAgeUnknown == 0
 		}
 	default:
 		return fmt.Errorf("unknown record kind %d", b[offKind])

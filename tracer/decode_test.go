@@ -74,7 +74,7 @@ func TestDecode(t *testing.T) {
 		AgeNS: 300_000_000, AgeKnown: true, FinBootNS: 4_700_000_000, Key: 0xffff888012345678,
 		Closer: events.Task{PID: 4242, Comm: events.Comm{'c', 'o', 'u', 'c', 'h', 'd', 'b'}}, HasCloser: true,
 	}
-	if ev != want {
+	if !reflect.DeepEqual(ev, want) {
 		t.Errorf("decoded\n%+v\nwant\n%+v", ev, want)
 	}
 

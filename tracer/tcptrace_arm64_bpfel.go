@@ -18,7 +18,7 @@ type tcptraceCwEntry struct {
 	FinNs uint64
 	Sport uint16
 	Dport uint16
-	Pad   uint32
+	Flags uint32
 }
 
 type tcptraceEvent struct {
@@ -40,6 +40,8 @@ type tcptraceEvent struct {
 	Newstate uint8
 	Flags    uint8
 	Pad      [6]uint8
+	Ino      uint64
+	CgroupId uint64
 }
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -86,6 +88,7 @@ type tcptraceSpecs struct {
 type tcptraceProgramSpecs struct {
 	TcptraceSetStateBtf *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_tp"`
+	TcptraceSnapshot    *ebpf.ProgramSpec `ebpf:"tcptrace_snapshot"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -164,12 +167,14 @@ type tcptraceVariables struct {
 type tcptracePrograms struct {
 	TcptraceSetStateBtf *ebpf.Program `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.Program `ebpf:"tcptrace_set_state_tp"`
+	TcptraceSnapshot    *ebpf.Program `ebpf:"tcptrace_snapshot"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
 		p.TcptraceSetStateBtf,
 		p.TcptraceSetStateTp,
+		p.TcptraceSnapshot,
 	)
 }
 

@@ -123,7 +123,11 @@ type Tracer struct {
 	link   link.Link
 	reader *ringbuf.Reader
 	point  string
-	cookie bool // sock ids are socket cookies
+
+	// Start-up snapshot (closewait mode, Linux 5.9+); nil when unavailable.
+	snapshotColl *ebpf.Collection
+	snapshotIter *link.Iter
+	cookie       bool // sock ids are socket cookies
 
 	queue      chan events.Event
 	queueDrops atomic.Uint64
@@ -310,6 +314,12 @@ func (t *Tracer) Close() error {
 			if err := t.reader.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
 			}
+		}
+		if t.snapshotIter != nil {
+			if err := t.snapshotIter.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close snapshot iterator: %w", err))
+			}
+			t.snapshotColl.Close()
 		}
 		if t.coll != nil {
 			t.coll.Close()

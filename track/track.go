@@ -60,6 +60,10 @@ type Entry struct {
 // stuck for ever.
 type Verifier func(socket *events.Event) (bool, error)
 
+// Refresher brings a stuck event's owner fields up to date (descriptors
+// move between processes); the tracker keeps what it finds.
+type Refresher func(stuck *events.Event)
+
 type entry struct {
 	Entry
 	// Next stuck report, boot-time ns; index is the position in the heap, -1
@@ -101,6 +105,10 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.FinBootNS, true
 			}
 			ev.WasStuck = e.Stuck
+			// The descriptors are gone by now: report who last held them.
+			if len(e.Socket.Owners) > 0 {
+				ev.Owners, ev.OwnerSource = e.Socket.Owners, events.OwnerLastSeen
+			}
 			t.remove(e)
 		}
 	}
@@ -117,7 +125,7 @@ func (t *Tracker) insert(ev *events.Event) {
 		return
 	}
 	e := &entry{
-		Entry: Entry{Socket: *ev, FinBootNS: ev.FinBootNS, AgeKnown: ev.FinBootNS != 0},
+		Entry: Entry{Socket: *ev, FinBootNS: ev.FinBootNS, AgeKnown: ev.AgeKnown},
 		due:   ev.FinBootNS + t.cfg.Threshold.Nanoseconds(),
 	}
 	t.byID[ev.Sock] = e
@@ -135,8 +143,9 @@ func (t *Tracker) remove(e *entry) {
 // nowBoot (CLOCK_BOOTTIME ns). The caller must have passed every event
 // before nowBoot to Observe, or a close still in flight would be overtaken.
 // verify, if not nil, is asked about each socket first; a socket it says
-// has left CLOSE-WAIT is dropped and counted in Vanished.
-func (t *Tracker) Expire(nowBoot int64, verify Verifier, emit func(*events.Event)) error {
+// has left CLOSE-WAIT is dropped and counted in Vanished. refresh, if not
+// nil, updates each report's owners before it is emitted.
+func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit func(*events.Event)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for len(t.due) > 0 && t.due[0].due <= nowBoot {
@@ -159,6 +168,12 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, emit func(*events.Event
 		ev.AgeNS = nowBoot - e.FinBootNS
 		ev.AgeKnown = e.AgeKnown
 		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
+		if refresh != nil {
+			refresh(&ev)
+			if len(ev.Owners) > 0 {
+				e.Socket.Owners, e.Socket.OwnerSource = ev.Owners, ev.OwnerSource
+			}
+		}
 		e.Stuck = true
 		if t.cfg.Repeat > 0 {
 			e.due += t.cfg.Repeat.Nanoseconds()

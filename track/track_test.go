@@ -24,7 +24,7 @@ func (s *sink) kinds() []events.Kind {
 }
 
 func closeWait(sock uint64, finNS int64) *events.Event {
-	return &events.Event{Kind: events.KindCloseWait, Sock: sock, BootNS: finNS, FinBootNS: finNS, LocalPort: 80}
+	return &events.Event{Kind: events.KindCloseWait, Sock: sock, BootNS: finNS, FinBootNS: finNS, AgeKnown: true, LocalPort: 80}
 }
 
 func leave(kind events.Kind, sock uint64, atNS int64) *events.Event {
@@ -44,12 +44,12 @@ func TestStuckOnceThenClose(t *testing.T) {
 	tk := newTracker(t, 200*time.Millisecond, 0, 10)
 	var out sink
 	tk.Observe(closeWait(1, 1000*ms), out.emit)
-	tk.Expire(1199*ms, nil, out.emit)
+	tk.Expire(1199*ms, nil, nil, out.emit)
 	if len(out) != 1 {
 		t.Fatalf("stuck before the threshold: %v", out.kinds())
 	}
-	tk.Expire(1250*ms, nil, out.emit)
-	tk.Expire(5000*ms, nil, out.emit) // no repeat configured
+	tk.Expire(1250*ms, nil, nil, out.emit)
+	tk.Expire(5000*ms, nil, nil, out.emit) // no repeat configured
 	if got := out.kinds(); len(got) != 2 || got[1] != events.KindStuck {
 		t.Fatalf("events = %v, want close_wait, stuck", got)
 	}
@@ -78,7 +78,7 @@ func TestRepeat(t *testing.T) {
 	var out sink
 	tk.Observe(closeWait(1, 0), out.emit)
 	for now := int64(0); now <= 300*ms; now += 10 * ms {
-		tk.Expire(now, nil, out.emit)
+		tk.Expire(now, nil, nil, out.emit)
 	}
 	var ages []int64
 	for _, ev := range out[1:] {
@@ -95,7 +95,7 @@ func TestRepeat(t *testing.T) {
 	}
 	// After a long pause, one report, not a burst.
 	out = out[:0]
-	tk.Expire(10_000*ms, nil, out.emit)
+	tk.Expire(10_000*ms, nil, nil, out.emit)
 	if len(out) != 1 {
 		t.Errorf("%d reports after a pause, want 1", len(out))
 	}
@@ -109,7 +109,7 @@ func TestHeapOrderAndRemoval(t *testing.T) {
 	}
 	tk.Observe(leave(events.KindAppClose, 3, 60*ms), out.emit) // fin 40 closes early
 	out = out[:0]
-	tk.Expire(1000*ms, nil, out.emit)
+	tk.Expire(1000*ms, nil, nil, out.emit)
 	var socks []uint64
 	for _, ev := range out {
 		socks = append(socks, ev.Sock)
@@ -152,7 +152,7 @@ func TestReusedIDReplacesEntry(t *testing.T) {
 	if tk.Len() != 1 {
 		t.Fatalf("len %d after a reused id, want 1", tk.Len())
 	}
-	tk.Expire(1200*ms, nil, out.emit)
+	tk.Expire(1200*ms, nil, nil, out.emit)
 	if len(out) != 2 {
 		t.Errorf("stuck reported for the replaced entry: %v", out.kinds())
 	}
@@ -182,7 +182,7 @@ func TestVerifierDropsVanishedSockets(t *testing.T) {
 	gone := map[uint64]bool{2: true}
 	verify := func(ev *events.Event) (bool, error) { return !gone[ev.Sock], nil }
 	out = out[:0]
-	if err := tk.Expire(150*ms, verify, out.emit); err != nil {
+	if err := tk.Expire(150*ms, verify, nil, out.emit); err != nil {
 		t.Fatal(err)
 	}
 	if len(out) != 1 || out[0].Sock != 1 {
@@ -192,7 +192,7 @@ func TestVerifierDropsVanishedSockets(t *testing.T) {
 		t.Errorf("len %d vanished %d, want 1 and 1", tk.Len(), tk.Vanished())
 	}
 	failing := func(*events.Event) (bool, error) { return false, errors.New("map lookup failed") }
-	if err := tk.Expire(300*ms, failing, out.emit); err == nil {
+	if err := tk.Expire(300*ms, failing, nil, out.emit); err == nil {
 		t.Error("a verifier error was not returned")
 	}
 }

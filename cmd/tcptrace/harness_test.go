@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/schemacheck"
 	"github.com/tcptrace/tcptrace/internal/testenv"
@@ -38,29 +41,200 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// runHelper runs a helper process role and exits.
+// runHelper runs a helper process role and exits. Helpers print what the
+// test needs, one line at a time, on stdout.
 func runHelper(role string) {
+	fail := func(err error) {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
 	switch role {
 	case "exit-holding":
 		// Accept one connection, wait for the peer's FIN, then exit without
 		// closing: the kernel closes the socket as the process exits.
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
+			fail(err)
 		}
 		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
 		c, err := ln.Accept()
 		if err != nil {
-			os.Exit(1)
+			fail(err)
 		}
 		_, _ = c.Read(make([]byte, 1)) // returns at EOF
 		fmt.Println("eof")
 		time.Sleep(200 * time.Millisecond)
 		os.Exit(0)
+	case "leak", "leak-fork", "leak-pass":
+		// A server that never closes what it accepted. leak-fork shares the
+		// descriptor with a child process; leak-pass hands it to a child
+		// over a unix socket and closes its own copy.
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+		c, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		f, err := c.(*net.TCPConn).File()
+		if err != nil {
+			fail(err)
+		}
+		switch role {
+		case "leak-fork":
+			child := helperCommand("hold")
+			child.ExtraFiles = []*os.File{f}
+			if err := child.Start(); err != nil {
+				fail(err)
+			}
+			fmt.Println("child", child.Process.Pid)
+		case "leak-pass":
+			pair, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+			if err != nil {
+				fail(err)
+			}
+			child := helperCommand("receive")
+			child.ExtraFiles = []*os.File{os.NewFile(uintptr(pair[1]), "unix")}
+			if err := child.Start(); err != nil {
+				fail(err)
+			}
+			if err := syscall.Sendmsg(pair[0], []byte{1}, syscall.UnixRights(int(f.Fd())), nil, 0); err != nil {
+				fail(err)
+			}
+			// Wait until the child has it, then drop every copy of ours.
+			if _, err := syscall.Read(pair[0], make([]byte, 1)); err != nil {
+				fail(err)
+			}
+			f.Close()
+			c.Close()
+			fmt.Println("child", child.Process.Pid)
+		default:
+			fmt.Println("child 0")
+		}
+		select {} // hold until killed
+	case "hold":
+		// Inherited the socket as fd 3: keep it.
+		select {}
+	case "receive":
+		// fd 3 is a unix socket carrying a descriptor.
+		buf, oob := make([]byte, 1), make([]byte, syscall.CmsgSpace(4))
+		_, oobn, _, _, err := syscall.Recvmsg(3, buf, oob, 0)
+		if err != nil {
+			fail(err)
+		}
+		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err != nil || len(msgs) != 1 {
+			fail(fmt.Errorf("control messages %v: %v", msgs, err))
+		}
+		if _, err := syscall.ParseUnixRights(&msgs[0]); err != nil {
+			fail(err)
+		}
+		if _, err := syscall.Write(3, []byte{1}); err != nil {
+			fail(err)
+		}
+		select {}
+	case "netns-leak":
+		// Runs in a new network namespace: bring up lo, then leak the
+		// server side of a connection made inside it.
+		if err := loopbackUp(); err != nil {
+			fail(err)
+		}
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			fail(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		defer srv.Close() // never reached: held until killed
+		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+		// Close the client when told: the tracer must be running by then.
+		if _, err := fmt.Scanln(); err != nil {
+			fail(err)
+		}
+		cl.Close()
+		fmt.Println("closed")
+		select {}
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
 	os.Exit(2)
+}
+
+// helperCommand runs this test binary as a helper process.
+func helperCommand(role string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+role)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// loopbackUp sets lo up, as a new network namespace starts with it down.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// helper is a running helper process and its output lines.
+type helper struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines *bufio.Scanner
+}
+
+// startHelper starts a helper process, killed at cleanup.
+func startHelper(t *testing.T, role string, cloneflags uintptr) *helper {
+	t.Helper()
+	cmd := helperCommand(role)
+	// Its own process group, so the processes it starts die with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags, Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start helper %s: %v", role, err)
+	}
+	t.Cleanup(func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+	})
+	return &helper{cmd: cmd, stdin: stdin, lines: bufio.NewScanner(stdout)}
+}
+
+// line returns the helper's next output line.
+func (h *helper) line(t *testing.T) string {
+	t.Helper()
+	if !h.lines.Scan() {
+		t.Fatalf("helper %v ended without output", h.cmd.Args)
+	}
+	l := strings.TrimSpace(h.lines.Text())
+	if strings.HasPrefix(l, "error") {
+		t.Fatalf("helper %v: %s", h.cmd.Args, l)
+	}
+	return l
 }
 
 // jsonEvent is one output line as a consumer parses it.
@@ -86,6 +260,30 @@ type jsonEvent struct {
 	Closer       *jsonTask         `json:"closer"`
 	Counts       map[string]uint64 `json:"counts"`
 	Total        uint64            `json:"total"`
+	CgroupID     uint64            `json:"cgroup_id"`
+	ContainerID  string            `json:"container_id"`
+	PodUID       string            `json:"pod_uid"`
+	SocketInode  uint64            `json:"socket_inode"`
+	OwnerSource  string            `json:"owner_source"`
+	Owner        []jsonOwner       `json:"owner"`
+}
+
+type jsonOwner struct {
+	PID     int    `json:"pid"`
+	Comm    string `json:"comm"`
+	Exe     string `json:"exe"`
+	Cmdline string `json:"cmdline"`
+	UID     int    `json:"uid"`
+	FD      int    `json:"fd"`
+}
+
+// ownerPIDs lists the pids of an event's owners.
+func (e jsonEvent) ownerPIDs() []int {
+	var pids []int
+	for _, o := range e.Owner {
+		pids = append(pids, o.PID)
+	}
+	return pids
 }
 
 type jsonTask struct {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tcptrace/tcptrace/attribute"
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
@@ -35,10 +36,11 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	if err != nil {
 		return err
 	}
-	s := &stream{tr: tr, out: output.New(c.App.Writer, o.format), log: logger}
+	s := &stream{tr: tr, out: output.New(c.App.Writer, o.format), log: logger, attr: attribute.New(logger)}
 	if mode == tracer.ModeCloseWait {
 		s.track = track.New(o.track, tr.Clock())
 		logger.Info("watching CLOSE-WAIT", "threshold", o.track.Threshold, "repeat", o.track.Repeat, "ports", o.tracer.Ports)
+		s.snapshot()
 	} else {
 		logger.Info("tracing transitions", "ports", o.tracer.Ports)
 	}
@@ -52,6 +54,7 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 type stream struct {
 	tr    *tracer.Tracer
 	track *track.Tracker // nil in trace mode
+	attr  *attribute.Attributor
 	out   *output.Writer
 	log   *slog.Logger
 
@@ -109,12 +112,32 @@ func (s *stream) handle(ev *events.Event) error {
 		// then cannot overtake a close.
 		return s.expire(ev.BootNS)
 	}
-	if s.track != nil {
-		s.track.Observe(ev, s.emit)
+	s.attr.Socket(ev)
+	if s.track == nil {
+		s.emit(ev)
 		return nil
 	}
-	s.emit(ev)
+	switch ev.Kind {
+	case events.KindCloseWait:
+		s.attr.Owners(ev)
+	case events.KindAppClose, events.KindAbort:
+		s.attr.Closed(ev)
+	}
+	s.track.Observe(ev, s.emit)
 	return nil
+}
+
+// snapshot reports and tracks the sockets that were in CLOSE-WAIT before
+// tcptrace started, in every network namespace.
+func (s *stream) snapshot() {
+	found, err := s.tr.Snapshot()
+	if err != nil {
+		s.log.Warn("start-up snapshot incomplete", "error", err)
+	}
+	for i := range found {
+		_ = s.handle(&found[i])
+	}
+	s.log.Info("start-up snapshot", "close_wait_sockets", len(found))
 }
 
 func (s *stream) emit(ev *events.Event) {
@@ -140,7 +163,7 @@ func (s *stream) expire(nowBoot int64) error {
 	if s.track == nil {
 		return nil
 	}
-	return s.track.Expire(nowBoot, s.stillInCloseWait, s.emit)
+	return s.track.Expire(nowBoot, s.stillInCloseWait, s.attr.Owners, s.emit)
 }
 
 // stillInCloseWait checks a socket due for a stuck report against the
@@ -182,6 +205,8 @@ func (s *stream) summary() {
 		if n := s.track.Vanished(); n > 0 {
 			attrs = append(attrs, "close_wait_exits_missed", n)
 		}
+		st := s.attr.Stats()
+		attrs = append(attrs, "owner_scans", st.FullScans, "owner_cache_hits", st.CacheHits)
 	}
 	s.log.Info("stopped", attrs...)
 }

@@ -1,0 +1,104 @@
+// Package attribute fills in who holds a socket and which container it
+// belongs to: the owner processes, found through /proc by socket inode, and
+// the container context, from the socket's cgroup path.
+package attribute
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/tcptrace/tcptrace/cgroup"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/owner"
+)
+
+// cgroupRescan bounds how often an unknown cgroup id rewalks the hierarchy.
+const cgroupRescan = 5 * time.Second
+
+// Attributor is used from one goroutine, the event loop.
+type Attributor struct {
+	owners  *owner.Resolver
+	cgroups *cgroup.Resolver // nil without a cgroup v2 hierarchy
+	// Container context by cgroup id; a cgroup's path never changes.
+	contexts map[uint64]cgroup.Context
+}
+
+// New prepares an Attributor. Without a cgroup v2 hierarchy, container
+// context comes only from the owners' /proc/<pid>/cgroup.
+func New(log *slog.Logger) *Attributor {
+	a := &Attributor{
+		owners:   owner.NewResolver(owner.Config{}),
+		contexts: make(map[uint64]cgroup.Context),
+	}
+	if root, err := cgroup.UnifiedRoot(); err != nil {
+		log.Info("no cgroup v2 hierarchy: container context from owner processes only", "error", err)
+	} else {
+		a.cgroups = cgroup.NewResolver(root, cgroupRescan)
+	}
+	return a
+}
+
+// Socket sets the container context of any socket event.
+func (a *Attributor) Socket(ev *events.Event) {
+	ctx := a.cgroupContext(ev.CgroupID)
+	ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+}
+
+func (a *Attributor) cgroupContext(id uint64) cgroup.Context {
+	if id == 0 || a.cgroups == nil {
+		return cgroup.Context{}
+	}
+	if ctx, ok := a.contexts[id]; ok {
+		return ctx
+	}
+	path, ok := a.cgroups.Path(id)
+	if !ok {
+		return cgroup.Context{} // not cached: it may appear at a later rescan
+	}
+	ctx := cgroup.ParsePath(path)
+	a.contexts[id] = ctx
+	return ctx
+}
+
+// Owners resolves the processes holding an open socket's descriptors
+// (close_wait and stuck events), and takes the container context from the
+// first owner when the socket's cgroup said nothing.
+func (a *Attributor) Owners(ev *events.Event) {
+	if ev.Inode == 0 {
+		ev.Owners, ev.OwnerSource = nil, events.OwnerNoFile
+		return
+	}
+	found, _ := a.owners.Resolve(ev.Inode, uint64(ev.NetNS), nil)
+	if len(found) == 0 {
+		ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved
+		return
+	}
+	ev.Owners = make([]events.Owner, len(found))
+	for i, o := range found {
+		ev.Owners[i] = events.Owner{PID: o.PID, Comm: o.Comm, Exe: o.Exe, Cmdline: o.Cmdline, UID: o.UID, FD: o.FD}
+	}
+	ev.OwnerSource = events.OwnerProc
+	if ev.ContainerID == "" && ev.PodUID == "" {
+		// cgroup v1 hosts: the socket's cgroup is the v2 root.
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", found[0].PID)); err == nil {
+			ctx := cgroup.ContextFromProc(data)
+			ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+		}
+	}
+}
+
+// Closed forgets a socket that left CLOSE-WAIT. Its event keeps the owners
+// the tracker last saw, or says why there are none.
+func (a *Attributor) Closed(ev *events.Event) {
+	if ev.Inode != 0 {
+		a.owners.Forget(ev.Inode)
+	}
+	if len(ev.Owners) == 0 && ev.Inode == 0 {
+		ev.OwnerSource = events.OwnerNoFile
+	}
+}
+
+// Stats reports the cost of owner resolution.
+func (a *Attributor) Stats() owner.Stats { return a.owners.Stats() }
