@@ -62,15 +62,32 @@ func (a *Attributor) cgroupContext(id uint64) cgroup.Context {
 	return ctx
 }
 
-// Owners resolves the processes holding an open socket's descriptors
-// (close_wait and stuck events), and takes the container context from the
-// first owner when the socket's cgroup said nothing.
+// Owners resolves the processes holding an open socket's descriptors,
+// scanning /proc if need be (within the resolver's bounds): for stuck
+// reports and sockets found at start-up. It takes the container context
+// from the first owner when the socket's cgroup said nothing.
 func (a *Attributor) Owners(ev *events.Event) {
 	if ev.Inode == 0 {
 		ev.Owners, ev.OwnerSource = nil, events.OwnerNoFile
 		return
 	}
 	found, _ := a.owners.Resolve(ev.Inode, uint64(ev.NetNS), nil)
+	a.setOwners(ev, found)
+}
+
+// CachedOwners is Owners without scanning, for every socket entering
+// CLOSE-WAIT: most close soon, and a scan per socket would cost a /proc walk
+// per connection on a busy server. Owners seen by earlier scans are reported.
+func (a *Attributor) CachedOwners(ev *events.Event) {
+	if ev.Inode == 0 {
+		ev.Owners, ev.OwnerSource = nil, events.OwnerNoFile
+		return
+	}
+	found, _ := a.owners.Cached(ev.Inode)
+	a.setOwners(ev, found)
+}
+
+func (a *Attributor) setOwners(ev *events.Event, found []owner.Owner) {
 	if len(found) == 0 {
 		ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved
 		return

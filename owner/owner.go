@@ -86,6 +86,11 @@ type Config struct {
 	MinRescan  time.Duration // full scans of a netns, and scans of one pid, at most this often (default 1s)
 	MaxAge     time.Duration // a hit not confirmed by a full scan for this long triggers one (default 10s)
 	MaxEntries int           // bound on cached socket inodes (default 1<<20); oldest evicted
+	// ScanShare bounds the time spent in full scans: after a scan that took
+	// d, the next waits at least ScanShare*d, so scanning takes at most about
+	// 1/ScanShare of a CPU however many descriptors the node holds. Default
+	// 50; negative disables the bound (tests that rescan back to back).
+	ScanShare int
 }
 
 // Stats counts the work done, for the closing figures and tests.
@@ -120,6 +125,7 @@ type Resolver struct {
 	details  map[int]details      // by pid; details.start detects pid reuse
 	pidScan  map[int]time.Time    // last read of a pid's descriptor table
 	lastFull map[uint64]time.Time // last full scan, by netns (0 = all)
+	fullCost map[uint64]time.Duration
 	stats    Stats
 	pinned   uint64 // inode being resolved, never evicted; 0 = none
 }
@@ -138,6 +144,9 @@ func NewResolver(cfg Config) *Resolver {
 	if cfg.MaxEntries <= 0 {
 		cfg.MaxEntries = 1 << 20
 	}
+	if cfg.ScanShare == 0 {
+		cfg.ScanShare = 50
+	}
 	return &Resolver{
 		cfg:      cfg,
 		entries:  make(map[uint64]*entry),
@@ -145,7 +154,30 @@ func NewResolver(cfg Config) *Resolver {
 		details:  make(map[int]details),
 		pidScan:  make(map[int]time.Time),
 		lastFull: make(map[uint64]time.Time),
+		fullCost: make(map[uint64]time.Duration),
 	}
+}
+
+// Cached answers from what earlier scans found, re-verified, without
+// scanning: for callers on a hot path, where a miss is acceptable.
+func (r *Resolver) Cached(ino uint64) ([]Owner, Source) {
+	if ino == 0 {
+		return nil, SourceUnresolved
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[ino]
+	if e == nil {
+		r.stats.CacheMisses++
+		return nil, SourceUnresolved
+	}
+	r.verify(e, time.Now())
+	if r.entries[ino] == nil {
+		r.stats.CacheMisses++
+		return nil, SourceUnresolved
+	}
+	r.stats.CacheHits++
+	return r.owners(ino)
 }
 
 // Resolve returns the holders of socket inode ino, sorted by pid. netns is
@@ -251,7 +283,15 @@ func (r *Resolver) pidAllowed(pid int, now time.Time) bool {
 
 func (r *Resolver) fullAllowed(netns uint64, now time.Time) bool {
 	t, ok := r.lastFull[netns]
-	return !ok || now.Sub(t) >= r.cfg.MinRescan
+	return !ok || now.Sub(t) >= r.fullInterval(netns)
+}
+
+// fullInterval is how long after a full scan of netns the next may run.
+func (r *Resolver) fullInterval(netns uint64) time.Duration {
+	if r.cfg.ScanShare < 0 {
+		return r.cfg.MinRescan
+	}
+	return max(r.cfg.MinRescan, time.Duration(r.cfg.ScanShare)*r.fullCost[netns])
 }
 
 // scanPid records every socket in pid's descriptor table. confirmed is the
@@ -275,6 +315,7 @@ func (r *Resolver) scanPid(pid int, now, confirmed time.Time) {
 func (r *Resolver) fullScan(netns uint64, now time.Time) {
 	r.lastFull[netns] = now
 	r.stats.FullScans++
+	defer func() { r.fullCost[netns] = time.Since(now) }()
 	dir, err := os.Open(r.cfg.ProcRoot)
 	if err != nil {
 		return
@@ -315,8 +356,9 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 		}
 	}
 	for ns, t := range r.lastFull {
-		if ns != netns && now.Sub(t) >= r.cfg.MinRescan {
+		if ns != netns && now.Sub(t) >= r.fullInterval(ns) {
 			delete(r.lastFull, ns)
+			delete(r.fullCost, ns)
 		}
 	}
 }

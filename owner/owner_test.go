@@ -355,7 +355,7 @@ func TestResolveFork(t *testing.T) {
 
 	// MaxAge ~0: every hit is re-confirmed by a full scan, so a holder that
 	// appeared after the first Resolve is found.
-	r := NewResolver(Config{MinRescan: time.Nanosecond, MaxAge: time.Nanosecond})
+	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: -1, MaxAge: time.Nanosecond})
 	if owners, _ := r.Resolve(s.ino, netns, nil); !slices.Equal(pids(owners), []int{c.pid()}) {
 		t.Fatalf("before fork: got %+v", owners)
 	}
@@ -401,7 +401,7 @@ func TestResolveSCMRights(t *testing.T) {
 	a.next(t, "ready")
 	netns := netnsSelf(t)
 
-	fast := NewResolver(Config{MinRescan: time.Nanosecond})
+	fast := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: -1})
 	slow := NewResolver(Config{MinRescan: time.Hour})
 	for _, r := range []*Resolver{fast, slow} {
 		if owners, _ := r.Resolve(s.ino, netns, nil); !slices.Equal(pids(owners), []int{a.pid()}) {
@@ -535,7 +535,7 @@ func TestResolveConcurrent(t *testing.T) {
 	c.next(t, "ready")
 	netns := netnsSelf(t)
 
-	r := NewResolver(Config{MinRescan: time.Nanosecond, MaxAge: time.Nanosecond})
+	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: -1, MaxAge: time.Nanosecond})
 	var wg sync.WaitGroup
 	for g := range 4 {
 		wg.Add(1)
@@ -615,4 +615,39 @@ func BenchmarkFullScan(b *testing.B) {
 	}
 	b.ReportMetric(float64(st.PidsScanned), "pids/op")
 	b.ReportMetric(float64(st.FDsRead), "fds/op")
+}
+
+// Cached never scans: a miss stays a miss, a hit is re-verified.
+func TestCachedDoesNotScan(t *testing.T) {
+	c := startChild(t, childOpts{}, "listen")
+	sk := c.sock(t)
+	r := NewResolver(Config{})
+	if got, src := r.Cached(sk.ino); src != SourceUnresolved || len(got) != 0 {
+		t.Fatalf("Cached before any scan = %v, %v", got, src)
+	}
+	if st := r.Stats(); st.FullScans != 0 || st.PidsScanned != 0 {
+		t.Fatalf("Cached scanned: %+v", st)
+	}
+	if got, src := r.Resolve(sk.ino, 0, nil); src != SourceProc || len(got) != 1 {
+		t.Fatalf("Resolve = %v, %v", got, src)
+	}
+	if got, src := r.Cached(sk.ino); src != SourceProc || len(got) != 1 || got[0].PID != c.pid() {
+		t.Fatalf("Cached after Resolve = %v, %v; want pid %d", got, src, c.pid())
+	}
+}
+
+// The next full scan waits ScanShare times as long as the last one took,
+// whatever MinRescan says: scanning cost stays a bounded share of a CPU.
+func TestScanShareThrottlesFullScans(t *testing.T) {
+	c := startChild(t, childOpts{}, "listen")
+	sk := c.sock(t)
+	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: 1_000_000})
+	r.Resolve(1, 0, nil) // unknown inode: one full scan, which takes > 0
+	r.Resolve(2, 0, nil) // too soon after it
+	if got, src := r.Resolve(sk.ino, 0, nil); src != SourceProc || len(got) != 1 {
+		t.Errorf("socket seen by the first scan: %v %v", got, src)
+	}
+	if st := r.Stats(); st.FullScans != 1 {
+		t.Errorf("%d full scans, want 1: the share bound did not hold", st.FullScans)
+	}
 }

@@ -58,7 +58,10 @@ func TestOwnerIsTheLeakingProcess(t *testing.T) {
 	cl.Close()
 	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port }
 	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
-	checkOwners(t, cw, h.cmd.Process.Pid)
+	// Entering CLOSE-WAIT, owners come from earlier scans only: none yet.
+	if cw.OwnerSource != "unresolved" || len(cw.Owner) != 0 || cw.SocketInode == 0 {
+		t.Errorf("close_wait owner %v (%s) inode %d, want unresolved before any scan, with the inode", cw.ownerPIDs(), cw.OwnerSource, cw.SocketInode)
+	}
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock })
 	checkOwners(t, stuck, h.cmd.Process.Pid)
 	o := stuck.Owner[0]
@@ -69,6 +72,12 @@ func TestOwnerIsTheLeakingProcess(t *testing.T) {
 	}
 	if stuck.SocketInode != cw.SocketInode {
 		t.Errorf("socket_inode %d on stuck, %d on close_wait", stuck.SocketInode, cw.SocketInode)
+	}
+	// The close reports the holders last seen, and who closed.
+	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+	ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
+	if ac.OwnerSource != "last_seen" || !slices.Equal(ac.ownerPIDs(), []int{h.cmd.Process.Pid}) {
+		t.Errorf("app_close owner %v (%s), want last_seen %d", ac.ownerPIDs(), ac.OwnerSource, h.cmd.Process.Pid)
 	}
 }
 

@@ -119,7 +119,7 @@ func (s *stream) handle(ev *events.Event) error {
 	}
 	switch ev.Kind {
 	case events.KindCloseWait:
-		s.attr.Owners(ev)
+		s.attr.CachedOwners(ev)
 	case events.KindAppClose, events.KindAbort:
 		s.attr.Closed(ev)
 	}
@@ -135,7 +135,10 @@ func (s *stream) snapshot() {
 		s.log.Warn("start-up snapshot incomplete", "error", err)
 	}
 	for i := range found {
-		_ = s.handle(&found[i])
+		ev := &found[i]
+		s.attr.Socket(ev)
+		s.attr.Owners(ev) // one scan per namespace answers for all of them
+		s.track.Observe(ev, s.emit)
 	}
 	s.log.Info("start-up snapshot", "close_wait_sockets", len(found))
 }
