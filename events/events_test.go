@@ -50,9 +50,18 @@ func samples() []events.Event {
 	cw.Kind = events.KindCloseWait
 	stuck := base
 	stuck.Kind, stuck.AgeNS, stuck.AgeKnown, stuck.ThresholdNS = events.KindStuck, 31e9, true, 30e9
+	stuck.Inode, stuck.OwnerSource = 991, events.OwnerProc
+	stuck.CgroupID, stuck.ContainerID, stuck.PodUID = 7788, strings.Repeat("ab", 32), "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
+	stuck.Owners = []events.Owner{
+		{PID: 7, Comm: "beam.smp", Exe: "/opt/couchdb/bin/beam.smp", Cmdline: "beam.smp -- -root /opt/couchdb \"quoted\"\n", UID: 5984, FD: 31},
+		{PID: 8, Comm: "child", Exe: "", Cmdline: "", UID: 0, FD: 3},
+	}
+	noFile := base
+	noFile.Kind, noFile.OwnerSource = events.KindCloseWait, events.OwnerNoFile
 	ac := base
 	ac.Kind, ac.AgeNS, ac.AgeKnown, ac.WasStuck, ac.NewState = events.KindAppClose, 31e9, true, true, events.StateLastAck
 	ac.Closer, ac.HasCloser = events.Task{PID: 7, Comm: comm("beam.smp")}, true
+	ac.Owners, ac.OwnerSource = stuck.Owners[:1], events.OwnerLastSeen
 	acUnknown := ac
 	acUnknown.AgeKnown, acUnknown.HasCloser = false, false
 	abort := base
@@ -61,7 +70,7 @@ func samples() []events.Event {
 	v6.Family, v6.LocalAddr, v6.RemoteAddr = events.FamilyIPv6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::1")
 	lost := events.Event{Kind: events.KindLost, Time: base.Time}
 	lost.Lost[events.LostRingbufFull], lost.Lost[events.LostRecursion] = 3, 1
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, lost}
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -83,7 +92,12 @@ func TestSchemaRejects(t *testing.T) {
 		`{"time":"yesterday","event":"lost","counts":{"ringbuf_full":1},"total":1}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"lost","counts":{"ringbuf_full":1},"total":1,"extra":1}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"app_close","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"age_known":true,"was_stuck":false,"new_state":"LAST_ACK"}`,
-		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"::1","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"::1","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":true}`,
+		// owner_source proc with nobody, and unresolved with somebody
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"proc","owner":[],"age_known":true}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[{"pid":1,"comm":"x","exe":"","cmdline":"","uid":0,"fd":3}],"age_known":true}`,
+		// a container id that is not 64 hex digits
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"container_id":"abc","socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":true}`,
 	} {
 		if schemacheck.Line(t, line) == nil {
 			t.Errorf("schema accepts %s", line)
