@@ -303,11 +303,12 @@ int tcptrace_set_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
 }
 
-/* Start-up snapshot: lists the TCP sockets already in CLOSE_WAIT in the
- * reading process's network namespace, and tracks them in the kernel table
- * like sockets seen entering CLOSE_WAIT, with their age unknown. Sockets the
- * live program already tracks are skipped. Records go to the iterator's
- * seq_file, which user space reads without loss. */
+/* Snapshot: lists the TCP sockets in CLOSE_WAIT in the reading process's
+ * network namespace. Those not yet tracked are tracked from now on, like
+ * sockets seen entering CLOSE_WAIT, with their age unknown. Those already
+ * tracked are listed too (EVF_KNOWN), for their current inode: a socket
+ * still in the accept queue when the FIN arrived had no file then. Records
+ * go to the iterator's seq_file, which user space reads without loss. */
 SEC("iter/tcp")
 int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 {
@@ -336,7 +337,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0)
 		flags |= EVF_TRACKED;
 	else if (bpf_map_lookup_elem(&closewait, &key))
-		return 0; /* seen entering CLOSE_WAIT since attach */
+		flags |= EVF_TRACKED | EVF_KNOWN;
 	else
 		count(CNT_MAP_FULL);
 	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, 0, flags);

@@ -20,6 +20,7 @@ enum event_flag {
 	EVF_COOKIE = 1 << 3,    /* cookie holds the kernel's socket cookie */
 	EVF_TRACKED = 1 << 4,   /* cw_enter, snapshot: the socket is in the kernel's closewait table */
 	EVF_AGE_UNKNOWN = 1 << 5, /* cw_leave: aux_ns is when the socket was first seen, not its FIN */
+	EVF_KNOWN = 1 << 6,       /* snapshot: already tracked; the record gives its current inode */
 };
 
 /* cw_entry.flags */

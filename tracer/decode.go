@@ -48,6 +48,7 @@ const (
 	flagCookie     = 1 << 3
 	flagTracked    = 1 << 4
 	flagAgeUnknown = 1 << 5
+	flagKnown      = 1 << 6
 )
 
 const (

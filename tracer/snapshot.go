@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sort"
 
 	"golang.org/x/sys/unix"
 
@@ -15,39 +14,71 @@ import (
 	"github.com/tcptrace/tcptrace/internal/oneline"
 )
 
-// ErrNoSnapshot is returned by Snapshot when the kernel cannot list sockets
-// (no iter/tcp before Linux 5.9) or in trace mode.
-var ErrNoSnapshot = errors.New("start-up snapshot unavailable")
+// ErrNoSnapshot is returned by Snapshot and Rescan when the kernel cannot
+// list sockets (no iter/tcp before Linux 5.9), and in trace mode.
+var ErrNoSnapshot = errors.New("socket listing unavailable")
 
-// Snapshot lists the sockets already in CLOSE-WAIT in every network
-// namespace of the node and starts tracking them in the kernel, so that
-// their exit is reported like that of any other socket. The events are
-// close_wait events with AgeKnown false: their age counts from now.
-// Namespaces that cannot be entered are reported in the error; the
-// sockets of the others are returned all the same.
-func (t *Tracer) Snapshot() ([]events.Event, error) {
+// Scan is what a listing of sockets in CLOSE-WAIT found.
+type Scan struct {
+	// New holds the sockets the kernel was not tracking, tracked from now
+	// on: close_wait events with AgeKnown false, their age counting from now.
+	New []events.Event
+	// Inodes holds the current socket inode of every socket in CLOSE-WAIT
+	// found, tracked before or not, by sock id; 0 while none has a file.
+	Inodes map[uint64]uint64
+}
+
+// Snapshot lists the sockets in CLOSE-WAIT in every network namespace of
+// the node, so that those that predate tcptrace are reported and their exit
+// seen like any other's. Namespaces that cannot be entered are reported in
+// the error; the sockets of the others are returned all the same.
+func (t *Tracer) Snapshot() (Scan, error) {
+	scan := Scan{Inodes: make(map[uint64]uint64)}
 	if t.snapshotIter == nil {
-		return nil, ErrNoSnapshot
+		return scan, ErrNoSnapshot
 	}
-	var out []events.Event
 	var errs []error
-	for _, path := range networkNamespaces() {
-		data, err := t.readSnapshotIn(path)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("snapshot of %s: %w", path, err))
+	for _, ns := range networkNamespaces() {
+		if err := t.scanIn(ns.path, &scan); err != nil {
+			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.path, err))
+		}
+	}
+	return scan, oneline.Join(errs...)
+}
+
+// Rescan lists the sockets in CLOSE-WAIT in one network namespace, given by
+// its inode: for the current inode of a socket that had no file when it
+// entered CLOSE-WAIT.
+func (t *Tracer) Rescan(netns uint32) (Scan, error) {
+	scan := Scan{Inodes: make(map[uint64]uint64)}
+	if t.snapshotIter == nil {
+		return scan, ErrNoSnapshot
+	}
+	for _, ns := range networkNamespaces() {
+		if ns.ino == uint64(netns) {
+			return scan, t.scanIn(ns.path, &scan)
+		}
+	}
+	return scan, fmt.Errorf("network namespace %d not found", netns)
+}
+
+func (t *Tracer) scanIn(path string, scan *Scan) error {
+	data, err := t.readSnapshotIn(path)
+	if err != nil {
+		return err
+	}
+	for ; len(data) >= eventSize; data = data[eventSize:] {
+		var ev events.Event
+		if err := t.dec.decode(data[:eventSize], &ev); err != nil {
+			t.decodeErrs.Add(1)
 			continue
 		}
-		for len(data) >= eventSize {
-			var ev events.Event
-			if err := t.dec.decode(data[:eventSize], &ev); err != nil {
-				t.decodeErrs.Add(1)
-			} else {
-				out = append(out, ev)
-			}
-			data = data[eventSize:]
+		scan.Inodes[ev.Sock] = ev.Inode
+		if data[offFlags]&flagKnown == 0 {
+			scan.New = append(scan.New, ev)
 		}
 	}
-	return out, oneline.Join(errs...)
+	return nil
 }
 
 // readSnapshotIn runs the iterator in the network namespace at path: a tcp
@@ -84,9 +115,14 @@ func (t *Tracer) readSnapshotIn(path string) ([]byte, error) {
 	return r.data, r.err
 }
 
+type namespace struct {
+	path string
+	ino  uint64
+}
+
 // networkNamespaces returns one path for each network namespace in use:
 // those of running processes and those kept by `ip netns` bind mounts.
-func networkNamespaces() []string {
+func networkNamespaces() []namespace {
 	candidates := []string{"/proc/self/ns/net"}
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	candidates = append(candidates, procs...)
@@ -95,17 +131,14 @@ func networkNamespaces() []string {
 		candidates = append(candidates, named...)
 	}
 	seen := make(map[uint64]bool)
-	var paths []string
+	var found []namespace
 	for _, p := range candidates {
 		var st unix.Stat_t
 		if unix.Stat(p, &st) != nil || seen[st.Ino] {
 			continue // gone, or a namespace already listed
 		}
 		seen[st.Ino] = true
-		paths = append(paths, p)
+		found = append(found, namespace{p, st.Ino})
 	}
-	if len(paths) > 1 {
-		sort.Strings(paths[1:]) // our own first, the rest in a stable order
-	}
-	return paths
+	return found
 }

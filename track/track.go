@@ -60,8 +60,9 @@ type Entry struct {
 // stuck for ever.
 type Verifier func(socket *events.Event) (bool, error)
 
-// Refresher brings a stuck event's owner fields up to date (descriptors
-// move between processes); the tracker keeps what it finds.
+// Refresher brings a stuck event's inode and owner fields up to date (a
+// socket gets a file when accepted; descriptors move between processes);
+// the tracker keeps what it finds.
 type Refresher func(stuck *events.Event)
 
 type entry struct {
@@ -170,6 +171,7 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
 		if refresh != nil {
 			refresh(&ev)
+			e.Socket.Inode = ev.Inode
 			if len(ev.Owners) > 0 {
 				e.Socket.Owners, e.Socket.OwnerSource = ev.Owners, ev.OwnerSource
 			}

@@ -65,15 +65,21 @@ func runHelper(role string) {
 		fmt.Println("eof")
 		time.Sleep(200 * time.Millisecond)
 		os.Exit(0)
-	case "leak", "leak-fork", "leak-pass":
+	case "leak", "leak-fork", "leak-pass", "leak-late":
 		// A server that never closes what it accepted. leak-fork shares the
 		// descriptor with a child process; leak-pass hands it to a child
-		// over a unix socket and closes its own copy.
+		// over a unix socket and closes its own copy; leak-late accepts
+		// only when told, so the peer can close first.
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
 		if err != nil {
 			fail(err)
 		}
 		fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+		if role == "leak-late" {
+			if _, err := fmt.Scanln(); err != nil {
+				fail(err)
+			}
+		}
 		c, err := ln.Accept()
 		if err != nil {
 			fail(err)

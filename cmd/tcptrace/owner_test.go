@@ -81,6 +81,32 @@ func TestOwnerIsTheLeakingProcess(t *testing.T) {
 	}
 }
 
+// The peer closes while the connection still waits in the accept queue: no
+// file refers to the socket yet. The server accepts it later and leaks it:
+// the stuck report finds the socket's inode and its owner.
+func TestOwnerOfSocketAcceptedAfterFIN(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	h := startHelper(t, "leak-late", 0)
+	port := h.line(t)
+	p := startTracer(t, "closewait", "--port", port, "--threshold", "500ms")
+	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port }
+	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
+	if cw.SocketInode != 0 || cw.OwnerSource != "no_file" {
+		t.Errorf("close_wait in the accept queue: inode %d owner_source %s, want 0 and no_file", cw.SocketInode, cw.OwnerSource)
+	}
+	fmt.Fprintln(h.stdin) // accept now
+	if l := h.line(t); l != "child 0" {
+		t.Fatalf("helper said %q", l)
+	}
+	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock })
+	checkOwners(t, stuck, h.cmd.Process.Pid)
+}
+
 // A socket already in CLOSE-WAIT when tcptrace starts is found, with its
 // owner and an unknown age, reported stuck, and its close is seen.
 func TestSnapshotOfExistingCloseWait(t *testing.T) {

@@ -61,7 +61,21 @@ type stream struct {
 	written  uint64
 	lost     events.LostCounts // cumulative, as last reported
 	writeErr error
+
+	// Recent socket listings by network namespace, and the untracked
+	// sockets they found, to adopt once the expiry pass is over.
+	rescans map[uint32]rescan
+	adopt   []events.Event
 }
+
+type rescan struct {
+	at     time.Time
+	inodes map[uint64]uint64
+}
+
+// rescanMaxAge is how long a listing of a namespace's sockets answers for
+// all the stuck reports that need it.
+const rescanMaxAge = time.Second
 
 func (s *stream) run(ctx context.Context) error {
 	tick := time.NewTicker(tickInterval)
@@ -130,17 +144,56 @@ func (s *stream) handle(ev *events.Event) error {
 // snapshot reports and tracks the sockets that were in CLOSE-WAIT before
 // tcptrace started, in every network namespace.
 func (s *stream) snapshot() {
-	found, err := s.tr.Snapshot()
+	scan, err := s.tr.Snapshot()
 	if err != nil {
 		s.log.Warn("start-up snapshot incomplete", "error", err)
 	}
-	for i := range found {
-		ev := &found[i]
+	s.adopt = scan.New
+	s.adoptFound()
+	s.log.Info("start-up snapshot", "close_wait_sockets", len(scan.New))
+}
+
+// adoptFound tracks the sockets a listing found in CLOSE-WAIT untracked.
+func (s *stream) adoptFound() {
+	for i := range s.adopt {
+		ev := &s.adopt[i]
 		s.attr.Socket(ev)
 		s.attr.Owners(ev) // one scan per namespace answers for all of them
 		s.track.Observe(ev, s.emit)
 	}
-	s.log.Info("start-up snapshot", "close_wait_sockets", len(found))
+	s.adopt = nil
+}
+
+// refreshOwners brings a stuck report's owners up to date. A socket that
+// was still in its listener's accept queue when the FIN arrived had no
+// file, hence no inode: list the namespace's sockets for its current one.
+func (s *stream) refreshOwners(ev *events.Event) {
+	if ev.Inode == 0 {
+		ev.Inode = s.currentInode(ev)
+	}
+	s.attr.Owners(ev)
+}
+
+func (s *stream) currentInode(ev *events.Event) uint64 {
+	r, ok := s.rescans[ev.NetNS]
+	if !ok || time.Since(r.at) > rescanMaxAge {
+		scan, err := s.tr.Rescan(ev.NetNS)
+		if err != nil {
+			s.log.Debug("list sockets for their inodes", "netns", ev.NetNS, "error", err)
+		}
+		if s.rescans == nil {
+			s.rescans = make(map[uint32]rescan)
+		}
+		for ns, old := range s.rescans {
+			if time.Since(old.at) > rescanMaxAge {
+				delete(s.rescans, ns)
+			}
+		}
+		r = rescan{at: time.Now(), inodes: scan.Inodes}
+		s.rescans[ev.NetNS] = r
+		s.adopt = append(s.adopt, scan.New...)
+	}
+	return r.inodes[ev.Sock]
 }
 
 func (s *stream) emit(ev *events.Event) {
@@ -166,7 +219,9 @@ func (s *stream) expire(nowBoot int64) error {
 	if s.track == nil {
 		return nil
 	}
-	return s.track.Expire(nowBoot, s.stillInCloseWait, s.attr.Owners, s.emit)
+	err := s.track.Expire(nowBoot, s.stillInCloseWait, s.refreshOwners, s.emit)
+	s.adoptFound()
+	return err
 }
 
 // stillInCloseWait checks a socket due for a stuck report against the
