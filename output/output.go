@@ -110,6 +110,11 @@ func appendRow(b []byte, e *events.Event) []byte {
 			b = fmt.Appendf(b, " after %s", roundDuration(e.PrevStateNS))
 		}
 		b = appendTask(b, " task=", &e.Task)
+	case events.KindCloseWait:
+		b = append(b, "peer closed"...)
+		if !e.AgeKnown {
+			b = append(b, " (found at start-up)"...)
+		}
 	case events.KindStuck:
 		b = fmt.Appendf(b, "in CLOSE_WAIT %s", roundDuration(e.AgeNS))
 		if !e.AgeKnown {
