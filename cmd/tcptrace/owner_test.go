@@ -159,6 +159,30 @@ func TestLeakInOtherNetworkNamespace(t *testing.T) {
 	checkOwners(t, stuck, h.cmd.Process.Pid)
 }
 
+// A leak in another network namespace that predates tcptrace is found by
+// the start-up snapshot, which lists each namespace's sockets from inside.
+func TestSnapshotInOtherNetworkNamespace(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	h := startHelper(t, "netns-leak", syscall.CLONE_NEWNET)
+	port := h.line(t)
+	var st unix.Stat_t
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", h.cmd.Process.Pid), &st); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(h.stdin)
+	h.line(t) // closed: in CLOSE-WAIT before the tracer starts
+	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	cw := p.next(eventTimeout, "snapshot close_wait in the namespace", func(ev jsonEvent) bool {
+		return ev.Event == "close_wait" && strconv.Itoa(ev.LocalPort) == port && ev.NetNS == st.Ino
+	})
+	if *cw.AgeKnown {
+		t.Errorf("snapshot socket says age_known: %v", cw)
+	}
+	checkOwners(t, cw, h.cmd.Process.Pid)
+	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock })
+	checkOwners(t, stuck, h.cmd.Process.Pid)
+}
+
 // The descriptor is handed over with SCM_RIGHTS and the sender closes its
 // copy: the owner is the receiver alone.
 func TestOwnerAfterSCMRights(t *testing.T) {
