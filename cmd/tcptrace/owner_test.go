@@ -137,9 +137,11 @@ func TestSnapshotOfExistingCloseWait(t *testing.T) {
 	}
 }
 
-// A leak inside another network namespace is reported with that
-// namespace's inode and its owner.
-func TestLeakInOtherNetworkNamespace(t *testing.T) {
+// startNetnsLeak starts a helper in a new network namespace holding both
+// ends of a connection; it closes the client end when told. It returns the
+// helper, the server port and the namespace's inode.
+func startNetnsLeak(t *testing.T) (*helper, string, uint64) {
+	t.Helper()
 	testenv.RequirePrivileged(t)
 	h := startHelper(t, "netns-leak", syscall.CLONE_NEWNET)
 	port := h.line(t)
@@ -150,10 +152,17 @@ func TestLeakInOtherNetworkNamespace(t *testing.T) {
 	if st.Ino == ownNetNS(t) {
 		t.Fatal("helper shares the test's network namespace")
 	}
+	return h, port, st.Ino
+}
+
+// A leak inside another network namespace is reported with that
+// namespace's inode and its owner.
+func TestLeakInOtherNetworkNamespace(t *testing.T) {
+	h, port, netns := startNetnsLeak(t)
 	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
 	fmt.Fprintln(h.stdin)
 	h.line(t) // closed
-	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port && ev.NetNS == st.Ino }
+	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port && ev.NetNS == netns }
 	cw := p.next(eventTimeout, "close_wait in the namespace", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.Sock == cw.Sock })
 	checkOwners(t, stuck, h.cmd.Process.Pid)
@@ -162,18 +171,12 @@ func TestLeakInOtherNetworkNamespace(t *testing.T) {
 // A leak in another network namespace that predates tcptrace is found by
 // the start-up snapshot, which lists each namespace's sockets from inside.
 func TestSnapshotInOtherNetworkNamespace(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	h := startHelper(t, "netns-leak", syscall.CLONE_NEWNET)
-	port := h.line(t)
-	var st unix.Stat_t
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", h.cmd.Process.Pid), &st); err != nil {
-		t.Fatal(err)
-	}
+	h, port, netns := startNetnsLeak(t)
 	fmt.Fprintln(h.stdin)
 	h.line(t) // closed: in CLOSE-WAIT before the tracer starts
 	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
 	cw := p.next(eventTimeout, "snapshot close_wait in the namespace", func(ev jsonEvent) bool {
-		return ev.Event == "close_wait" && strconv.Itoa(ev.LocalPort) == port && ev.NetNS == st.Ino
+		return ev.Event == "close_wait" && strconv.Itoa(ev.LocalPort) == port && ev.NetNS == netns
 	})
 	if *cw.AgeKnown {
 		t.Errorf("snapshot socket says age_known: %v", cw)
