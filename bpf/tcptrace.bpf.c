@@ -313,11 +313,11 @@ SEC("iter/tcp")
 int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
-	struct cw_entry entry = {};
+	struct cw_entry entry = {}, *known;
 	struct event ev = {};
 	struct tcp_sock *tp;
 	struct sock *sk;
-	__u64 key, now;
+	__u64 key, now, aux = 0;
 	__u8 flags = 0;
 
 	if (!skc || skc->skc_state != TCP_CLOSE_WAIT)
@@ -334,13 +334,21 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	entry.sport = local_port(sk);
 	entry.dport = remote_port(sk);
 	entry.flags = CWF_AGE_UNKNOWN;
-	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0)
+	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0) {
 		flags |= EVF_TRACKED;
-	else if (bpf_map_lookup_elem(&closewait, &key))
-		flags |= EVF_TRACKED | EVF_KNOWN;
-	else
+	} else if ((known = bpf_map_lookup_elem(&closewait, &key))) {
+		/* Tracked already: by the live program, by an earlier listing, or
+		 * by this one, when the seq_file buffer filled and the kernel runs
+		 * this program again for the same socket. Say which and since when,
+		 * so user space can tell a socket it knows from one it must adopt. */
+		flags |= EVF_TRACKED | EVF_KNOWN | EVF_AUX_VALID;
+		aux = known->fin_ns;
+		if (known->flags & CWF_AGE_UNKNOWN)
+			flags |= EVF_AGE_UNKNOWN;
+	} else {
 		count(CNT_MAP_FULL);
-	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, 0, flags);
+	}
+	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }

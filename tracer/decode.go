@@ -122,10 +122,14 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		ev.PrevStateNS, ev.HasPrevState = aux, auxValid && aux >= 0 && aux <= ts
 	case evCWEnter, evSnapshot:
 		// A snapshot socket was already in CLOSE_WAIT: its age counts from
-		// now, first sight.
+		// first sight, now or when a listing first found it.
 		ev.Kind = events.KindCloseWait
 		ev.FinBootNS = ts
 		ev.AgeKnown = b[offKind] == evCWEnter
+		if b[offKind] == evSnapshot && auxValid && aux > 0 && aux <= ts {
+			ev.FinBootNS = aux
+			ev.AgeKnown = flags&flagAgeUnknown == 0
+		}
 		ev.KernelTracked = flags&flagTracked != 0
 	case evCWLeave:
 		if ev.NewState != events.StateLastAck && ev.NewState != events.StateClose {

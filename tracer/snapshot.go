@@ -20,8 +20,11 @@ var ErrNoSnapshot = errors.New("socket listing unavailable")
 
 // Scan is what a listing of sockets in CLOSE-WAIT found.
 type Scan struct {
-	// New holds the sockets the kernel was not tracking, tracked from now
-	// on: close_wait events with AgeKnown false, their age counting from now.
+	// New holds the sockets a listing started tracking, now or in an
+	// earlier listing: close_wait events with AgeKnown false, their age
+	// counting from first sight. A caller that already tracks one of them
+	// from an earlier listing ignores it; sockets the live program tracks
+	// are never in New.
 	New []events.Event
 	// Inodes holds the current socket inode of every socket in CLOSE-WAIT
 	// found, tracked before or not, by sock id; 0 while none has a file.
@@ -73,8 +76,11 @@ func (t *Tracer) scanIn(path string, scan *Scan) error {
 			t.decodeErrs.Add(1)
 			continue
 		}
+		if _, dup := scan.Inodes[ev.Sock]; dup {
+			continue
+		}
 		scan.Inodes[ev.Sock] = ev.Inode
-		if data[offFlags]&flagKnown == 0 {
+		if flags := data[offFlags]; flags&flagKnown == 0 || flags&flagAgeUnknown != 0 {
 			scan.New = append(scan.New, ev)
 		}
 	}

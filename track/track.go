@@ -192,6 +192,14 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 	return nil
 }
 
+// Has reports whether the socket with this id is tracked.
+func (t *Tracker) Has(sock uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.byID[sock]
+	return ok
+}
+
 // Len returns the number of sockets in CLOSE-WAIT being tracked.
 func (t *Tracker) Len() int {
 	t.mu.Lock()

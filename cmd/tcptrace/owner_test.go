@@ -168,6 +168,35 @@ func TestLeakInOtherNetworkNamespace(t *testing.T) {
 	checkOwners(t, stuck, h.cmd.Process.Pid)
 }
 
+// Every socket in CLOSE-WAIT at start-up is found, however many: the
+// listing spans several seq_file buffers, and the kernel runs the iterator
+// program again for the socket at each buffer's end.
+func TestSnapshotFindsEverySocket(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	const n = 1000
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	for range n {
+		dial(t, ln).client.Close()
+	}
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m")
+	found := map[string]bool{}
+	for len(found) < n {
+		ev := p.next(10*time.Second, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
+		if *ev.AgeKnown || ev.LocalPort != listenerPort(ln) || found[ev.Sock] {
+			t.Fatalf("after %d: unexpected %v", len(found), ev)
+		}
+		found[ev.Sock] = true
+	}
+	for _, ev := range p.drain() {
+		if ev.Event == "close_wait" && !found[ev.Sock] {
+			t.Errorf("more than %d sockets reported: %v", n, ev)
+		}
+	}
+	if !strings.Contains(p.stderr.String(), fmt.Sprintf("close_wait_sockets=%d", n)) {
+		t.Errorf("start-up snapshot log does not say %d sockets:\n%s", n, p.stderr.String())
+	}
+}
+
 // A leak in another network namespace that predates tcptrace is found by
 // the start-up snapshot, which lists each namespace's sockets from inside.
 func TestSnapshotInOtherNetworkNamespace(t *testing.T) {

@@ -153,10 +153,14 @@ func (s *stream) snapshot() {
 	s.log.Info("start-up snapshot", "close_wait_sockets", len(scan.New))
 }
 
-// adoptFound tracks the sockets a listing found in CLOSE-WAIT untracked.
+// adoptFound tracks the sockets a listing found in CLOSE-WAIT that are not
+// tracked yet.
 func (s *stream) adoptFound() {
 	for i := range s.adopt {
 		ev := &s.adopt[i]
+		if s.track.Has(ev.Sock) {
+			continue
+		}
 		s.attr.Socket(ev)
 		s.attr.Owners(ev) // one scan per namespace answers for all of them
 		s.track.Observe(ev, s.emit)
