@@ -17,6 +17,9 @@ import (
 // cgroupRescan bounds how often an unknown cgroup id rewalks the hierarchy.
 const cgroupRescan = 5 * time.Second
 
+// maxContexts bounds the cache of container contexts by cgroup id.
+const maxContexts = 65536
+
 // Attributor is used from one goroutine, the event loop.
 type Attributor struct {
 	owners  *owner.Resolver
@@ -58,6 +61,10 @@ func (a *Attributor) cgroupContext(id uint64) cgroup.Context {
 		return cgroup.Context{} // not cached: it may appear at a later rescan
 	}
 	ctx := cgroup.ParsePath(path)
+	if len(a.contexts) >= maxContexts {
+		// Cgroups come and go with pods: start over rather than grow.
+		clear(a.contexts)
+	}
 	a.contexts[id] = ctx
 	return ctx
 }

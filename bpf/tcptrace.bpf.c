@@ -11,6 +11,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SEND_SHUTDOWN 2
+#define ROOT_CGROUP_ID 1 /* kernfs id of the cgroup v2 root */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -109,7 +110,8 @@ static __always_inline bool is_birth(int oldstate, int newstate)
 }
 
 /* Before 5.15 struct sock_cgroup_data was a union whose u64 held a cgroup
- * pointer when its lowest bit (is_data) was clear. */
+ * pointer unless one of its two low bits (is_data, no_refcnt) was set, in
+ * which case, as when it was 0, the socket belonged to the root cgroup. */
 struct sock_cgroup_data___old {
 	__u64 val;
 } __attribute__((preserve_access_index));
@@ -128,8 +130,9 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 		struct sock_cgroup_data___old *old = (void *)__builtin_preserve_access_index(&sk->sk_cgrp_data);
 		__u64 val = BPF_CORE_READ(old, val);
 
-		if (!(val & 1))
-			cgrp = (struct cgroup *)val;
+		if (!val || (val & 3))
+			return ROOT_CGROUP_ID;
+		cgrp = (struct cgroup *)val;
 	}
 	if (!cgrp)
 		return 0;
@@ -335,6 +338,12 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	entry.dport = remote_port(sk);
 	entry.flags = CWF_AGE_UNKNOWN;
 	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0) {
+		/* The iterator does not hold the socket lock: if a close ran since
+		 * the state test, the entry would outlive the socket's exit. */
+		if (BPF_CORE_READ(skc, skc_state) != TCP_CLOSE_WAIT) {
+			bpf_map_delete_elem(&closewait, &key);
+			return 0;
+		}
 		flags |= EVF_TRACKED;
 	} else if ((known = bpf_map_lookup_elem(&closewait, &key))) {
 		/* Tracked already: by the live program, by an earlier listing, or
@@ -345,9 +354,9 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 		aux = known->fin_ns;
 		if (known->flags & CWF_AGE_UNKNOWN)
 			flags |= EVF_AGE_UNKNOWN;
-	} else {
-		count(CNT_MAP_FULL);
 	}
+	/* Neither: the table is full. Not counted here, as every listing would
+	 * count the same sockets again; user space counts them once. */
 	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;

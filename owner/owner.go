@@ -85,11 +85,12 @@ type Config struct {
 	ProcRoot   string        // "/proc" by default; tests may point elsewhere
 	MinRescan  time.Duration // full scans of a netns, and scans of one pid, at most this often (default 1s)
 	MaxAge     time.Duration // a hit not confirmed by a full scan for this long triggers one (default 10s)
-	MaxEntries int           // bound on cached socket inodes (default 1<<20); oldest evicted
-	// ScanShare bounds the time spent in full scans: after a scan that took
-	// d, the next waits at least ScanShare*d, so scanning takes at most about
-	// 1/ScanShare of a CPU however many descriptors the node holds. Default
-	// 50; negative disables the bound (tests that rescan back to back).
+	MaxEntries int           // bound on cached socket inodes (default 1<<18); oldest evicted
+	// ScanShare bounds the time spent in full scans: after a scan of any
+	// namespace that took d, no full scan runs for ScanShare*d, so scanning
+	// takes at most about 1/ScanShare of a CPU however many descriptors and
+	// namespaces the node has. Default 50; negative disables the bound
+	// (tests that rescan back to back).
 	ScanShare int
 }
 
@@ -125,9 +126,12 @@ type Resolver struct {
 	details  map[int]details      // by pid; details.start detects pid reuse
 	pidScan  map[int]time.Time    // last read of a pid's descriptor table
 	lastFull map[uint64]time.Time // last full scan, by netns (0 = all)
-	fullCost map[uint64]time.Duration
-	stats    Stats
-	pinned   uint64 // inode being resolved, never evicted; 0 = none
+	// The last full scan of any namespace, and what it cost: the budget
+	// of ScanShare is for the node, not for each namespace.
+	lastAny     time.Time
+	lastAnyCost time.Duration
+	stats       Stats
+	pinned      uint64 // inode being resolved, never evicted; 0 = none
 }
 
 // NewResolver returns a Resolver with cfg's zero fields defaulted.
@@ -142,7 +146,7 @@ func NewResolver(cfg Config) *Resolver {
 		cfg.MaxAge = 10 * time.Second
 	}
 	if cfg.MaxEntries <= 0 {
-		cfg.MaxEntries = 1 << 20
+		cfg.MaxEntries = 1 << 18
 	}
 	if cfg.ScanShare == 0 {
 		cfg.ScanShare = 50
@@ -154,7 +158,6 @@ func NewResolver(cfg Config) *Resolver {
 		details:  make(map[int]details),
 		pidScan:  make(map[int]time.Time),
 		lastFull: make(map[uint64]time.Time),
-		fullCost: make(map[uint64]time.Duration),
 	}
 }
 
@@ -281,17 +284,15 @@ func (r *Resolver) pidAllowed(pid int, now time.Time) bool {
 	return !ok || now.Sub(t) >= r.cfg.MinRescan
 }
 
+// fullAllowed says whether a full scan of netns may run now: at most one
+// per MinRescan for each namespace, and, whichever the namespace, not until
+// ScanShare times the last scan's duration has passed since it.
 func (r *Resolver) fullAllowed(netns uint64, now time.Time) bool {
-	t, ok := r.lastFull[netns]
-	return !ok || now.Sub(t) >= r.fullInterval(netns)
-}
-
-// fullInterval is how long after a full scan of netns the next may run.
-func (r *Resolver) fullInterval(netns uint64) time.Duration {
-	if r.cfg.ScanShare < 0 {
-		return r.cfg.MinRescan
+	if t, ok := r.lastFull[netns]; ok && now.Sub(t) < r.cfg.MinRescan {
+		return false
 	}
-	return max(r.cfg.MinRescan, time.Duration(r.cfg.ScanShare)*r.fullCost[netns])
+	return r.cfg.ScanShare < 0 || r.lastAny.IsZero() ||
+		now.Sub(r.lastAny) >= time.Duration(r.cfg.ScanShare)*r.lastAnyCost
 }
 
 // scanPid records every socket in pid's descriptor table. confirmed is the
@@ -315,7 +316,8 @@ func (r *Resolver) scanPid(pid int, now, confirmed time.Time) {
 func (r *Resolver) fullScan(netns uint64, now time.Time) {
 	r.lastFull[netns] = now
 	r.stats.FullScans++
-	defer func() { r.fullCost[netns] = time.Since(now) }()
+	r.lastAny = now
+	defer func() { r.lastAnyCost = time.Since(now) }()
 	dir, err := os.Open(r.cfg.ProcRoot)
 	if err != nil {
 		return
@@ -356,9 +358,8 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 		}
 	}
 	for ns, t := range r.lastFull {
-		if ns != netns && now.Sub(t) >= r.fullInterval(ns) {
+		if ns != netns && now.Sub(t) >= r.cfg.MinRescan {
 			delete(r.lastFull, ns)
-			delete(r.fullCost, ns)
 		}
 	}
 }

@@ -455,7 +455,8 @@ func TestResolveNetns(t *testing.T) {
 		t.Fatal("child shares the host network namespace")
 	}
 
-	r := NewResolver(Config{})
+	// Two namespaces back to back: this test is not about the scan budget.
+	r := NewResolver(Config{ScanShare: -1})
 	if owners, src := r.Resolve(s.ino, host, nil); src != SourceUnresolved {
 		t.Errorf("host netns: got %v %+v, want unresolved", src, owners)
 	}
@@ -649,5 +650,16 @@ func TestScanShareThrottlesFullScans(t *testing.T) {
 	}
 	if st := r.Stats(); st.FullScans != 1 {
 		t.Errorf("%d full scans, want 1: the share bound did not hold", st.FullScans)
+	}
+}
+
+// The scan budget is for the node: a scan of one namespace delays scans of
+// every other, not just its own.
+func TestScanShareIsPerNode(t *testing.T) {
+	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: 1_000_000})
+	r.Resolve(1, 4026531111, nil) // a namespace nobody is in: cheap, but > 0
+	r.Resolve(2, 4026532222, nil) // another namespace, right after
+	if st := r.Stats(); st.FullScans != 1 {
+		t.Errorf("%d full scans of two namespaces back to back, want 1", st.FullScans)
 	}
 }

@@ -113,6 +113,37 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// Snapshot records: age unknown, counted from first sight (now, or when an
+// earlier listing found the socket); a leave of such a socket keeps its
+// age unknown.
+func TestDecodeSnapshot(t *testing.T) {
+	d := newDecoder(bootclock.New())
+	var ev events.Event
+	fresh := tcptraceEvent{TsNs: 9e9, Family: afInet, Kind: evSnapshot, Oldstate: 8, Newstate: 8, Flags: flagTracked, Ino: 42, CgroupId: 7}
+	if err := d.decode(record(t, fresh), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != events.KindCloseWait || ev.AgeKnown || ev.FinBootNS != 9e9 || !ev.KernelTracked || ev.Inode != 42 || ev.CgroupID != 7 {
+		t.Errorf("snapshot record decoded as %+v", ev)
+	}
+	known := fresh
+	known.Flags, known.AuxNs = flagTracked|flagKnown|flagAuxValid|flagAgeUnknown, 5e9
+	if err := d.decode(record(t, known), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.AgeKnown || ev.FinBootNS != 5e9 {
+		t.Errorf("known snapshot record: first sight %d age_known %v, want 5e9 and false", ev.FinBootNS, ev.AgeKnown)
+	}
+	leave := tcptraceEvent{TsNs: 9e9, AuxNs: 5e9, Family: afInet, Kind: evCWLeave, Oldstate: 8, Newstate: 9,
+		Flags: flagAuxValid | flagApp | flagAgeUnknown}
+	if err := d.decode(record(t, leave), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != events.KindAppClose || ev.AgeKnown {
+		t.Errorf("leave of a snapshot socket: kind %v age_known %v, want app_close with age unknown", ev.Kind, ev.AgeKnown)
+	}
+}
+
 func TestDecodeIPv6(t *testing.T) {
 	d := newDecoder(bootclock.New())
 	mapped := tcptraceEvent{TsNs: 1, Family: afInet6, Kind: evTransition, Oldstate: 1, Newstate: 8}

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
 )
@@ -20,12 +21,13 @@ var ErrNoSnapshot = errors.New("socket listing unavailable")
 
 // Scan is what a listing of sockets in CLOSE-WAIT found.
 type Scan struct {
-	// New holds the sockets a listing started tracking, now or in an
-	// earlier listing: close_wait events with AgeKnown false, their age
-	// counting from first sight. A caller that already tracks one of them
-	// from an earlier listing ignores it; sockets the live program tracks
-	// are never in New.
+	// New holds the sockets this listing started tracking: close_wait
+	// events with AgeKnown false, their age counting from now. Sockets the
+	// live program or an earlier listing tracks are not in it.
 	New []events.Event
+	// Untracked counts sockets in CLOSE-WAIT the kernel table had no room
+	// for.
+	Untracked int
 	// Inodes holds the current socket inode of every socket in CLOSE-WAIT
 	// found, tracked before or not, by sock id; 0 while none has a file.
 	Inodes map[uint64]uint64
@@ -41,11 +43,15 @@ func (t *Tracer) Snapshot() (Scan, error) {
 		return scan, ErrNoSnapshot
 	}
 	var errs []error
-	for _, ns := range networkNamespaces() {
-		if err := t.scanIn(ns.path, &scan); err != nil {
-			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.path, err))
+	namespaces := openNetworkNamespaces()
+	for _, ns := range namespaces {
+		if err := t.scanIn(ns, &scan); err != nil {
+			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.file.Name(), err))
 		}
+		ns.file.Close()
 	}
+	// Counted once here: later listings find the same sockets again.
+	t.snapshotUntracked.Add(uint64(scan.Untracked))
 	return scan, oneline.Join(errs...)
 }
 
@@ -57,16 +63,19 @@ func (t *Tracer) Rescan(netns uint32) (Scan, error) {
 	if t.snapshotIter == nil {
 		return scan, ErrNoSnapshot
 	}
-	for _, ns := range networkNamespaces() {
+	var err error = fmt.Errorf("network namespace %d not found", netns)
+	for _, ns := range openNetworkNamespaces() {
 		if ns.ino == uint64(netns) {
-			return scan, t.scanIn(ns.path, &scan)
+			err = t.scanIn(ns, &scan)
 		}
+		ns.file.Close()
 	}
-	return scan, fmt.Errorf("network namespace %d not found", netns)
+	return scan, err
 }
 
-func (t *Tracer) scanIn(path string, scan *Scan) error {
-	data, err := t.readSnapshotIn(path)
+func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
+	start := bootclock.Now()
+	data, err := t.readSnapshotIn(ns.file)
 	if err != nil {
 		return err
 	}
@@ -80,16 +89,25 @@ func (t *Tracer) scanIn(path string, scan *Scan) error {
 			continue
 		}
 		scan.Inodes[ev.Sock] = ev.Inode
-		if flags := data[offFlags]; flags&flagKnown == 0 || flags&flagAgeUnknown != 0 {
+		flags := data[offFlags]
+		switch {
+		case flags&flagTracked == 0:
+			scan.Untracked++
+			scan.New = append(scan.New, ev)
+		case flags&flagKnown == 0:
+			scan.New = append(scan.New, ev)
+		case flags&flagAgeUnknown != 0 && ev.FinBootNS >= start:
+			// Tracked by this very listing: the kernel ran the program
+			// again for this socket after a full seq_file buffer.
 			scan.New = append(scan.New, ev)
 		}
 	}
 	return nil
 }
 
-// readSnapshotIn runs the iterator in the network namespace at path: a tcp
+// readSnapshotIn runs the iterator in the network namespace ns: a tcp
 // iterator lists the sockets of the namespace of the task that opens it.
-func (t *Tracer) readSnapshotIn(path string) ([]byte, error) {
+func (t *Tracer) readSnapshotIn(ns *os.File) ([]byte, error) {
 	type result struct {
 		data []byte
 		err  error
@@ -100,11 +118,6 @@ func (t *Tracer) readSnapshotIn(path string) ([]byte, error) {
 		// than serve other goroutines from another network namespace.
 		runtime.LockOSThread()
 		data, err := func() ([]byte, error) {
-			ns, err := os.Open(path)
-			if err != nil {
-				return nil, err
-			}
-			defer ns.Close()
 			if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
 				return nil, fmt.Errorf("setns: %w", err)
 			}
@@ -122,13 +135,15 @@ func (t *Tracer) readSnapshotIn(path string) ([]byte, error) {
 }
 
 type namespace struct {
-	path string
+	file *os.File
 	ino  uint64
 }
 
-// networkNamespaces returns one path for each network namespace in use:
-// those of running processes and those kept by `ip netns` bind mounts.
-func networkNamespaces() []namespace {
+// openNetworkNamespaces opens each network namespace in use once: those of
+// running processes and those kept by `ip netns` bind mounts. Holding them
+// open keeps a namespace listable when the process it was found through
+// exits. The caller closes the files.
+func openNetworkNamespaces() []namespace {
 	candidates := []string{"/proc/self/ns/net"}
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	candidates = append(candidates, procs...)
@@ -143,8 +158,17 @@ func networkNamespaces() []namespace {
 		if unix.Stat(p, &st) != nil || seen[st.Ino] {
 			continue // gone, or a namespace already listed
 		}
+		f, err := os.Open(p)
+		if err != nil {
+			continue // gone meanwhile: another process may lead to it
+		}
+		var fs unix.Statfs_t
+		if unix.Fstatfs(int(f.Fd()), &fs) != nil || fs.Type != unix.NSFS_MAGIC || unix.Fstat(int(f.Fd()), &st) != nil {
+			f.Close() // a stale file in /run/netns, not a namespace
+			continue
+		}
 		seen[st.Ino] = true
-		found = append(found, namespace{p, st.Ino})
+		found = append(found, namespace{f, st.Ino})
 	}
 	return found
 }

@@ -132,7 +132,10 @@ type Tracer struct {
 	queue      chan events.Event
 	queueDrops atomic.Uint64
 	decodeErrs atomic.Uint64
-	readErr    error // set by the read loop before it closes queue
+	// Sockets the start-up snapshot found in CLOSE-WAIT with no room in the
+	// kernel table.
+	snapshotUntracked atomic.Uint64
+	readErr           error // set by the read loop before it closes queue
 
 	detachOnce sync.Once
 	detachErr  error
@@ -279,6 +282,7 @@ func (t *Tracer) Lost() (events.LostCounts, error) {
 	if err != nil {
 		return c, fmt.Errorf("read program stats: %w", err)
 	}
+	c[events.LostKernelTableFull] += t.snapshotUntracked.Load()
 	c[events.LostRecursion] = stats.RecursionMisses
 	c[events.LostQueueFull] = t.queueDrops.Load()
 	c[events.LostDecode] = t.decodeErrs.Load()

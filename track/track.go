@@ -106,9 +106,13 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.FinBootNS, true
 			}
 			ev.WasStuck = e.Stuck
-			// The descriptors are gone by now: report who last held them.
+			// The descriptors are gone by now: report who last held them,
+			// and the container context found through them.
 			if len(e.Socket.Owners) > 0 {
 				ev.Owners, ev.OwnerSource = e.Socket.Owners, events.OwnerLastSeen
+			}
+			if ev.ContainerID == "" && ev.PodUID == "" {
+				ev.ContainerID, ev.PodUID = e.Socket.ContainerID, e.Socket.PodUID
 			}
 			t.remove(e)
 		}
@@ -170,10 +174,12 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		ev.AgeKnown = e.AgeKnown
 		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
 		if refresh != nil {
+			// Kept whatever was found: holders no longer found are not
+			// holders, and a later close must not name them.
 			refresh(&ev)
-			e.Socket.Inode = ev.Inode
-			if len(ev.Owners) > 0 {
-				e.Socket.Owners, e.Socket.OwnerSource = ev.Owners, ev.OwnerSource
+			e.Socket.Inode, e.Socket.Owners, e.Socket.OwnerSource = ev.Inode, ev.Owners, ev.OwnerSource
+			if ev.ContainerID != "" || ev.PodUID != "" {
+				e.Socket.ContainerID, e.Socket.PodUID = ev.ContainerID, ev.PodUID
 			}
 		}
 		e.Stuck = true

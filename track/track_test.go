@@ -196,3 +196,42 @@ func TestVerifierDropsVanishedSockets(t *testing.T) {
 		t.Error("a verifier error was not returned")
 	}
 }
+
+// Owners found at a stuck report are kept, replace older ones (also with
+// none), and the close reports them as last seen, with the container
+// context found through them.
+func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
+	tk := newTracker(t, 100*time.Millisecond, 100*time.Millisecond, 10)
+	var out sink
+	cw := closeWait(1, 0)
+	cw.Owners, cw.OwnerSource = []events.Owner{{PID: 10, Comm: "sender"}}, events.OwnerProc
+	tk.Observe(cw, out.emit)
+	if !tk.Has(1) || tk.Has(2) {
+		t.Fatalf("Has(1)=%v Has(2)=%v", tk.Has(1), tk.Has(2))
+	}
+	// First report: the descriptor moved to another process.
+	moved := func(ev *events.Event) {
+		ev.Inode = 77
+		ev.Owners, ev.OwnerSource = []events.Owner{{PID: 20, Comm: "receiver"}}, events.OwnerProc
+		ev.ContainerID = "c1"
+	}
+	if err := tk.Expire(100*ms, nil, moved, out.emit); err != nil {
+		t.Fatal(err)
+	}
+	if st := out[len(out)-1]; st.Kind != events.KindStuck || st.Owners[0].PID != 20 || st.Inode != 77 {
+		t.Fatalf("stuck = %+v, want the refreshed owner 20 and inode 77", st)
+	}
+	tk.Observe(leave(events.KindAppClose, 1, 150*ms), out.emit)
+	ac := out[len(out)-1]
+	if ac.OwnerSource != events.OwnerLastSeen || len(ac.Owners) != 1 || ac.Owners[0].PID != 20 || ac.ContainerID != "c1" {
+		t.Errorf("app_close owners %+v (%v) container %q, want last_seen 20 in c1", ac.Owners, ac.OwnerSource, ac.ContainerID)
+	}
+
+	// A refresh that finds nobody clears the owners: the close names none.
+	tk.Observe(closeWait(2, 1000*ms), out.emit)
+	tk.Expire(1100*ms, nil, func(ev *events.Event) { ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved }, out.emit)
+	tk.Observe(leave(events.KindAppClose, 2, 1200*ms), out.emit)
+	if ac := out[len(out)-1]; len(ac.Owners) != 0 || ac.OwnerSource == events.OwnerLastSeen {
+		t.Errorf("app_close after an empty refresh names %+v (%v)", ac.Owners, ac.OwnerSource)
+	}
+}

@@ -153,13 +153,12 @@ func (s *stream) snapshot() {
 	s.log.Info("start-up snapshot", "close_wait_sockets", len(scan.New))
 }
 
-// adoptFound tracks the sockets a listing found in CLOSE-WAIT that are not
-// tracked yet.
+// adoptFound tracks the sockets a listing found in CLOSE-WAIT untracked.
 func (s *stream) adoptFound() {
 	for i := range s.adopt {
 		ev := &s.adopt[i]
 		if s.track.Has(ev.Sock) {
-			continue
+			continue // its close_wait event got here first
 		}
 		s.attr.Socket(ev)
 		s.attr.Owners(ev) // one scan per namespace answers for all of them
