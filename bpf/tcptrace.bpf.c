@@ -42,6 +42,16 @@ struct {
 	__type(value, struct cw_entry);
 } closewait SEC(".maps");
 
+/* Sockets seen entering CLOSE_WAIT when the closewait table was full, so
+ * that a listing does not take them for sockets that predate tcptrace. LRU:
+ * at worst a socket is reported twice, never lost. Size set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} cw_overflow SEC(".maps");
+
 /* trace mode: when each socket entered its current state. LRU so entries of
  * sockets whose final transition was missed cannot fill the map for good. */
 struct {
@@ -237,10 +247,14 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		entry.sport = local_port(sk);
 		entry.dport = remote_port(sk);
 		entry.flags = 0;
-		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY))
+		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY)) {
+			__u8 seen = 1;
+
 			count(CNT_MAP_FULL);
-		else
+			bpf_map_update_elem(&cw_overflow, &key, &seen, BPF_ANY);
+		} else {
 			flags |= EVF_TRACKED;
+		}
 		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, flags);
 		return;
 	}
@@ -263,6 +277,8 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		else
 			tracked = NULL;
 	}
+	if (!tracked && oldstate == TCP_CLOSE_WAIT)
+		bpf_map_delete_elem(&cw_overflow, &key);
 	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk)))
 		return;
 	if (oldstate != TCP_CLOSE_WAIT)
@@ -354,6 +370,9 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 		aux = known->fin_ns;
 		if (known->flags & CWF_AGE_UNKNOWN)
 			flags |= EVF_AGE_UNKNOWN;
+	} else if (bpf_map_lookup_elem(&cw_overflow, &key)) {
+		/* The live program saw it, with no room to track it. */
+		flags |= EVF_KNOWN;
 	}
 	/* Neither: the table is full. Not counted here, as every listing would
 	 * count the same sockets again; user space counts them once. */

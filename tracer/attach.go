@@ -137,12 +137,21 @@ func (t *Tracer) loadAndAttach() error {
 // snapshotProg is the iter/tcp program of the start-up snapshot.
 const snapshotProg = "tcptrace_snapshot"
 
+// Bounds of the cw_overflow LRU map (see bpf/tcptrace.bpf.c).
+const (
+	overflowPerTracked = 64
+	maxOverflow        = 16384
+)
+
 func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	mode, closewaitSize, stateSize := uint8(kernModeCloseWait), t.cfg.MaxTracked, uint32(1)
 	if t.cfg.Mode == ModeTrace {
 		mode, closewaitSize, stateSize = kernModeTrace, 1, t.cfg.MaxTracked
 	}
 	spec.Maps["closewait"].MaxEntries = closewaitSize
+	// Consulted only while a listing runs: it needs to hold the sockets
+	// that overflow the table meanwhile, not a leak's worth.
+	spec.Maps["cw_overflow"].MaxEntries = min(closewaitSize*overflowPerTracked, maxOverflow)
 	if c.prealloc {
 		spec.Maps["closewait"].Flags &^= unix.BPF_F_NO_PREALLOC
 	}

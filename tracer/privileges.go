@@ -26,10 +26,9 @@ var ErrUnsupportedKernel = errors.New("unsupported kernel")
 // CheckPrivileges reports which capabilities the process lacks to load and
 // attach tracing programs: CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN.
 func CheckPrivileges() error {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("read process capabilities: %w", err)
+	data, err := effectiveCaps()
+	if err != nil {
+		return err
 	}
 	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
 	if has(unix.CAP_SYS_ADMIN) {
@@ -47,6 +46,22 @@ func CheckPrivileges() error {
 	}
 	return fmt.Errorf("%w: missing %s (or CAP_SYS_ADMIN); run as root or grant CAP_BPF and CAP_PERFMON",
 		ErrPrivilege, strings.Join(missing, " and "))
+}
+
+// Capable reports whether the process has capability c (unix.CAP_*) in
+// its effective set.
+func Capable(c uint) bool {
+	data, err := effectiveCaps()
+	return err == nil && data[c/32].Effective&(1<<(c%32)) != 0
+}
+
+func effectiveCaps() ([2]unix.CapUserData, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return data, fmt.Errorf("read process capabilities: %w", err)
+	}
+	return data, nil
 }
 
 // checkKernel fails early, with the minimum stated, on kernels tcptrace

@@ -75,7 +75,7 @@ func (t *Tracer) Rescan(netns uint32) (Scan, error) {
 
 func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
 	start := bootclock.Now()
-	data, err := t.readSnapshotIn(ns.file)
+	data, err := t.readSnapshotIn(ns)
 	if err != nil {
 		return err
 	}
@@ -91,6 +91,8 @@ func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
 		scan.Inodes[ev.Sock] = ev.Inode
 		flags := data[offFlags]
 		switch {
+		case flags&flagKnown != 0 && flags&flagTracked == 0:
+			// Seen entering CLOSE-WAIT live, with no room to track it.
 		case flags&flagTracked == 0:
 			scan.Untracked++
 			scan.New = append(scan.New, ev)
@@ -107,7 +109,11 @@ func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
 
 // readSnapshotIn runs the iterator in the network namespace ns: a tcp
 // iterator lists the sockets of the namespace of the task that opens it.
-func (t *Tracer) readSnapshotIn(ns *os.File) ([]byte, error) {
+// Entering another namespace needs CAP_SYS_ADMIN; our own needs nothing.
+func (t *Tracer) readSnapshotIn(ns namespace) ([]byte, error) {
+	if ns.ino == ownNetNS() {
+		return t.readIterator()
+	}
 	type result struct {
 		data []byte
 		err  error
@@ -118,15 +124,10 @@ func (t *Tracer) readSnapshotIn(ns *os.File) ([]byte, error) {
 		// than serve other goroutines from another network namespace.
 		runtime.LockOSThread()
 		data, err := func() ([]byte, error) {
-			if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			if err := unix.Setns(int(ns.file.Fd()), unix.CLONE_NEWNET); err != nil {
 				return nil, fmt.Errorf("setns: %w", err)
 			}
-			rc, err := t.snapshotIter.Open()
-			if err != nil {
-				return nil, fmt.Errorf("open iterator: %w", err)
-			}
-			defer rc.Close()
-			return io.ReadAll(rc)
+			return t.readIterator()
 		}()
 		done <- result{data, err}
 	}()
@@ -137,6 +138,24 @@ func (t *Tracer) readSnapshotIn(ns *os.File) ([]byte, error) {
 type namespace struct {
 	file *os.File
 	ino  uint64
+}
+
+func (t *Tracer) readIterator() ([]byte, error) {
+	rc, err := t.snapshotIter.Open()
+	if err != nil {
+		return nil, fmt.Errorf("open iterator: %w", err)
+	}
+	defer rc.Close()
+	return io.ReadAll(rc)
+}
+
+// ownNetNS is the inode of this process's network namespace, 0 if unknown.
+func ownNetNS() uint64 {
+	var st unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &st) != nil {
+		return 0
+	}
+	return st.Ino
 }
 
 // openNetworkNamespaces opens each network namespace in use once: those of

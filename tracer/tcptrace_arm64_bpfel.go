@@ -97,6 +97,7 @@ type tcptraceProgramSpecs struct {
 type tcptraceMapSpecs struct {
 	Closewait  *ebpf.MapSpec `ebpf:"closewait"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
+	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Ports      *ebpf.MapSpec `ebpf:"ports"`
 	StateSince *ebpf.MapSpec `ebpf:"state_since"`
@@ -135,6 +136,7 @@ func (o *tcptraceObjects) Close() error {
 type tcptraceMaps struct {
 	Closewait  *ebpf.Map `ebpf:"closewait"`
 	Counters   *ebpf.Map `ebpf:"counters"`
+	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Ports      *ebpf.Map `ebpf:"ports"`
 	StateSince *ebpf.Map `ebpf:"state_since"`
@@ -144,6 +146,7 @@ func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Closewait,
 		m.Counters,
+		m.CwOverflow,
 		m.Events,
 		m.Ports,
 		m.StateSince,

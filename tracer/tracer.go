@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,7 +179,7 @@ func New(cfg Config) (_ *Tracer, err error) {
 	}
 	go t.readLoop()
 	// Logged only once events flow: scripts and tests wait for this line.
-	cfg.Logger.Info("attached", "point", t.point, "socket_cookie", t.cookie)
+	cfg.Logger.Info("attached", "point", t.point, "socket_cookie", t.cookie, "goroutines", runtime.NumGoroutine())
 	return t, nil
 }
 

@@ -48,6 +48,14 @@ func runHelper(role string) {
 		fmt.Println("error", err)
 		os.Exit(1)
 	}
+	if role == "hostile" {
+		// A leaking server with a name made to break parsers and terminals;
+		// its arguments (os.Args) are hostile too.
+		if err := os.WriteFile("/proc/self/comm", []byte(hostileComm), 0); err != nil {
+			fail(err)
+		}
+		role = "leak"
+	}
 	switch role {
 	case "exit-holding":
 		// Accept one connection, wait for the peer's FIN, then exit without
@@ -173,9 +181,12 @@ func runHelper(role string) {
 	os.Exit(2)
 }
 
+// hostileComm is the command name the hostile helper gives itself.
+const hostileComm = "\x1b[31m\"q\\\n\xff"
+
 // helperCommand runs this test binary as a helper process.
-func helperCommand(role string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0])
+func helperCommand(role string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), helperEnv+"="+role)
 	cmd.Stderr = os.Stderr
 	return cmd
@@ -209,7 +220,18 @@ type helper struct {
 // startHelper starts a helper process, killed at cleanup.
 func startHelper(t *testing.T, role string, cloneflags uintptr) *helper {
 	t.Helper()
-	cmd := helperCommand(role)
+	return startHelperWith(t, role, cloneflags)
+}
+
+// startHelperArgs starts a helper process with arguments.
+func startHelperArgs(t *testing.T, role string, args ...string) *helper {
+	t.Helper()
+	return startHelperWith(t, role, 0, args...)
+}
+
+func startHelperWith(t *testing.T, role string, cloneflags uintptr, args ...string) *helper {
+	t.Helper()
+	cmd := helperCommand(role, args...)
 	// Its own process group, so the processes it starts die with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags, Setpgid: true}
 	stdin, err := cmd.StdinPipe()
@@ -310,6 +332,25 @@ type tracerProc struct {
 	stderr *syncBuffer
 	done   chan struct{} // closed when stdout is fully read
 	seen   []jsonEvent   // everything received so far, in order
+	gate   chan struct{} // stdout is read once this is closed
+}
+
+// tracerOpts varies how startTracerWith runs tcptrace.
+type tracerOpts struct {
+	// paused leaves stdout unread until resume: a consumer too slow for
+	// the events, which fills the pipe and then tcptrace's queue.
+	paused bool
+	// wrap runs tcptrace under this command, e.g. setpriv.
+	wrap []string
+}
+
+// resume starts reading the stdout of a paused tracer.
+func (p *tracerProc) resume() {
+	select {
+	case <-p.gate:
+	default:
+		close(p.gate)
+	}
 }
 
 type syncBuffer struct {
@@ -329,9 +370,11 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// tcptraceCmd returns a command running this binary as tcptrace.
-func tcptraceCmd(args ...string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], args...)
+// tcptraceCmd returns a command running this binary as tcptrace, under
+// the wrap command if any.
+func tcptraceCmd(wrap []string, args ...string) *exec.Cmd {
+	argv := append(append(append([]string{}, wrap...), os.Args[0]), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), runMainEnv+"=1")
 	return cmd
 }
@@ -340,13 +383,22 @@ func tcptraceCmd(args ...string) *exec.Cmd {
 // attached. At cleanup it is interrupted and must exit 0.
 func startTracer(t *testing.T, args ...string) *tracerProc {
 	t.Helper()
+	return startTracerWith(t, tracerOpts{}, args...)
+}
+
+func startTracerWith(t *testing.T, o tracerOpts, args ...string) *tracerProc {
+	t.Helper()
 	testenv.RequirePrivileged(t)
 	p := &tracerProc{
 		t:      t,
-		cmd:    tcptraceCmd(append(args, "--output", "json")...),
+		cmd:    tcptraceCmd(o.wrap, append(args, "--output", "json")...),
 		events: make(chan jsonEvent, 100000),
 		stderr: &syncBuffer{},
 		done:   make(chan struct{}),
+		gate:   make(chan struct{}),
+	}
+	if !o.paused {
+		close(p.gate)
 	}
 	p.cmd.Stderr = p.stderr
 	stdout, err := p.cmd.StdoutPipe()
@@ -360,6 +412,7 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 	go func() {
 		defer close(p.done)
 		defer close(p.events)
+		<-p.gate
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
@@ -408,6 +461,7 @@ func (p *tracerProc) stop() {
 		return
 	}
 	p.t.Helper()
+	p.resume()
 	_ = p.cmd.Process.Signal(syscall.SIGINT)
 	waited := make(chan error, 1)
 	go func() {

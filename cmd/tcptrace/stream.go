@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/attribute"
 	"github.com/tcptrace/tcptrace/bootclock"
@@ -38,6 +40,9 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	}
 	s := &stream{tr: tr, out: output.New(c.App.Writer, o.format), log: logger, attr: attribute.New(logger)}
 	if mode == tracer.ModeCloseWait {
+		if !tracer.Capable(unix.CAP_SYS_PTRACE) {
+			logger.Warn("without CAP_SYS_PTRACE the descriptors of other processes cannot be read: owners will be unresolved")
+		}
 		s.track = track.New(o.track, tr.Clock())
 		logger.Info("watching CLOSE-WAIT", "threshold", o.track.Threshold, "repeat", o.track.Repeat, "ports", o.tracer.Ports)
 		s.snapshot()
@@ -255,7 +260,7 @@ func (s *stream) reportLost() {
 }
 
 func (s *stream) summary() {
-	attrs := []any{"events", s.written, "lost", s.lost.Total()}
+	attrs := []any{"events", s.written, "lost", s.lost.Total(), "goroutines", runtime.NumGoroutine()}
 	for cause, n := range s.lost {
 		if n > 0 {
 			attrs = append(attrs, events.LostCause(cause).String(), n)

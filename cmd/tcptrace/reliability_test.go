@@ -1,0 +1,350 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+// churn makes n connections to ln; the server closes first, the client
+// reads to EOF and closes: 10 transitions per connection.
+func churn(t *testing.T, ln *net.TCPListener, n int) {
+	t.Helper()
+	accepted := make(chan error, 1)
+	go func() {
+		for range n {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			c.Close()
+		}
+		accepted <- nil
+	}()
+	for range n {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, c)
+		c.Close()
+	}
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+	// The last FIN_WAIT2 -> CLOSE and LAST_ACK -> CLOSE follow on ACKs.
+	time.Sleep(200 * time.Millisecond)
+}
+
+// lostCounts sums the counts of every lost event.
+func lostCounts(evs []jsonEvent) map[string]uint64 {
+	sum := map[string]uint64{}
+	for _, ev := range evs {
+		for cause, n := range ev.Counts {
+			sum[cause] += n
+		}
+	}
+	return sum
+}
+
+// With a consumer too slow for the events, what is not written is counted:
+// emitted + lost accounts for every transition the kernel made.
+func TestEveryTransitionEmittedOrCounted(t *testing.T) {
+	const n = 5000
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracerWith(t, tracerOpts{paused: true}, "trace", "--port", portArg(ln), "--ring-buffer-size", "4096")
+	churn(t, ln, n)
+	p.resume()
+	evs := p.drain()
+
+	emitted := uint64(0)
+	for _, ev := range evs {
+		if ev.Event == "transition" {
+			emitted++
+		}
+	}
+	lost := lostCounts(evs)
+	dropped := lost["ringbuf_full"] + lost["queue_full"] + lost["decode_error"]
+	const expected = 10 * n // the listener predates the tracer and outlives it
+	t.Logf("expected %d, emitted %d, lost %v", expected, emitted, lost)
+	if dropped == 0 {
+		t.Fatalf("nothing was dropped: the consumer was not slow enough for this test to mean anything")
+	}
+	// Drops before the ring buffer are counted for this port only, exactly;
+	// recursion misses are counted for the whole host, so they can only
+	// make up the difference, never explain a surplus.
+	if emitted+dropped > expected || emitted+dropped+lost["recursion_miss"] < expected {
+		t.Errorf("emitted %d + dropped %d (+ recursion misses %d) does not account for %d transitions",
+			emitted, dropped, lost["recursion_miss"], expected)
+	}
+	// The exit summary reports the same totals.
+	var total uint64
+	for _, c := range lost {
+		total += c
+	}
+	if !strings.Contains(p.stderr.String(), fmt.Sprintf(" lost=%d ", total)) {
+		t.Errorf("exit summary does not report lost=%d:\n%s", total, p.stderr.String())
+	}
+}
+
+// vmRSS returns a process's resident set size in KiB.
+func vmRSS(t *testing.T, pid int) int {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	kb, _ := strconv.Atoi(string(m[1]))
+	return kb
+}
+
+// More sockets stuck than --max-tracked: the tables stay at their bound,
+// the overflow is reported, and memory does not follow the leak.
+func TestTrackingIsBounded(t *testing.T) {
+	const bound, leaked = 100, 3000
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m", "--max-tracked", strconv.Itoa(bound))
+	leak := func(count int) {
+		for range count {
+			dial(t, ln).client.Close()
+		}
+		for seen := 0; seen < count; seen++ {
+			p.next(10*time.Second, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
+		}
+	}
+	leak(leaked / 3)
+	before := vmRSS(t, p.cmd.Process.Pid)
+	leak(leaked - leaked/3)
+	after := vmRSS(t, p.cmd.Process.Pid)
+	// Let the once-a-second lost report come.
+	p.next(3*time.Second, "lost", func(ev jsonEvent) bool { return ev.Event == "lost" })
+	evs := p.drain()
+	lost := lostCounts(evs)
+	if lost["kernel_table_full"] != leaked-bound || lost["table_full"] != leaked-bound {
+		t.Errorf("lost %v, want kernel_table_full and table_full of %d each", lost, leaked-bound)
+	}
+	if !strings.Contains(p.stderr.String(), fmt.Sprintf("still_in_close_wait=%d", bound)) {
+		t.Errorf("exit summary does not show the table at its bound of %d:\n%s", bound, p.stderr.String())
+	}
+	if grew := after - before; grew > 8<<10 {
+		t.Errorf("RSS grew by %d KiB while %d more sockets leaked past a bound of %d", grew, leaked-leaked/3, bound)
+	}
+}
+
+// SIGTERM, like SIGINT, detaches, drains, flushes and exits 0 quickly.
+func TestSIGTERMExitsCleanlyAndFast(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln))
+	c := dial(t, ln)
+	c.client.Close()
+	p.closeWaitOf(c)
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for range p.events {
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.stderr.String())
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("exit took %v after SIGTERM, want under 2s", took)
+	}
+	if !strings.Contains(p.stderr.String(), "msg=stopped") {
+		t.Errorf("no exit summary:\n%s", p.stderr.String())
+	}
+}
+
+// programsOf returns the ids of the eBPF programs a process holds.
+func programsOf(t *testing.T, pid int) []ebpf.ProgramID {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fdinfo", pid)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, e := range entries {
+		data, err := os.ReadFile(dir + "/" + e.Name())
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "prog_id:"); ok {
+				id, _ := strconv.Atoi(strings.TrimSpace(v))
+				ids = append(ids, ebpf.ProgramID(id))
+			}
+		}
+	}
+	return ids
+}
+
+// SIGKILL gives no chance to clean up, and none is needed: links belong to
+// file descriptors, nothing is pinned, so the kernel detaches and frees it all.
+func TestSIGKILLLeavesNothingAttached(t *testing.T) {
+	p := startTracer(t, "closewait")
+	ids := programsOf(t, p.cmd.Process.Pid)
+	if len(ids) == 0 {
+		t.Fatal("found no eBPF program held by tcptrace")
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = p.cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for _, id := range ids {
+		for {
+			prog, err := ebpf.NewProgramFromID(id)
+			if err != nil {
+				break // gone
+			}
+			prog.Close()
+			if time.Now().After(deadline) {
+				t.Fatalf("program %d still loaded 5s after SIGKILL", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if _, err := os.Stat("/sys/fs/bpf/tcptrace"); err == nil {
+		t.Error("something is pinned under /sys/fs/bpf/tcptrace")
+	}
+}
+
+// Two tracers at once each see everything, independently.
+func TestTwoTracersAtOnce(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	a := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	b := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	c := dial(t, ln)
+	c.client.Close()
+	time.Sleep(100 * time.Millisecond)
+	c.server.Close()
+	for name, p := range map[string]*tracerProc{"first": a, "second": b} {
+		cw := p.closeWaitOf(c)
+		ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" && ev.Sock == cw.Sock })
+		if ac.FinToCloseNS == nil || *ac.FinToCloseNS < int64(100*time.Millisecond) {
+			t.Errorf("%s tracer: app_close %v", name, ac)
+		}
+	}
+}
+
+// Names a process chooses for itself end up in the output: quotes,
+// backslashes, newlines, terminal escapes and invalid UTF-8 must neither
+// break a JSON line nor reach a terminal raw.
+func TestHostileProcessNames(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	args := []string{"quote\"back\\slash", "new\nline", "\x1b]0;title\x07", "bad\xfe\xffutf8", "\u2028sep"}
+	h := startHelperArgs(t, "hostile", args...)
+	port := h.line(t)
+
+	// JSON: every line parses and passes the schema (startTracer checks);
+	// the names come back as the process set them, invalid bytes replaced.
+	p := startTracer(t, "closewait", "--port", port, "--threshold", "200ms")
+	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.line(t) // accepted
+	cl.Close()
+	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
+	checkOwners(t, stuck, h.cmd.Process.Pid)
+	o := stuck.Owner[0]
+	if want := replaceInvalidBytes(hostileComm); o.Comm != want {
+		t.Errorf("comm = %q, want %q", o.Comm, want)
+	}
+	for _, a := range args {
+		if want := replaceInvalidBytes(a); !strings.Contains(o.Cmdline, want) {
+			t.Errorf("cmdline %q lacks %q", o.Cmdline, want)
+		}
+	}
+	p.stop()
+
+	// Table: nothing a terminal would act on.
+	var out bytes.Buffer
+	cmd := tcptraceCmd(nil, "closewait", "--port", port, "--threshold", "100ms", "--output", "table")
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the snapshot finds it; stuck follows
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("table run: %v", err)
+	}
+	if !strings.Contains(out.String(), "stuck") {
+		t.Fatalf("table output has no stuck row:\n%s", out.String())
+	}
+	if !utf8.ValidString(out.String()) {
+		t.Fatalf("table output is not valid UTF-8:\n%q", out.String())
+	}
+	for i, r := range out.String() {
+		if (r < 0x20 && r != '\n') || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			t.Fatalf("table output holds %U at byte %d:\n%q", r, i, out.String())
+		}
+	}
+}
+
+// replaceInvalidBytes replaces each byte that is not valid UTF-8 with
+// U+FFFD, as the JSON encoder does.
+func replaceInvalidBytes(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b.WriteRune(utf8.RuneError)
+		} else {
+			b.WriteString(s[i : i+size])
+		}
+		i += size
+	}
+	return b.String()
+}
+
+// With only CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, as the README
+// documents, tcptrace does its whole job; without CAP_BPF it says so.
+func TestLeastPrivilege(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	setpriv := func(caps string) []string {
+		return []string{"setpriv", "--bounding-set=-all," + caps, "--inh-caps=-all"}
+	}
+	if err := tcptraceCmd(setpriv("+bpf,+perfmon,+sys_ptrace"), "version").Run(); err != nil {
+		t.Skipf("setpriv (util-linux) unusable here: %v", err)
+	}
+	h, port, cl, _ := leakFrom(t, "leak")
+	p := startTracerWith(t, tracerOpts{wrap: setpriv("+bpf,+perfmon,+sys_ptrace")},
+		"closewait", "--port", port, "--threshold", "200ms")
+	cl.Close()
+	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
+	checkOwners(t, stuck, h.cmd.Process.Pid)
+	p.stop()
+	if strings.Contains(p.stderr.String(), "CAP_SYS_PTRACE") {
+		t.Errorf("the documented capability set is not enough for owners:\n%s", p.stderr.String())
+	}
+
+	var stderr bytes.Buffer
+	cmd := tcptraceCmd(setpriv("+perfmon,+sys_ptrace"), "closewait")
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(stderr.String(), "CAP_BPF") ||
+		strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 {
+		t.Errorf("without CAP_BPF: %v, exit %d, stderr %q; want exit 1 and one line naming CAP_BPF", err, code, stderr.String())
+	}
+}
