@@ -198,7 +198,9 @@ func cgroup2Mount(data []byte) (string, bool) {
 				break
 			}
 		}
-		if sep < 0 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" {
+		// The kernel writes absolute mount points; anything else is not a
+		// mountinfo line.
+		if sep < 0 || sep+1 >= len(fields) || fields[sep+1] != "cgroup2" || !strings.HasPrefix(fields[4], "/") {
 			continue
 		}
 		root := fields[3] == "/"

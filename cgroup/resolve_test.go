@@ -317,3 +317,15 @@ func checkHandle(t *testing.T, dir string, id uint64) {
 		t.Errorf("%s: file handle %x, inode %d", dir, b, id)
 	}
 }
+
+func FuzzCgroup2Mount(f *testing.F) {
+	f.Add([]byte("29 23 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"))
+	f.Add([]byte("35 24 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n36 24 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"))
+	f.Add([]byte("1 2 0:3 / /with\\040space rw - cgroup2 none rw\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		path, ok := cgroup2Mount(b)
+		if ok && (path == "" || path[0] != '/') {
+			t.Fatalf("cgroup2Mount(%q) = %q: not an absolute path", b, path)
+		}
+	})
+}

@@ -191,7 +191,12 @@ func parseSocketLink(b []byte) (uint64, bool) {
 	if !bytes.HasPrefix(b, []byte(pre)) || !bytes.HasSuffix(b, []byte(suf)) {
 		return 0, false
 	}
-	ino, err := strconv.ParseUint(string(b[len(pre):len(b)-len(suf)]), 10, 64)
+	digits := b[len(pre) : len(b)-len(suf)]
+	// The kernel writes plain decimal: no sign, no leading zero.
+	if len(digits) == 0 || digits[0] < '1' || digits[0] > '9' {
+		return 0, false
+	}
+	ino, err := strconv.ParseUint(string(digits), 10, 64)
 	return ino, err == nil
 }
 

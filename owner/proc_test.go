@@ -2,6 +2,7 @@ package owner
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -131,6 +132,18 @@ func FuzzParseStatus(f *testing.F) {
 		_, tgid, err := parseStatus(b)
 		if err == nil && tgid <= 0 {
 			t.Errorf("tgid %d accepted", tgid)
+		}
+	})
+}
+
+func FuzzParseSocketLink(f *testing.F) {
+	for _, seed := range []string{"socket:[12345]", "socket:[]", "pipe:[7]", "socket:[18446744073709551615]", "socket:[-1]", "/dev/null"} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ino, ok := parseSocketLink(b)
+		if ok && fmt.Sprintf("socket:[%d]", ino) != string(b) {
+			t.Fatalf("parseSocketLink(%q) = %d: does not read back", b, ino)
 		}
 	})
 }
