@@ -3,8 +3,10 @@ package tracer
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"net/netip"
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -258,5 +260,21 @@ func TestParseRelease(t *testing.T) {
 		if (err == nil) != supported {
 			t.Errorf("checkKernelRelease(%q) = %v, want supported=%v", release, err, supported)
 		}
+	}
+}
+
+// A kernel without BTF is refused up front, saying what is missing and the
+// minimum kernel.
+func TestKernelWithoutBTF(t *testing.T) {
+	saved := kernelBTFPath
+	defer func() { kernelBTFPath = saved }()
+	kernelBTFPath = t.TempDir() + "/no-such-btf"
+	err := checkKernel()
+	if !errors.Is(err, ErrUnsupportedKernel) || !strings.Contains(err.Error(), "CONFIG_DEBUG_INFO_BTF") ||
+		!strings.Contains(err.Error(), "5.8") {
+		t.Errorf("checkKernel without BTF = %v; want an unsupported-kernel error naming CONFIG_DEBUG_INFO_BTF and 5.8", err)
+	}
+	if err := checkKernelRelease("4.19.0-27-amd64"); err == nil || !strings.Contains(err.Error(), "5.8") {
+		t.Errorf("old kernel: %v; want the minimum named", err)
 	}
 }

@@ -14,8 +14,10 @@ import (
 const (
 	minKernelMajor = 5
 	minKernelMinor = 8
-	kernelBTFPath  = "/sys/kernel/btf/vmlinux"
 )
+
+// kernelBTFPath is where the kernel exposes its BTF; a variable for tests.
+var kernelBTFPath = "/sys/kernel/btf/vmlinux"
 
 // ErrPrivilege is wrapped by errors about missing capabilities.
 var ErrPrivilege = errors.New("insufficient privileges")
