@@ -64,7 +64,7 @@ func lostCounts(evs []jsonEvent) map[string]uint64 {
 // With a consumer too slow for the events, what is not written is counted:
 // emitted + lost accounts for every transition the kernel made.
 func TestEveryTransitionEmittedOrCounted(t *testing.T) {
-	const n = 5000
+	const n = 20000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	p := startTracerWith(t, tracerOpts{paused: true}, "trace", "--port", portArg(ln), "--ring-buffer-size", "4096")
 	churn(t, ln, n)
