@@ -18,8 +18,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by user space before load. */
 const volatile __u8 mode = MODE_CLOSEWAIT;
 const volatile bool filter_ports = false;
-/* bpf_get_socket_cookie is usable from this program type (tp_btf on >= 5.12).
- * When false the call is dead code the verifier prunes. */
+/* bpf_get_socket_cookie and socket-local storage are usable from this program
+ * type (tp_btf on >= 5.12). When false the calls are dead code the verifier
+ * prunes. */
 const volatile bool use_cookie = false;
 /* 0: the kernel's adaptive wake-up. Otherwise submit without waking the
  * reader until this many bytes wait; the reader also polls on a timer. */
@@ -52,7 +53,16 @@ struct {
 	__type(value, __u8);
 } cw_overflow SEC(".maps");
 
-/* trace mode: when each socket entered its current state. LRU so entries of
+/* trace mode, tp_btf on >= 5.12: when each socket entered its current state,
+ * stored with the socket itself and freed with it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} sk_since SEC(".maps");
+
+/* trace mode otherwise: the same, keyed by socket address. LRU so entries of
  * sockets whose final transition was missed cannot fill the map for good. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -79,6 +89,12 @@ struct {
 /* Keeps struct event in the BTF so bpf2go can generate its Go type. */
 const struct event *unused_event __attribute__((unused));
 
+/* RD reads a socket field. The tp_btf and iterator programs get a typed
+ * pointer and load through it directly; the classic tracepoint gets a plain
+ * address and must use bpf_probe_read_kernel, a helper call per field. btf
+ * is a literal at each program's entry, so the other branch is compiled out. */
+#define RD(btf, direct, probed) ((btf) ? (direct) : (probed))
+
 static __always_inline void count(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&counters, &which);
@@ -90,24 +106,26 @@ static __always_inline void count(__u32 which)
 
 /* The local port from inet_sport, not skc_num: on the way to CLOSE the
  * kernel releases the bound port (skc_num = 0) before the tracepoint fires. */
-static __always_inline __u16 local_port(struct sock *sk)
+static __always_inline __u16 local_port(struct sock *sk, const bool btf)
 {
+	/* Always probed: the typed pointer is a struct sock, and the verifier
+	 * refuses a direct load beyond it, into struct inet_sock. */
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
-static __always_inline __u16 remote_port(struct sock *sk)
+static __always_inline __u16 remote_port(struct sock *sk, const bool btf)
 {
-	return bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return bpf_ntohs(RD(btf, sk->__sk_common.skc_dport, BPF_CORE_READ(sk, __sk_common.skc_dport)));
 }
 
-static __always_inline bool port_wanted(struct sock *sk)
+static __always_inline bool port_wanted(struct sock *sk, const bool btf)
 {
 	__u16 sport, dport;
 
 	if (!filter_ports)
 		return true;
-	sport = local_port(sk);
-	dport = remote_port(sk);
+	sport = local_port(sk, btf);
+	dport = remote_port(sk, btf);
 	return bpf_map_lookup_elem(&ports, &sport) || bpf_map_lookup_elem(&ports, &dport);
 }
 
@@ -128,17 +146,17 @@ struct sock_cgroup_data___old {
 
 /* The cgroup v2 id of the socket: its creator's cgroup (a listener's, for an
  * accepted socket), i.e. the container or service it belongs to. */
-static __always_inline __u64 sock_cgroup_id(struct sock *sk)
+static __always_inline __u64 sock_cgroup_id(struct sock *sk, const bool btf)
 {
 	struct cgroup *cgrp = NULL;
 
 	if (!bpf_core_field_exists(sk->sk_cgrp_data))
 		return 0;
 	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
-		cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+		cgrp = RD(btf, sk->sk_cgrp_data.cgroup, BPF_CORE_READ(sk, sk_cgrp_data.cgroup));
 	} else {
 		struct sock_cgroup_data___old *old = (void *)__builtin_preserve_access_index(&sk->sk_cgrp_data);
-		__u64 val = BPF_CORE_READ(old, val);
+		__u64 val = RD(btf, old->val, BPF_CORE_READ(old, val));
 
 		if (!val || (val & 3))
 			return ROOT_CGROUP_ID;
@@ -146,12 +164,15 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk)
 	}
 	if (!cgrp)
 		return 0;
+	/* Through a pointer taken from a u64 (pre-5.15) the load must be probed. */
+	if (btf && bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return cgrp->kn->id;
 	return BPF_CORE_READ(cgrp, kn, id);
 }
 
 /* fill writes everything but the kind-specific fields into ev. */
 static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, int oldstate,
-				 int newstate, __u64 now, __u64 aux, __u8 flags)
+				 int newstate, __u64 now, __u64 aux, __u8 flags, const bool btf)
 {
 	__u16 family;
 
@@ -163,35 +184,41 @@ static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, i
 		flags |= EVF_COOKIE;
 	}
 	ev->aux_ns = aux;
-	ev->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	ev->netns = RD(btf, sk->__sk_common.skc_net.net->ns.inum,
+		       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
 	ev->pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
 	ev->family = family;
-	ev->sport = local_port(sk);
-	ev->dport = remote_port(sk);
+	ev->sport = local_port(sk, btf);
+	ev->dport = remote_port(sk, btf);
 	if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		if (btf) {
+			__builtin_memcpy(ev->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(ev->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+			BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		}
 	} else {
 		/* Ring buffer memory is not zeroed. */
 		__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
 		__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
-		BPF_CORE_READ_INTO((__u32 *)ev->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)ev->daddr, sk, __sk_common.skc_daddr);
+		*(__u32 *)ev->saddr = RD(btf, sk->__sk_common.skc_rcv_saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		*(__u32 *)ev->daddr = RD(btf, sk->__sk_common.skc_daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
 	}
 	ev->kind = kind;
 	ev->oldstate = oldstate;
 	ev->newstate = newstate;
 	ev->flags = flags;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
-	ev->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
-	ev->cgroup_id = sock_cgroup_id(sk);
+	ev->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
+	ev->cgroup_id = sock_cgroup_id(sk, btf);
 }
 
 static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int newstate,
-				 __u64 now, __u64 aux, __u8 flags)
+				 __u64 now, __u64 aux, __u8 flags, const bool btf)
 {
 	struct event *ev;
 	__u64 wake = 0;
@@ -201,7 +228,7 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 		count(CNT_RINGBUF_FULL);
 		return;
 	}
-	fill(ev, sk, kind, oldstate, newstate, now, aux, flags);
+	fill(ev, sk, kind, oldstate, newstate, now, aux, flags, btf);
 
 	/* One wake-up per event costs an IRQ-work interrupt each: batch them. */
 	if (wakeup_bytes)
@@ -211,14 +238,29 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 	bpf_ringbuf_submit(ev, wake);
 }
 
-static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate)
+static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0, *since;
 	__u8 flags = 0;
 
-	if (!port_wanted(sk))
+	if (!port_wanted(sk, btf))
 		return;
 	now = bpf_ktime_get_boot_ns();
+	if (btf && use_cookie) {
+		/* Freed with the socket: nothing to delete, nothing stale. */
+		since = bpf_sk_storage_get(&sk_since, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (!since) {
+			count(CNT_MAP_FULL);
+		} else {
+			if (*since && !is_birth(oldstate, newstate)) {
+				aux = now - *since;
+				flags |= EVF_AUX_VALID;
+			}
+			*since = now;
+		}
+		emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
+		return;
+	}
 	since = bpf_map_lookup_elem(&state_since, &key);
 	if (since && !is_birth(oldstate, newstate)) {
 		aux = now - *since;
@@ -230,22 +272,22 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 		*since = now;
 	else if (bpf_map_update_elem(&state_since, &key, &now, BPF_ANY))
 		count(CNT_MAP_FULL);
-	emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags);
+	emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
 }
 
-static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate)
+static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0;
 	struct cw_entry *tracked, entry;
 	__u8 flags = 0;
 
 	if (newstate == TCP_CLOSE_WAIT) {
-		if (!port_wanted(sk))
+		if (!port_wanted(sk, btf))
 			return;
 		now = bpf_ktime_get_boot_ns();
 		entry.fin_ns = now;
-		entry.sport = local_port(sk);
-		entry.dport = remote_port(sk);
+		entry.sport = local_port(sk, btf);
+		entry.dport = remote_port(sk, btf);
 		entry.flags = 0;
 		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY)) {
 			__u8 seen = 1;
@@ -255,7 +297,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		} else {
 			flags |= EVF_TRACKED;
 		}
-		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, flags);
+		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, flags, btf);
 		return;
 	}
 	/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere
@@ -264,7 +306,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		return;
 	tracked = bpf_map_lookup_elem(&closewait, &key);
 	if (tracked) {
-		bool same = tracked->sport == local_port(sk) && tracked->dport == remote_port(sk);
+		bool same = tracked->sport == local_port(sk, btf) && tracked->dport == remote_port(sk, btf);
 
 		aux = tracked->fin_ns;
 		if (tracked->flags & CWF_AGE_UNKNOWN)
@@ -279,7 +321,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	}
 	if (!tracked && oldstate == TCP_CLOSE_WAIT)
 		bpf_map_delete_elem(&cw_overflow, &key);
-	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk)))
+	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk, btf)))
 		return;
 	if (oldstate != TCP_CLOSE_WAIT)
 		flags |= EVF_INDIRECT;
@@ -287,24 +329,26 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	 * reset or a timeout reaches CLOSE with only RCV_SHUTDOWN set. LAST_ACK
 	 * is reached only by the application's close() or shutdown(). */
 	if (newstate == TCP_LAST_ACK || oldstate == TCP_LAST_ACK ||
-	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) & SEND_SHUTDOWN))
+	    (RD(btf, BPF_CORE_READ_BITFIELD(sk, sk_shutdown), BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown)) &
+	     SEND_SHUTDOWN))
 		flags |= EVF_APP;
 	now = bpf_ktime_get_boot_ns();
-	emit(sk, EV_CW_LEAVE, oldstate, newstate, now, aux, flags);
+	emit(sk, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, btf);
 }
 
-static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
+static __always_inline int handle(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	/* The cheap state tests first: most transitions are dropped here. */
 	if (mode != MODE_TRACE && newstate != TCP_CLOSE_WAIT && oldstate != TCP_CLOSE_WAIT &&
 	    newstate != TCP_CLOSE)
 		return 0;
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+	if (RD(btf, BPF_CORE_READ_BITFIELD(sk, sk_protocol), BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol)) !=
+	    IPPROTO_TCP)
 		return 0;
 	if (mode == MODE_TRACE)
-		trace_transition(sk, oldstate, newstate);
+		trace_transition(sk, oldstate, newstate, btf);
 	else
-		closewait_transition(sk, oldstate, newstate);
+		closewait_transition(sk, oldstate, newstate, btf);
 	return 0;
 }
 
@@ -312,14 +356,14 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tcptrace_set_state_btf, struct sock *sk, int oldstate, int newstate)
 {
-	return handle(sk, oldstate, newstate);
+	return handle(sk, oldstate, newstate, true);
 }
 
 /* Fallback for kernels that refuse BPF_PROG_TYPE_TRACING. */
 SEC("tracepoint/sock/inet_sock_set_state")
 int tcptrace_set_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+	return handle((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, false);
 }
 
 /* Snapshot: lists the TCP sockets in CLOSE_WAIT in the reading process's
@@ -345,13 +389,13 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	sk = (struct sock *)tp;
-	if (!port_wanted(sk))
+	if (!port_wanted(sk, true))
 		return 0;
 	key = (__u64)sk;
 	now = bpf_ktime_get_boot_ns();
 	entry.fin_ns = now;
-	entry.sport = local_port(sk);
-	entry.dport = remote_port(sk);
+	entry.sport = local_port(sk, true);
+	entry.dport = remote_port(sk, true);
 	entry.flags = CWF_AGE_UNKNOWN;
 	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0) {
 		/* The iterator does not hold the socket lock: if a close ran since
@@ -376,7 +420,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	}
 	/* Neither: the table is full. Not counted here, as every listing would
 	 * count the same sockets again; user space counts them once. */
-	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags);
+	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, true);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }

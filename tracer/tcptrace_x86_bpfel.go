@@ -100,6 +100,7 @@ type tcptraceMapSpecs struct {
 	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
 	Ports      *ebpf.MapSpec `ebpf:"ports"`
+	SkSince    *ebpf.MapSpec `ebpf:"sk_since"`
 	StateSince *ebpf.MapSpec `ebpf:"state_since"`
 }
 
@@ -139,6 +140,7 @@ type tcptraceMaps struct {
 	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
 	Events     *ebpf.Map `ebpf:"events"`
 	Ports      *ebpf.Map `ebpf:"ports"`
+	SkSince    *ebpf.Map `ebpf:"sk_since"`
 	StateSince *ebpf.Map `ebpf:"state_since"`
 }
 
@@ -149,6 +151,7 @@ func (m *tcptraceMaps) Close() error {
 		m.CwOverflow,
 		m.Events,
 		m.Ports,
+		m.SkSince,
 		m.StateSince,
 	)
 }
