@@ -83,6 +83,9 @@ type Tracker struct {
 	due       dueHeap
 	tableFull uint64
 	vanished  uint64
+	// Entries of closed sockets, reused so that steady churn allocates
+	// nothing; never more than the table holds.
+	free []*entry
 }
 
 // New returns an empty tracker. cfg must be valid.
@@ -129,7 +132,13 @@ func (t *Tracker) insert(ev *events.Event) {
 		t.tableFull++
 		return
 	}
-	e := &entry{
+	var e *entry
+	if n := len(t.free); n > 0 {
+		e, t.free = t.free[n-1], t.free[:n-1]
+	} else {
+		e = new(entry)
+	}
+	*e = entry{
 		Entry: Entry{Socket: *ev, FinBootNS: ev.FinBootNS, AgeKnown: ev.AgeKnown},
 		due:   ev.FinBootNS + t.cfg.Threshold.Nanoseconds(),
 	}
@@ -141,6 +150,12 @@ func (t *Tracker) remove(e *entry) {
 	delete(t.byID, e.Socket.Sock)
 	if e.index >= 0 {
 		heap.Remove(&t.due, e.index)
+	}
+	// Owners are dropped now, not when the entry is reused: a free entry
+	// must not keep a closed socket's owner slice alive.
+	e.Socket.Owners = nil
+	if len(t.free) < t.cfg.MaxSockets {
+		t.free = append(t.free, e)
 	}
 }
 

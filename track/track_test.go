@@ -235,3 +235,25 @@ func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
 		t.Errorf("app_close after an empty refresh names %+v (%v)", ac.Owners, ac.OwnerSource)
 	}
 }
+
+// Steady churn, each socket entering and leaving CLOSE-WAIT, allocates
+// nothing once the table has warmed up.
+func TestChurnDoesNotAllocate(t *testing.T) {
+	tk := newTracker(t, time.Minute, 0, 1024)
+	discard := func(*events.Event) {}
+	sock := uint64(0)
+	var ev events.Event // reused, as the event loop does
+	cycle := func() {
+		sock++
+		ev = events.Event{Kind: events.KindCloseWait, Sock: sock, BootNS: int64(sock), FinBootNS: int64(sock), AgeKnown: true}
+		tk.Observe(&ev, discard)
+		ev = events.Event{Kind: events.KindAppClose, Sock: sock, BootNS: int64(sock) + 1}
+		tk.Observe(&ev, discard)
+	}
+	for range 100 {
+		cycle()
+	}
+	if allocs := testing.AllocsPerRun(1000, cycle); allocs != 0 {
+		t.Errorf("%.2f allocations per socket in steady churn, want 0", allocs)
+	}
+}

@@ -89,6 +89,9 @@ func (s *stream) run(ctx context.Context) error {
 	done := ctx.Done()
 	evs := s.tr.Events()
 	var stoppedAt int64
+	// One event variable for the whole loop: its address is passed on, so a
+	// variable per iteration would be a heap allocation per event.
+	var ev events.Event
 	for s.writeErr == nil {
 		select {
 		case <-done:
@@ -96,7 +99,7 @@ func (s *stream) run(ctx context.Context) error {
 			stoppedAt = bootclock.Now()
 			s.tr.Stop()
 			done = nil
-		case ev, ok := <-evs:
+		case next, ok := <-evs:
 			if !ok {
 				// Everything the kernel produced before the detach has been
 				// handled; after it, nothing is known.
@@ -108,6 +111,7 @@ func (s *stream) run(ctx context.Context) error {
 				s.flush()
 				return oneline.Join(err, s.tr.Err(), s.writeErr)
 			}
+			ev = next
 			if err := s.handle(&ev); err != nil {
 				return err
 			}
