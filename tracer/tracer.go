@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -178,6 +180,10 @@ func New(cfg Config) (_ *Tracer, err error) {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
 	}
 	go t.readLoop()
+	// The kernel's BTF, parsed for CO-RE, is the bulk of the start-up
+	// heap and is not needed once the programs are loaded.
+	btf.FlushKernelSpec()
+	debug.FreeOSMemory()
 	// Logged only once events flow: scripts and tests wait for this line.
 	cfg.Logger.Info("attached", "point", t.point, "socket_cookie", t.cookie, "goroutines", runtime.NumGoroutine())
 	return t, nil

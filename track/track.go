@@ -10,6 +10,7 @@ import (
 	"container/heap"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -65,12 +66,44 @@ type Verifier func(socket *events.Event) (bool, error)
 // the tracker keeps what it finds.
 type Refresher func(stuck *events.Event)
 
+// entry is one socket in CLOSE-WAIT, kept compact (about 180 bytes, not a
+// whole event): a leak of 100,000 sockets is what this table is for.
 type entry struct {
-	Entry
-	// Next stuck report, boot-time ns; index is the position in the heap, -1
-	// once no more reports are due.
-	due   int64
-	index int
+	sock, key, inode, cgroupID uint64
+	finBootNS                  int64
+	// Next stuck report, boot-time ns; index is the position in the heap,
+	// -1 once no more reports are due.
+	due                     int64
+	localAddr, remoteAddr   netip.Addr
+	containerID, podUID     string
+	owners                  []events.Owner
+	index                   int
+	netns                   uint32
+	localPort, remotePort   uint16
+	family                  events.Family
+	ownerSource             events.OwnerSource
+	ageKnown, stuck, ktrack bool
+}
+
+// keep copies what the table needs of a close_wait event.
+func (e *entry) keep(ev *events.Event) {
+	*e = entry{
+		sock: ev.Sock, key: ev.Key, inode: ev.Inode, cgroupID: ev.CgroupID, finBootNS: ev.FinBootNS,
+		localAddr: ev.LocalAddr, remoteAddr: ev.RemoteAddr, containerID: ev.ContainerID, podUID: ev.PodUID,
+		owners: ev.Owners, netns: ev.NetNS, localPort: ev.LocalPort, remotePort: ev.RemotePort,
+		family: ev.Family, ownerSource: ev.OwnerSource, ageKnown: ev.AgeKnown, ktrack: ev.KernelTracked,
+	}
+}
+
+// socket rebuilds the socket's close_wait event, less its time.
+func (e *entry) socket() events.Event {
+	return events.Event{
+		Kind: events.KindCloseWait, Sock: e.sock, Key: e.key, Inode: e.inode, CgroupID: e.cgroupID,
+		FinBootNS: e.finBootNS, LocalAddr: e.localAddr, RemoteAddr: e.remoteAddr,
+		ContainerID: e.containerID, PodUID: e.podUID, Owners: e.owners, NetNS: e.netns,
+		LocalPort: e.localPort, RemotePort: e.remotePort, Family: e.family, OwnerSource: e.ownerSource,
+		AgeKnown: e.ageKnown, KernelTracked: e.ktrack,
+	}
 }
 
 // Tracker is the correlation table.
@@ -104,18 +137,18 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 		t.insert(ev)
 	case events.KindAppClose, events.KindAbort:
 		if e, ok := t.byID[ev.Sock]; ok {
-			if !ev.AgeKnown && e.AgeKnown && ev.BootNS >= e.FinBootNS {
-				ev.FinBootNS = e.FinBootNS
-				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.FinBootNS, true
+			if !ev.AgeKnown && e.ageKnown && ev.BootNS >= e.finBootNS {
+				ev.FinBootNS = e.finBootNS
+				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.finBootNS, true
 			}
-			ev.WasStuck = e.Stuck
+			ev.WasStuck = e.stuck
 			// The descriptors are gone by now: report who last held them,
 			// and the container context found through them.
-			if len(e.Socket.Owners) > 0 {
-				ev.Owners, ev.OwnerSource = e.Socket.Owners, events.OwnerLastSeen
+			if len(e.owners) > 0 {
+				ev.Owners, ev.OwnerSource = e.owners, events.OwnerLastSeen
 			}
 			if ev.ContainerID == "" && ev.PodUID == "" {
-				ev.ContainerID, ev.PodUID = e.Socket.ContainerID, e.Socket.PodUID
+				ev.ContainerID, ev.PodUID = e.containerID, e.podUID
 			}
 			t.remove(e)
 		}
@@ -138,22 +171,20 @@ func (t *Tracker) insert(ev *events.Event) {
 	} else {
 		e = new(entry)
 	}
-	*e = entry{
-		Entry: Entry{Socket: *ev, FinBootNS: ev.FinBootNS, AgeKnown: ev.AgeKnown},
-		due:   ev.FinBootNS + t.cfg.Threshold.Nanoseconds(),
-	}
+	e.keep(ev)
+	e.due = ev.FinBootNS + t.cfg.Threshold.Nanoseconds()
 	t.byID[ev.Sock] = e
 	heap.Push(&t.due, e)
 }
 
 func (t *Tracker) remove(e *entry) {
-	delete(t.byID, e.Socket.Sock)
+	delete(t.byID, e.sock)
 	if e.index >= 0 {
 		heap.Remove(&t.due, e.index)
 	}
 	// Owners are dropped now, not when the entry is reused: a free entry
 	// must not keep a closed socket's owner slice alive.
-	e.Socket.Owners = nil
+	e.owners = nil
 	if len(t.free) < t.cfg.MaxSockets {
 		t.free = append(t.free, e)
 	}
@@ -170,8 +201,9 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 	defer t.mu.Unlock()
 	for len(t.due) > 0 && t.due[0].due <= nowBoot {
 		e := t.due[0]
+		ev := e.socket()
 		if verify != nil {
-			still, err := verify(&e.Socket)
+			still, err := verify(&ev)
 			if err != nil {
 				return err
 			}
@@ -181,23 +213,21 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 				continue
 			}
 		}
-		ev := e.Socket
 		ev.Kind = events.KindStuck
 		ev.Time = t.clock.Wall(nowBoot)
 		ev.BootNS = nowBoot
-		ev.AgeNS = nowBoot - e.FinBootNS
-		ev.AgeKnown = e.AgeKnown
+		ev.AgeNS = nowBoot - e.finBootNS
 		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
 		if refresh != nil {
 			// Kept whatever was found: holders no longer found are not
 			// holders, and a later close must not name them.
 			refresh(&ev)
-			e.Socket.Inode, e.Socket.Owners, e.Socket.OwnerSource = ev.Inode, ev.Owners, ev.OwnerSource
+			e.inode, e.owners, e.ownerSource = ev.Inode, ev.Owners, ev.OwnerSource
 			if ev.ContainerID != "" || ev.PodUID != "" {
-				e.Socket.ContainerID, e.Socket.PodUID = ev.ContainerID, ev.PodUID
+				e.containerID, e.podUID = ev.ContainerID, ev.PodUID
 			}
 		}
-		e.Stuck = true
+		e.stuck = true
 		if t.cfg.Repeat > 0 {
 			e.due += t.cfg.Repeat.Nanoseconds()
 			if e.due <= nowBoot {
@@ -249,7 +279,7 @@ func (t *Tracker) Snapshot() []Entry {
 	defer t.mu.Unlock()
 	out := make([]Entry, 0, len(t.byID))
 	for _, e := range t.byID {
-		out = append(out, e.Entry)
+		out = append(out, Entry{Socket: e.socket(), FinBootNS: e.finBootNS, AgeKnown: e.ageKnown, Stuck: e.stuck})
 	}
 	return out
 }
