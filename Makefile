@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
 
-.PHONY: all build generate test vet check-generated soak clean
+.PHONY: all build generate test vet check-generated soak bench clean
 
 all: build
 
@@ -36,6 +36,12 @@ check-generated: generate
 # emitted/lost/unaccounted, peak RSS and goroutines. Needs root.
 soak:
 	scripts/soak.sh
+
+# Not in CI: connection churn with no tracer, tcptrace closewait and trace,
+# and libbpf-tools tcpstates and bpftrace when they install; medians of
+# alternating rounds (BENCH_ROUNDS, BENCH_N). Needs root.
+bench:
+	scripts/bench.sh
 
 clean:
 	rm -rf bin

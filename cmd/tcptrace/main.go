@@ -9,19 +9,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 )
 
-// defaultMemoryLimit is the soft limit of the Go heap when GOMEMLIMIT is not
-// set: a node agent should stay small even while tracking a large leak, and
-// the garbage collector only works harder when the heap nears it.
-const defaultMemoryLimit = 48 << 20
-
 func main() {
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(defaultMemoryLimit)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
