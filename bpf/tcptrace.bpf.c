@@ -118,15 +118,25 @@ static __always_inline __u16 remote_port(struct sock *sk, const bool btf)
 	return bpf_ntohs(RD(btf, sk->__sk_common.skc_dport, BPF_CORE_READ(sk, __sk_common.skc_dport)));
 }
 
-static __always_inline bool port_wanted(struct sock *sk, const bool btf)
-{
-	__u16 sport, dport;
+/* A socket's ports, read once per program run: the local one costs a helper
+ * call even through a typed pointer. */
+struct ports {
+	__u16 local;
+	__u16 remote;
+};
 
+static __always_inline struct ports read_ports(struct sock *sk, const bool btf)
+{
+	struct ports p = { .local = local_port(sk, btf), .remote = remote_port(sk, btf) };
+
+	return p;
+}
+
+static __always_inline bool port_wanted(struct ports p)
+{
 	if (!filter_ports)
 		return true;
-	sport = local_port(sk, btf);
-	dport = remote_port(sk, btf);
-	return bpf_map_lookup_elem(&ports, &sport) || bpf_map_lookup_elem(&ports, &dport);
+	return bpf_map_lookup_elem(&ports, &p.local) || bpf_map_lookup_elem(&ports, &p.remote);
 }
 
 /* A transition that starts a socket's life: earlier per-socket state under the
@@ -171,8 +181,9 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk, const bool btf)
 }
 
 /* fill writes everything but the kind-specific fields into ev. */
-static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, int oldstate,
-				 int newstate, __u64 now, __u64 aux, __u8 flags, const bool btf)
+static __always_inline void fill(struct event *ev, struct sock *sk, struct ports p, __u8 kind,
+				 int oldstate, int newstate, __u64 now, __u64 aux, __u8 flags,
+				 const bool btf)
 {
 	__u16 family;
 
@@ -186,13 +197,20 @@ static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, i
 	ev->aux_ns = aux;
 	ev->netns = RD(btf, sk->__sk_common.skc_net.net->ns.inum,
 		       BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
-	ev->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	/* The task is reported for a transition and as an app_close's closer;
+	 * when the FIN arrives, or for a listing, it is nobody in particular. */
+	if (kind == EV_TRANSITION || kind == EV_CW_LEAVE) {
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	} else {
+		ev->pid = 0;
+		__builtin_memset(ev->comm, 0, sizeof(ev->comm));
+	}
 
 	family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
 	ev->family = family;
-	ev->sport = local_port(sk, btf);
-	ev->dport = remote_port(sk, btf);
+	ev->sport = p.local;
+	ev->dport = p.remote;
 	if (family == AF_INET6) {
 		if (btf) {
 			__builtin_memcpy(ev->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
@@ -217,8 +235,8 @@ static __always_inline void fill(struct event *ev, struct sock *sk, __u8 kind, i
 	ev->cgroup_id = sock_cgroup_id(sk, btf);
 }
 
-static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int newstate,
-				 __u64 now, __u64 aux, __u8 flags, const bool btf)
+static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int oldstate,
+				 int newstate, __u64 now, __u64 aux, __u8 flags, const bool btf)
 {
 	struct event *ev;
 	__u64 wake = 0;
@@ -228,7 +246,7 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 		count(CNT_RINGBUF_FULL);
 		return;
 	}
-	fill(ev, sk, kind, oldstate, newstate, now, aux, flags, btf);
+	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, btf);
 
 	/* One wake-up per event costs an IRQ-work interrupt each: batch them. */
 	if (wakeup_bytes)
@@ -241,9 +259,10 @@ static __always_inline void emit(struct sock *sk, __u8 kind, int oldstate, int n
 static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0, *since;
+	struct ports p = read_ports(sk, btf);
 	__u8 flags = 0;
 
-	if (!port_wanted(sk, btf))
+	if (!port_wanted(p))
 		return;
 	now = bpf_ktime_get_boot_ns();
 	if (btf && use_cookie) {
@@ -258,7 +277,7 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 			}
 			*since = now;
 		}
-		emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
+		emit(sk, p, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
 		return;
 	}
 	since = bpf_map_lookup_elem(&state_since, &key);
@@ -272,22 +291,24 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 		*since = now;
 	else if (bpf_map_update_elem(&state_since, &key, &now, BPF_ANY))
 		count(CNT_MAP_FULL);
-	emit(sk, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
+	emit(sk, p, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
 }
 
 static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0;
 	struct cw_entry *tracked, entry;
+	struct ports p;
 	__u8 flags = 0;
 
 	if (newstate == TCP_CLOSE_WAIT) {
-		if (!port_wanted(sk, btf))
+		p = read_ports(sk, btf);
+		if (!port_wanted(p))
 			return;
 		now = bpf_ktime_get_boot_ns();
 		entry.fin_ns = now;
-		entry.sport = local_port(sk, btf);
-		entry.dport = remote_port(sk, btf);
+		entry.sport = p.local;
+		entry.dport = p.remote;
 		entry.flags = 0;
 		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY)) {
 			__u8 seen = 1;
@@ -297,7 +318,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 		} else {
 			flags |= EVF_TRACKED;
 		}
-		emit(sk, EV_CW_ENTER, oldstate, newstate, now, 0, flags, btf);
+		emit(sk, p, EV_CW_ENTER, oldstate, newstate, now, 0, flags, btf);
 		return;
 	}
 	/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere
@@ -305,8 +326,11 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	if (oldstate != TCP_CLOSE_WAIT && newstate != TCP_CLOSE)
 		return;
 	tracked = bpf_map_lookup_elem(&closewait, &key);
+	if (!tracked && oldstate != TCP_CLOSE_WAIT)
+		return;
+	p = read_ports(sk, btf);
 	if (tracked) {
-		bool same = tracked->sport == local_port(sk, btf) && tracked->dport == remote_port(sk, btf);
+		bool same = tracked->sport == p.local && tracked->dport == p.remote;
 
 		aux = tracked->fin_ns;
 		if (tracked->flags & CWF_AGE_UNKNOWN)
@@ -321,7 +345,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	}
 	if (!tracked && oldstate == TCP_CLOSE_WAIT)
 		bpf_map_delete_elem(&cw_overflow, &key);
-	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(sk, btf)))
+	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(p)))
 		return;
 	if (oldstate != TCP_CLOSE_WAIT)
 		flags |= EVF_INDIRECT;
@@ -333,7 +357,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	     SEND_SHUTDOWN))
 		flags |= EVF_APP;
 	now = bpf_ktime_get_boot_ns();
-	emit(sk, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, btf);
+	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, btf);
 }
 
 static __always_inline int handle(struct sock *sk, int oldstate, int newstate, const bool btf)
@@ -380,6 +404,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	struct event ev = {};
 	struct tcp_sock *tp;
 	struct sock *sk;
+	struct ports p;
 	__u64 key, now, aux = 0;
 	__u8 flags = 0;
 
@@ -389,13 +414,14 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	sk = (struct sock *)tp;
-	if (!port_wanted(sk, true))
+	p = read_ports(sk, true);
+	if (!port_wanted(p))
 		return 0;
 	key = (__u64)sk;
 	now = bpf_ktime_get_boot_ns();
 	entry.fin_ns = now;
-	entry.sport = local_port(sk, true);
-	entry.dport = remote_port(sk, true);
+	entry.sport = p.local;
+	entry.dport = p.remote;
 	entry.flags = CWF_AGE_UNKNOWN;
 	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0) {
 		/* The iterator does not hold the socket lock: if a close ran since
@@ -420,7 +446,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	}
 	/* Neither: the table is full. Not counted here, as every listing would
 	 * count the same sockets again; user space counts them once. */
-	fill(&ev, sk, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, true);
+	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, true);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }
