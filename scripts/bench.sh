@@ -396,12 +396,12 @@ run_one() {
 				ok=false note="no stopped line"
 			fi
 			# Every per-cause loss counter of the stopped line.
-			lost=$(grep -o '[a-z_]*\(_full\|_miss\|_error\)=[0-9]*' <<<"$stopped" | awk -F= '{ s += $2 } END { print s + 0 }')
+			lost=$({ grep -o '[a-z_]*\(_full\|_miss\|_error\)=[0-9]*' <<<"$stopped" || true; } | awk -F= '{ s += $2 } END { print s + 0 }')
 			;;
 		tcpstates)
 			# Perf buffer overruns ("lost N events on CPU #C"), plus the
 			# kernel's recursion misses of its program (below).
-			lost=$(grep -o 'lost [0-9]* events' "$d/stderr" | awk '{ s += $2 } END { print s + 0 }')
+			lost=$({ grep -o 'lost [0-9]* events' "$d/stderr" || true; } | awk '{ s += $2 } END { print s + 0 }')
 			;;
 		bpftrace)
 			lost=$(cat "$d/events.out" "$d/stderr" | grep -o 'Lost [0-9]* events' | awk '{ s += $2 } END { print s + 0 }')

@@ -259,7 +259,8 @@ for mode in $MODES; do
 	[[ $churn_rc == 0 ]] || { echo "$mode: churn exited $churn_rc" >&2; failed=true; }
 	((churn_errors == 0)) || echo "$mode: churn had $churn_errors failed connections; their partial events make the expected count approximate" >&2
 	summary_lost=$(field lost "$stopped")
-	json_lost=$(grep -F '"event":"lost"' "$d/events.jsonl" | grep -o '"total":[0-9]*' | awk -F: '{ s += $2 } END { print s + 0 }')
+	# No lost line is the common case: grep's "no match" must not end the run.
+	json_lost=$({ grep -F '"event":"lost"' "$d/events.jsonl" || true; } | grep -o '"total":[0-9]*' | awk -F: '{ s += $2 } END { print s + 0 }')
 	if [[ ${summary_lost:-0} != "$lost" || $json_lost != "$lost" ]]; then
 		echo "$mode: lost counts disagree: per-cause sum $lost, summary lost=${summary_lost:-?}, lost events total $json_lost" >&2
 	fi
