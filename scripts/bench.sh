@@ -33,6 +33,9 @@ STOP_TIMEOUT=20
 SETTLE_TIMEOUT=10
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=bench
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tcptrace-bench.XXXXXX")
 JSON=${BENCH_JSON:-$dir/bench.json}
 bin=$dir/bin
@@ -64,57 +67,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-die() {
-	echo "bench: $*" >&2
-	exit 1
-}
-warn() {
-	echo "bench: $*" >&2
-}
-
-# field NAME LINE: the integer value of NAME=... in a logfmt line, or nothing.
-field() {
-	sed -n "s/.*\(^\|[[:space:]]\)$1=\([0-9][0-9]*\).*/\2/p" <<<"$2"
-}
 # sfield NAME LINE: the non-blank value of NAME=... in a logfmt line.
 sfield() {
 	sed -n "s/.*\(^\|[[:space:]]\)$1=\([^[:space:]]*\).*/\2/p" <<<"$2"
 }
-# json_int NAME FILE / json_num NAME FILE: a field of churn's one-line JSON.
-json_int() {
-	sed -n "s/.*\"$1\":\([0-9][0-9]*\).*/\1/p" "$2"
-}
+# json_num NAME FILE: a number field of churn's one-line JSON.
 json_num() {
 	sed -n "s/.*\"$1\":\([0-9.eE+-][0-9.eE+-]*\).*/\1/p" "$2"
 }
 
-# free_port: the first port from next_port on with no socket at all, so that
-# TIME_WAIT sockets of an earlier run never meet this run's connections.
+# Each run takes the first free port after the previous run's.
 next_port=$BASE_PORT
-free_port() {
-	local p
-	for ((p = next_port; p < next_port + 500; p++)); do
-		if [[ -z $(ss -Htan "( sport = :$p or dport = :$p )") ]]; then
-			next_port=$((p + 1))
-			port=$p
-			return
-		fi
-	done
-	die "no free port in $next_port..$((p - 1))"
-}
-
-# settle PORT: wait until no socket on PORT is between states (a dropped
-# final ACK is retransmitted after an RTO); TIME_WAIT has no further
-# transitions.
-settle() {
-	local i
-	for ((i = 0; i < SETTLE_TIMEOUT * 10; i++)); do
-		[[ -z $(ss -Htan state all exclude time-wait exclude listening "( sport = :$1 or dport = :$1 )") ]] && return
-		sleep 0.1
-	done
-	warn "sockets on port $1 still open after ${SETTLE_TIMEOUT}s"
-}
-
 # cpu_ticks PID: utime + stime of PID in clock ticks (comm has no spaces here).
 cpu_ticks() {
 	awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
@@ -249,7 +212,8 @@ echo
 # Returns non-zero when the run failed.
 run_one() {
 	local config=$1 round=$2 i
-	free_port
+	port=$(first_free_port "$next_port")
+	next_port=$((port + 1))
 	d=$dir/r$round-$config
 	mkdir -p "$d"
 	echo "== round $round/$ROUNDS: $config, port $port" >&2

@@ -21,6 +21,9 @@ STOP_TIMEOUT=10
 SETTLE_TIMEOUT=10
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG=soak
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tcptrace-soak.XXXXXX")
 bin=$dir/bin
 mkdir -p "$bin"
@@ -45,35 +48,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-die() {
-	echo "soak: $*" >&2
-	exit 1
-}
-
-# field NAME LINE: the integer value of NAME=... in a logfmt line, or nothing.
-field() {
-	sed -n "s/.*[[:space:]]$1=\([0-9][0-9]*\).*/\1/p" <<<"$2"
-}
-
-# json_field NAME FILE: an integer field of churn's one-line JSON result.
-json_field() {
-	sed -n "s/.*\"$1\":\([0-9][0-9]*\).*/\1/p" "$2"
-}
-
-# free_port: the first port from BASE_PORT with no socket at all. A port
-# still holding TIME_WAIT sockets from the previous mode is skipped, so they
-# cannot meet the next run's connections.
-free_port() {
-	local p
-	for ((p = BASE_PORT; p < BASE_PORT + 200; p++)); do
-		if [[ -z $(ss -Htan "( sport = :$p or dport = :$p )") ]]; then
-			echo "$p"
-			return
-		fi
-	done
-	die "no free port in $BASE_PORT..$((p - 1))"
-}
-
 # sample PID OUT: every second, write "peak_rss_kib cpu_ticks" of PID to OUT.
 sample() {
 	local pid=$1 out=$2 peak=0 rss stat
@@ -84,19 +58,6 @@ sample() {
 		echo "$peak $stat" >"$out.new" && mv "$out.new" "$out"
 		sleep 1
 	done
-}
-
-# settle PORT: wait until no socket on PORT is between states. A final ACK that
-# the loopback backlog dropped is retransmitted after an RTO (200 ms or more);
-# stopping the tracer before that loses the last transition unaccounted.
-# TIME_WAIT has no further transitions.
-settle() {
-	local i
-	for ((i = 0; i < SETTLE_TIMEOUT * 10; i++)); do
-		[[ -z $(ss -Htan state all exclude time-wait exclude listening "( sport = :$1 or dport = :$1 )") ]] && return
-		sleep 0.1
-	done
-	echo "soak: sockets on port $1 still open after ${SETTLE_TIMEOUT}s" >&2
 }
 
 # Host counters that explain a retransmission: packets the loopback backlog
@@ -124,7 +85,7 @@ failed=false
 for mode in $MODES; do
 	d=$dir/$mode
 	mkdir -p "$d"
-	port=$(free_port)
+	port=$(first_free_port "$BASE_PORT")
 	echo "== $mode: $N connections, $WORKERS workers, port $port" >&2
 
 	tracer=("$bin/tcptrace" "$mode" --port "$port" --output json --log-level info)
@@ -217,9 +178,9 @@ for mode in $MODES; do
 		expected_key=closewait_events_expected
 		pattern='"event":"(close_wait|app_close)"'
 	fi
-	expected=$(json_field "$expected_key" "$d/churn.json")
-	completed=$(json_field completed "$d/churn.json")
-	churn_errors=$(json_field errors "$d/churn.json")
+	expected=$(json_int "$expected_key" "$d/churn.json")
+	completed=$(json_int completed "$d/churn.json")
+	churn_errors=$(json_int errors "$d/churn.json")
 	rate=$(sed -n 's/.*"conn_per_second":\([0-9]*\).*/\1/p' "$d/churn.json")
 	[[ -n $expected ]] || die "$mode: churn printed no result (exit $churn_rc)"
 	emitted=$(grep -cE "$pattern" "$d/events.jsonl" || true)
