@@ -43,7 +43,7 @@ func (t *Tracer) Snapshot() (Scan, error) {
 		return scan, ErrNoSnapshot
 	}
 	var errs []error
-	namespaces := openNetworkNamespaces()
+	namespaces := openNetworkNamespaces(0)
 	for _, ns := range namespaces {
 		if err := t.scanIn(ns, &scan); err != nil {
 			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.file.Name(), err))
@@ -63,14 +63,12 @@ func (t *Tracer) Rescan(netns uint32) (Scan, error) {
 	if t.snapshotIter == nil {
 		return scan, ErrNoSnapshot
 	}
-	var err error = fmt.Errorf("network namespace %d not found", netns)
-	for _, ns := range openNetworkNamespaces() {
-		if ns.ino == uint64(netns) {
-			err = t.scanIn(ns, &scan)
-		}
-		ns.file.Close()
+	found := openNetworkNamespaces(uint64(netns))
+	if len(found) == 0 {
+		return scan, fmt.Errorf("network namespace %d not found", netns)
 	}
-	return scan, err
+	defer found[0].file.Close()
+	return scan, t.scanIn(found[0], &scan)
 }
 
 func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
@@ -161,8 +159,9 @@ func ownNetNS() uint64 {
 // openNetworkNamespaces opens each network namespace in use once: those of
 // running processes and those kept by `ip netns` bind mounts. Holding them
 // open keeps a namespace listable when the process it was found through
-// exits. The caller closes the files.
-func openNetworkNamespaces() []namespace {
+// exits. With only nonzero, just that namespace is opened. The caller
+// closes the files.
+func openNetworkNamespaces(only uint64) []namespace {
 	candidates := []string{"/proc/self/ns/net"}
 	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
 	candidates = append(candidates, procs...)
@@ -174,8 +173,8 @@ func openNetworkNamespaces() []namespace {
 	var found []namespace
 	for _, p := range candidates {
 		var st unix.Stat_t
-		if unix.Stat(p, &st) != nil || seen[st.Ino] {
-			continue // gone, or a namespace already listed
+		if unix.Stat(p, &st) != nil || seen[st.Ino] || (only != 0 && st.Ino != only) {
+			continue // gone, already listed, or not the one wanted
 		}
 		f, err := os.Open(p)
 		if err != nil {
@@ -188,6 +187,9 @@ func openNetworkNamespaces() []namespace {
 		}
 		seen[st.Ino] = true
 		found = append(found, namespace{f, st.Ino})
+		if only != 0 {
+			break
+		}
 	}
 	return found
 }
