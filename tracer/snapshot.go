@@ -19,15 +19,12 @@ import (
 // list sockets (no iter/tcp before Linux 5.9), and in trace mode.
 var ErrNoSnapshot = errors.New("socket listing unavailable")
 
-// Scan is what a listing of sockets in CLOSE-WAIT found.
+// Scan is what a listing of one namespace's sockets in CLOSE-WAIT found.
 type Scan struct {
 	// New holds the sockets this listing started tracking: close_wait
 	// events with AgeKnown false, their age counting from now. Sockets the
 	// live program or an earlier listing tracks are not in it.
 	New []events.Event
-	// Untracked counts sockets in CLOSE-WAIT the kernel table had no room
-	// for.
-	Untracked int
 	// Inodes holds the current socket inode of every socket in CLOSE-WAIT
 	// found, tracked before or not, by sock id; 0 while none has a file.
 	Inodes map[uint64]uint64
@@ -35,24 +32,38 @@ type Scan struct {
 
 // Snapshot lists the sockets in CLOSE-WAIT in every network namespace of
 // the node, so that those that predate tcptrace are reported and their exit
-// seen like any other's. Namespaces that cannot be entered are reported in
-// the error; the sockets of the others are returned all the same.
-func (t *Tracer) Snapshot() (Scan, error) {
-	scan := Scan{Inodes: make(map[uint64]uint64)}
+// seen like any other's. It calls found with each socket it starts
+// tracking, as a close_wait event with AgeKnown false, its age counting
+// from now; ev is reused after found returns. Sockets are handed over as
+// they are read, never all held at once: a leak can mean 100,000 of them.
+// Namespaces that cannot be entered are reported in the error; the sockets
+// of the others are passed all the same.
+func (t *Tracer) Snapshot(found func(ev *events.Event)) error {
 	if t.snapshotIter == nil {
-		return scan, ErrNoSnapshot
+		return ErrNoSnapshot
 	}
 	var errs []error
-	namespaces := openNetworkNamespaces(0)
-	for _, ns := range namespaces {
-		if err := t.scanIn(ns, &scan); err != nil {
+	seen := make(map[uint64]struct{})
+	for _, ns := range openNetworkNamespaces(0) {
+		err := t.listIn(ns, func(ev *events.Event, isNew, untracked bool) {
+			if _, dup := seen[ev.Sock]; dup {
+				return
+			}
+			seen[ev.Sock] = struct{}{}
+			if untracked {
+				// Counted here only: later listings find it again.
+				t.snapshotUntracked.Add(1)
+			}
+			if isNew {
+				found(ev)
+			}
+		})
+		if err != nil {
 			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.file.Name(), err))
 		}
 		ns.file.Close()
 	}
-	// Counted once here: later listings find the same sockets again.
-	t.snapshotUntracked.Add(uint64(scan.Untracked))
-	return scan, oneline.Join(errs...)
+	return oneline.Join(errs...)
 }
 
 // Rescan lists the sockets in CLOSE-WAIT in one network namespace, given by
@@ -68,83 +79,117 @@ func (t *Tracer) Rescan(netns uint32) (Scan, error) {
 		return scan, fmt.Errorf("network namespace %d not found", netns)
 	}
 	defer found[0].file.Close()
-	return scan, t.scanIn(found[0], &scan)
-}
-
-func (t *Tracer) scanIn(ns namespace, scan *Scan) error {
-	start := bootclock.Now()
-	data, err := t.readSnapshotIn(ns)
-	if err != nil {
-		return err
-	}
-	for ; len(data) >= eventSize; data = data[eventSize:] {
-		var ev events.Event
-		if err := t.dec.decode(data[:eventSize], &ev); err != nil {
-			t.decodeErrs.Add(1)
-			continue
-		}
+	err := t.listIn(found[0], func(ev *events.Event, isNew, _ bool) {
 		if _, dup := scan.Inodes[ev.Sock]; dup {
-			continue
+			return
 		}
 		scan.Inodes[ev.Sock] = ev.Inode
-		flags := data[offFlags]
-		switch {
-		case flags&flagKnown != 0 && flags&flagTracked == 0:
-			// Seen entering CLOSE-WAIT live, with no room to track it.
-		case flags&flagTracked == 0:
-			scan.Untracked++
-			scan.New = append(scan.New, ev)
-		case flags&flagKnown == 0:
-			scan.New = append(scan.New, ev)
-		case flags&flagAgeUnknown != 0 && ev.FinBootNS >= start:
-			// Tracked by this very listing: the kernel ran the program
-			// again for this socket after a full seq_file buffer.
-			scan.New = append(scan.New, ev)
+		if isNew {
+			scan.New = append(scan.New, *ev)
 		}
-	}
-	return nil
+	})
+	return scan, err
 }
 
-// readSnapshotIn runs the iterator in the network namespace ns: a tcp
-// iterator lists the sockets of the namespace of the task that opens it.
-// Entering another namespace needs CAP_SYS_ADMIN; our own needs nothing.
-func (t *Tracer) readSnapshotIn(ns namespace) ([]byte, error) {
+// listIn runs the listing program in network namespace ns and calls visit
+// with each socket in CLOSE-WAIT: isNew when this listing started tracking
+// it, untracked when the kernel table had no room for it. A socket can come
+// twice: the kernel runs the program again for a socket whose record did
+// not fit in a full seq_file buffer.
+func (t *Tracer) listIn(ns namespace, visit func(ev *events.Event, isNew, untracked bool)) error {
+	start := bootclock.Now()
+	var ev events.Event
+	return t.readIteratorIn(ns, func(data []byte) {
+		for ; len(data) >= eventSize; data = data[eventSize:] {
+			ev = events.Event{}
+			if err := t.dec.decode(data[:eventSize], &ev); err != nil {
+				t.decodeErrs.Add(1)
+				continue
+			}
+			flags := data[offFlags]
+			var isNew, untracked bool
+			switch {
+			case flags&flagKnown != 0 && flags&flagTracked == 0:
+				// Seen entering CLOSE-WAIT live, with no room to track it.
+			case flags&flagTracked == 0:
+				isNew, untracked = true, true
+			case flags&flagKnown == 0:
+				isNew = true
+			case flags&flagAgeUnknown != 0 && ev.FinBootNS >= start:
+				// Tracked by this very listing: the kernel ran the program
+				// again for this socket after a full seq_file buffer.
+				isNew = true
+			}
+			visit(&ev, isNew, untracked)
+		}
+	})
+}
+
+// readIteratorIn runs the iterator in the network namespace ns, passing its
+// output to records a whole number of records at a time: a tcp iterator
+// lists the sockets of the namespace of the task that opens it. Entering
+// another namespace needs CAP_SYS_ADMIN; our own needs nothing. records
+// always runs on the caller's goroutine, never on the thread that entered
+// another namespace.
+func (t *Tracer) readIteratorIn(ns namespace, records func([]byte)) error {
 	if ns.ino == ownNetNS() {
-		return t.readIterator()
+		return t.readIterator(records)
 	}
-	type result struct {
-		data []byte
-		err  error
-	}
-	done := make(chan result, 1)
+	chunks := make(chan []byte)
+	taken := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
 		// The thread is never unlocked: it exits with this goroutine rather
 		// than serve other goroutines from another network namespace.
 		runtime.LockOSThread()
-		data, err := func() ([]byte, error) {
-			if err := unix.Setns(int(ns.file.Fd()), unix.CLONE_NEWNET); err != nil {
-				return nil, fmt.Errorf("setns: %w", err)
-			}
-			return t.readIterator()
-		}()
-		done <- result{data, err}
+		defer close(chunks)
+		if err := unix.Setns(int(ns.file.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		done <- t.readIterator(func(b []byte) {
+			chunks <- b
+			<-taken // b is reused once records is done with it
+		})
 	}()
-	r := <-done
-	return r.data, r.err
+	for b := range chunks {
+		records(b)
+		taken <- struct{}{}
+	}
+	return <-done
+}
+
+// readIterator reads the iterator's output in bounded chunks.
+func (t *Tracer) readIterator(records func([]byte)) error {
+	rc, err := t.snapshotIter.Open()
+	if err != nil {
+		return fmt.Errorf("open iterator: %w", err)
+	}
+	defer rc.Close()
+	buf := make([]byte, 256*eventSize)
+	n := 0
+	for {
+		m, err := rc.Read(buf[n:])
+		n += m
+		if whole := n - n%eventSize; whole > 0 {
+			records(buf[:whole])
+			n = copy(buf, buf[whole:n])
+		}
+		switch {
+		case err == io.EOF:
+			if n != 0 {
+				t.decodeErrs.Add(1) // a partial record: counted, as any undecodable one
+			}
+			return nil
+		case err != nil:
+			return fmt.Errorf("read iterator: %w", err)
+		}
+	}
 }
 
 type namespace struct {
 	file *os.File
 	ino  uint64
-}
-
-func (t *Tracer) readIterator() ([]byte, error) {
-	rc, err := t.snapshotIter.Open()
-	if err != nil {
-		return nil, fmt.Errorf("open iterator: %w", err)
-	}
-	defer rc.Close()
-	return io.ReadAll(rc)
 }
 
 // ownNetNS is the inode of this process's network namespace, 0 if unknown.

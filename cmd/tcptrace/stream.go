@@ -151,29 +151,35 @@ func (s *stream) handle(ev *events.Event) error {
 }
 
 // snapshot reports and tracks the sockets that were in CLOSE-WAIT before
-// tcptrace started, in every network namespace.
+// tcptrace started, in every network namespace, as the listing reads them.
 func (s *stream) snapshot() {
-	scan, err := s.tr.Snapshot()
+	n := 0
+	err := s.tr.Snapshot(func(ev *events.Event) {
+		s.adoptOne(ev)
+		n++
+	})
 	if err != nil {
 		s.log.Warn("start-up snapshot incomplete", "error", err)
 	}
-	s.adopt = scan.New
-	s.adoptFound()
-	s.log.Info("start-up snapshot", "close_wait_sockets", len(scan.New))
+	s.log.Info("start-up snapshot", "close_wait_sockets", n)
 }
 
-// adoptFound tracks the sockets a listing found in CLOSE-WAIT untracked.
+// adoptFound tracks the sockets a rescan found in CLOSE-WAIT untracked.
 func (s *stream) adoptFound() {
 	for i := range s.adopt {
-		ev := &s.adopt[i]
-		if s.track.Has(ev.Sock) {
-			continue // its close_wait event got here first
-		}
-		s.attr.Socket(ev)
-		s.attr.Owners(ev) // one scan per namespace answers for all of them
-		s.track.Observe(ev, s.emit)
+		s.adoptOne(&s.adopt[i])
 	}
 	s.adopt = nil
+}
+
+// adoptOne tracks a socket a listing found in CLOSE-WAIT untracked.
+func (s *stream) adoptOne(ev *events.Event) {
+	if s.track.Has(ev.Sock) {
+		return // its close_wait event got here first
+	}
+	s.attr.Socket(ev)
+	s.attr.Owners(ev) // one scan per namespace answers for all of them
+	s.track.Observe(ev, s.emit)
 }
 
 // refreshOwners brings a stuck report's owners up to date. A socket that
