@@ -98,8 +98,6 @@ const (
 	// already running on that CPU (a softirq nested in a process-context run).
 	// Counts skipped runs: an upper bound on the events they would have made.
 	LostRecursion
-	// LostQueueFull: the user-space queue behind the ring buffer was full.
-	LostQueueFull
 	// LostDecode: a ring-buffer record could not be decoded.
 	LostDecode
 	// LostKernelTableFull: a CLOSE-WAIT socket could not be tracked in the
@@ -115,7 +113,6 @@ const (
 var lostNames = [NumLostCauses]string{
 	LostRingbufFull:     "ringbuf_full",
 	LostRecursion:       "recursion_miss",
-	LostQueueFull:       "queue_full",
 	LostDecode:          "decode_error",
 	LostKernelTableFull: "kernel_table_full",
 	LostTableFull:       "table_full",

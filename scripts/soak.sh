@@ -187,13 +187,13 @@ for mode in $MODES; do
 
 	attached=$(grep 'msg=attached' "$d/stderr" | tail -n 1)
 	stopped=$(grep 'msg=stopped' "$d/stderr" | tail -n 1 || true)
-	# Each ringbuf_full, queue_full or decode_error is one dropped event. The
+	# Each ringbuf_full or decode_error is one dropped event. The
 	# other causes are upper bounds: recursion_miss counts skipped program runs
 	# for every socket on the host, most of which would have emitted nothing
 	# (always so in closewait mode, which emits 2 of 10 transitions), and a
 	# socket that missed a table keeps its events.
 	exact=0 bound=0
-	for cause in ringbuf_full queue_full decode_error; do
+	for cause in ringbuf_full decode_error; do
 		v=$(field "$cause" "$stopped")
 		exact=$((exact + ${v:-0}))
 	done

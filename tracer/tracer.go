@@ -47,7 +47,7 @@ const (
 const (
 	DefaultMaxTracked    = 262144
 	DefaultRingBufBytes  = 4 << 20
-	DefaultQueueLen      = 16384
+	DefaultQueueLen      = 4096
 	DefaultFlushInterval = 100 * time.Millisecond
 	maxPorts             = 64
 )
@@ -132,8 +132,12 @@ type Tracer struct {
 	snapshotIter *link.Iter
 	cookie       bool // sock ids are socket cookies
 
+	// queue is filled by the ring-buffer reader. When it is full the reader
+	// waits, and the ring buffer, which stores a record in a third of the
+	// space, absorbs the rest: losses then happen, and are counted, in the
+	// kernel. closing releases a waiting reader at Close.
 	queue      chan events.Event
-	queueDrops atomic.Uint64
+	closing    chan struct{}
 	decodeErrs atomic.Uint64
 	// Sockets the start-up snapshot found in CLOSE-WAIT with no room in the
 	// kernel table.
@@ -161,9 +165,10 @@ func New(cfg Config) (_ *Tracer, err error) {
 		return nil, err
 	}
 	t := &Tracer{
-		cfg:   cfg,
-		clock: bootclock.New(),
-		queue: make(chan events.Event, cfg.QueueLen),
+		cfg:     cfg,
+		clock:   bootclock.New(),
+		queue:   make(chan events.Event, cfg.QueueLen),
+		closing: make(chan struct{}),
 	}
 	t.dec = newDecoder(t.clock)
 	defer func() {
@@ -231,8 +236,8 @@ func (t *Tracer) readLoop() {
 		}
 		select {
 		case t.queue <- ev:
-		default:
-			t.queueDrops.Add(1)
+		case <-t.closing:
+			return
 		}
 	}
 }
@@ -291,7 +296,6 @@ func (t *Tracer) Lost() (events.LostCounts, error) {
 	}
 	c[events.LostKernelTableFull] += t.snapshotUntracked.Load()
 	c[events.LostRecursion] = stats.RecursionMisses
-	c[events.LostQueueFull] = t.queueDrops.Load()
 	c[events.LostDecode] = t.decodeErrs.Load()
 	return c, nil
 }
@@ -317,6 +321,7 @@ func (t *Tracer) Stop() {
 // with or without Stop; events still queued are discarded.
 func (t *Tracer) Close() error {
 	t.closeOnce.Do(func() {
+		close(t.closing)
 		var errs []error
 		if err := t.detach(); err != nil {
 			errs = append(errs, err)
