@@ -26,14 +26,19 @@ type Attributor struct {
 	cgroups *cgroup.Resolver // nil without a cgroup v2 hierarchy
 	// Container context by cgroup id; a cgroup's path never changes.
 	contexts map[uint64]cgroup.Context
+	// Container context by owner process, from its /proc/<pid>/cgroup, for
+	// sockets whose own cgroup says nothing: read once per process, not
+	// once per socket (a leak means thousands of sockets of one process).
+	procContexts map[*events.Process]cgroup.Context
 }
 
 // New prepares an Attributor. Without a cgroup v2 hierarchy, container
 // context comes only from the owners' /proc/<pid>/cgroup.
 func New(log *slog.Logger) *Attributor {
 	a := &Attributor{
-		owners:   owner.NewResolver(owner.Config{}),
-		contexts: make(map[uint64]cgroup.Context),
+		owners:       owner.NewResolver(owner.Config{}),
+		contexts:     make(map[uint64]cgroup.Context),
+		procContexts: make(map[*events.Process]cgroup.Context),
 	}
 	if root, err := cgroup.UnifiedRoot(); err != nil {
 		log.Info("no cgroup v2 hierarchy: container context from owner processes only", "error", err)
@@ -99,18 +104,31 @@ func (a *Attributor) setOwners(ev *events.Event, found []owner.Owner) {
 		ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved
 		return
 	}
-	ev.Owners = make([]events.Owner, len(found))
-	for i, o := range found {
-		ev.Owners[i] = events.Owner{PID: o.PID, Comm: o.Comm, Exe: o.Exe, Cmdline: o.Cmdline, UID: o.UID, FD: o.FD}
-	}
+	ev.Owners = found
 	ev.OwnerSource = events.OwnerProc
 	if ev.ContainerID == "" && ev.PodUID == "" {
 		// cgroup v1 hosts: the socket's cgroup is the v2 root.
-		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", found[0].PID)); err == nil {
-			ctx := cgroup.ContextFromProc(data)
-			ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
-		}
+		ctx := a.processContext(found[0].Process)
+		ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
 	}
+}
+
+// processContext is the container context of an owner process. A Process
+// value stands for one process incarnation, so the answer never goes stale.
+func (a *Attributor) processContext(p *events.Process) cgroup.Context {
+	if ctx, ok := a.procContexts[p]; ok {
+		return ctx
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p.PID))
+	if err != nil {
+		return cgroup.Context{} // gone: try again next time
+	}
+	if len(a.procContexts) >= maxContexts {
+		clear(a.procContexts)
+	}
+	ctx := cgroup.ContextFromProc(data)
+	a.procContexts[p] = ctx
+	return ctx
 }
 
 // Closed forgets a socket that left CLOSE-WAIT. Its event keeps the owners

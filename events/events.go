@@ -148,12 +148,18 @@ func (c LostCounts) Total() uint64 {
 
 // Owner is a process holding a descriptor of the socket.
 type Owner struct {
+	*Process // never nil
+	FD       int
+}
+
+// Process describes a process holding sockets. One value is shared by every
+// socket the process holds (a leak means many), so it is never modified.
+type Process struct {
 	PID     int
 	Comm    string
 	Exe     string
 	Cmdline string // bounded; NUL separators shown as spaces
 	UID     uint32
-	FD      int
 }
 
 // OwnerSource says how an event's owners were determined.

@@ -53,8 +53,8 @@ func samples() []events.Event {
 	stuck.Inode, stuck.OwnerSource = 991, events.OwnerProc
 	stuck.CgroupID, stuck.ContainerID, stuck.PodUID = 7788, strings.Repeat("ab", 32), "1a2b3c4d-5e6f-7a8b-9c0d-1e2f3a4b5c6d"
 	stuck.Owners = []events.Owner{
-		{PID: 7, Comm: "beam.smp", Exe: "/opt/couchdb/bin/beam.smp", Cmdline: "beam.smp -- -root /opt/couchdb \"quoted\"\n", UID: 5984, FD: 31},
-		{PID: 8, Comm: "child", Exe: "", Cmdline: "", UID: 0, FD: 3},
+		{Process: &events.Process{PID: 7, Comm: "beam.smp", Exe: "/opt/couchdb/bin/beam.smp", Cmdline: "beam.smp -- -root /opt/couchdb \"quoted\"\n", UID: 5984}, FD: 31},
+		{Process: &events.Process{PID: 8, Comm: "child", Exe: "", Cmdline: "", UID: 0}, FD: 3},
 	}
 	noFile := base
 	noFile.Kind, noFile.OwnerSource = events.KindCloseWait, events.OwnerNoFile

@@ -39,26 +39,25 @@
 package owner
 
 import (
-	"container/list"
 	"os"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/tcptrace/tcptrace/events"
 )
 
 // MaxCmdline bounds Owner.Cmdline, in bytes.
 const MaxCmdline = 256
 
-// Owner is one process holding a descriptor of the socket.
-type Owner struct {
-	PID     int
-	Comm    string // /proc/<pid>/comm without the newline
-	Exe     string // readlink /proc/<pid>/exe; "" if unreadable (kernel thread, gone)
-	Cmdline string // /proc/<pid>/cmdline, NULs turned into spaces, at most MaxCmdline bytes
-	UID     uint32 // real uid, from the Uid: line of /proc/<pid>/status
-	FD      int    // the descriptor number in that process (lowest one if several)
-}
+// Owner is one process holding a descriptor of the socket: FD is the
+// lowest descriptor number it holds the socket on. The Process fields come
+// from /proc/<pid>: comm without the newline; exe's link, "" if unreadable
+// (kernel thread, gone); cmdline with NULs turned into spaces, at most
+// MaxCmdline bytes; the real uid from the Uid: line of status. All the
+// Owners of one process share its Process.
+type Owner = events.Owner
 
 // Source says how owners were determined.
 type Source uint8
@@ -105,15 +104,19 @@ type Stats struct {
 	Evictions   uint64 // cache entries dropped for MaxEntries
 }
 
-// holder is one process holding a socket, at the lowest fd seen.
-type holder struct{ pid, fd int }
+// holder is one process holding a socket, at the lowest fd seen. Pids and
+// descriptor numbers fit in 32 bits, which halves the cache.
+type holder struct{ pid, fd int32 }
 
-// entry is what the cache knows about one socket.
+// entry is what the cache knows about one socket. Entries are kept by value
+// and small: a leak means 100,000 of them.
 type entry struct {
-	ino       uint64
-	holders   []holder  // sorted by pid, one per pid
-	confirmed time.Time // last full scan that found the socket; zero if none
-	elem      *list.Element
+	holders []holder // sorted by pid, one per pid
+	// confirmed is when the last full scan that found the socket ran, as
+	// Resolver.clock says; 0 if none has.
+	confirmed int64
+	// seq orders entries by when they were last recorded, for eviction.
+	seq uint64
 }
 
 // Resolver maps socket inodes to the processes holding them. It is safe for
@@ -121,8 +124,9 @@ type entry struct {
 type Resolver struct {
 	mu       sync.Mutex
 	cfg      Config
-	entries  map[uint64]*entry
-	order    *list.List           // of *entry, least recently recorded first
+	epoch    time.Time // origin of entry.confirmed
+	entries  map[uint64]entry
+	seq      uint64               // the last entry.seq given
 	details  map[int]details      // by pid; details.start detects pid reuse
 	pidScan  map[int]time.Time    // last read of a pid's descriptor table
 	lastFull map[uint64]time.Time // last full scan, by netns (0 = all)
@@ -153,8 +157,8 @@ func NewResolver(cfg Config) *Resolver {
 	}
 	return &Resolver{
 		cfg:      cfg,
-		entries:  make(map[uint64]*entry),
-		order:    list.New(),
+		epoch:    time.Now(),
+		entries:  make(map[uint64]entry),
 		details:  make(map[int]details),
 		pidScan:  make(map[int]time.Time),
 		lastFull: make(map[uint64]time.Time),
@@ -169,18 +173,17 @@ func (r *Resolver) Cached(ino uint64) ([]Owner, Source) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.entries[ino]
-	if e == nil {
+	if _, ok := r.entries[ino]; !ok {
 		r.stats.CacheMisses++
 		return nil, SourceUnresolved
 	}
-	r.verify(e, time.Now())
-	if r.entries[ino] == nil {
+	now := time.Now()
+	if !r.verify(ino, now) {
 		r.stats.CacheMisses++
 		return nil, SourceUnresolved
 	}
 	r.stats.CacheHits++
-	return r.owners(ino)
+	return r.owners(ino, now)
 }
 
 // Resolve returns the holders of socket inode ino, sorted by pid. netns is
@@ -198,34 +201,29 @@ func (r *Resolver) Resolve(ino uint64, netns uint64, hints []int) ([]Owner, Sour
 	defer func() { r.pinned = 0 }()
 	now := time.Now()
 
-	if e := r.entries[ino]; e != nil {
-		r.verify(e, now)
-		if e = r.entries[ino]; e != nil {
-			r.stats.CacheHits++
-			if now.Sub(e.confirmed) > r.cfg.MaxAge && r.fullAllowed(netns, now) {
-				r.fullScan(netns, now)
-			}
-			return r.owners(ino)
+	if _, ok := r.entries[ino]; ok && r.verify(ino, now) {
+		r.stats.CacheHits++
+		if c := r.entries[ino].confirmed; (c == 0 || r.clock(now)-c > r.cfg.MaxAge.Nanoseconds()) && r.fullAllowed(netns, now) {
+			r.fullScan(netns, now)
 		}
+		return r.owners(ino, now)
 	}
 
 	r.stats.CacheMisses++
 	for _, pid := range hints {
 		r.scanHint(pid, now)
 	}
-	if r.entries[ino] == nil && r.fullAllowed(netns, now) {
+	if _, ok := r.entries[ino]; !ok && r.fullAllowed(netns, now) {
 		r.fullScan(netns, now)
 	}
-	return r.owners(ino)
+	return r.owners(ino, now)
 }
 
 // Forget drops a socket from the cache (called when it closes).
 func (r *Resolver) Forget(ino uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if e := r.entries[ino]; e != nil {
-		r.remove(e)
-	}
+	delete(r.entries, ino)
 }
 
 // Stats returns the counters so far.
@@ -235,30 +233,42 @@ func (r *Resolver) Stats() Stats {
 	return r.stats
 }
 
-// verify drops the holders of e whose fd no longer refers to the socket,
-// rescans their tables (rate limited) in case they hold it on another fd,
-// and removes e if no holder is left.
-func (r *Resolver) verify(e *entry, now time.Time) {
+// verify drops the holders of cached socket ino whose fd no longer refers
+// to it, rescans their tables (rate limited) in case they hold it on another
+// fd, and removes the entry if no holder is left. It reports whether the
+// entry remains.
+func (r *Resolver) verify(ino uint64, now time.Time) bool {
+	e := r.entries[ino]
 	kept := e.holders[:0]
 	var lost []int
 	for _, h := range e.holders {
 		r.stats.FDsRead++
-		if holdsFD(r.cfg.ProcRoot, h.pid, h.fd, e.ino) {
+		if holdsFD(r.cfg.ProcRoot, int(h.pid), int(h.fd), ino) {
 			kept = append(kept, h)
 		} else {
-			lost = append(lost, h.pid)
+			lost = append(lost, int(h.pid))
 		}
 	}
 	e.holders = kept
+	r.entries[ino] = e
 	for _, pid := range lost {
 		if r.pidAllowed(pid, now) {
-			r.scanPid(pid, now, time.Time{})
+			r.scanPid(pid, now, 0)
 		}
 	}
-	// The rescans may have evicted e; look it up again.
-	if cur := r.entries[e.ino]; cur != nil && len(cur.holders) == 0 {
-		r.remove(cur)
+	// The rescans may have changed or evicted the entry; look it up again.
+	cur, ok := r.entries[ino]
+	if ok && len(cur.holders) == 0 {
+		delete(r.entries, ino)
+		return false
 	}
+	return ok
+}
+
+// clock turns a time into entry.confirmed's scale: positive, so that 0 can
+// mean never.
+func (r *Resolver) clock(t time.Time) int64 {
+	return t.Sub(r.epoch).Nanoseconds() + 1
 }
 
 // scanHint scans the descriptor table of a hinted pid, unless it was read
@@ -276,7 +286,7 @@ func (r *Resolver) scanHint(pid int, now time.Time) {
 	if tgid != pid && !r.pidAllowed(tgid, now) {
 		return
 	}
-	r.scanPid(tgid, now, time.Time{})
+	r.scanPid(tgid, now, 0)
 }
 
 func (r *Resolver) pidAllowed(pid int, now time.Time) bool {
@@ -296,8 +306,8 @@ func (r *Resolver) fullAllowed(netns uint64, now time.Time) bool {
 }
 
 // scanPid records every socket in pid's descriptor table. confirmed is the
-// full scan's time, or zero for a targeted scan.
-func (r *Resolver) scanPid(pid int, now, confirmed time.Time) {
+// full scan's time (Resolver.clock), or zero for a targeted scan.
+func (r *Resolver) scanPid(pid int, now time.Time, confirmed int64) {
 	r.pidScan[pid] = now
 	socks, n, err := socketFDs(r.cfg.ProcRoot, pid)
 	r.stats.FDsRead += uint64(n)
@@ -343,7 +353,7 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 				continue
 			}
 		}
-		r.scanPid(pid, now, now)
+		r.scanPid(pid, now, r.clock(now))
 	}
 	// Drop bookkeeping that can no longer matter, so it stays bounded by
 	// the number of live processes and namespaces.
@@ -366,88 +376,105 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 
 // record notes that pid holds socket ino at fd (its lowest), replacing what
 // an earlier scan said about that pid.
-func (r *Resolver) record(ino uint64, pid, fd int, confirmed time.Time) {
-	e := r.entries[ino]
-	if e == nil {
-		e = &entry{ino: ino}
-		e.elem = r.order.PushBack(e)
-		r.entries[ino] = e
-		for len(r.entries) > r.cfg.MaxEntries {
-			old := r.order.Front().Value.(*entry)
-			if old.ino == r.pinned {
-				// The socket being resolved must survive the scan that
-				// finds it; there are at least two entries here.
-				r.order.MoveToBack(old.elem)
-				continue
-			}
-			r.remove(old)
-			r.stats.Evictions++
-		}
-	} else {
-		r.order.MoveToBack(e.elem)
-	}
-	i, found := slices.BinarySearchFunc(e.holders, pid, func(h holder, pid int) int { return h.pid - pid })
+func (r *Resolver) record(ino uint64, pid, fd int, confirmed int64) {
+	e, known := r.entries[ino]
+	h := holder{int32(pid), int32(fd)}
+	i, found := slices.BinarySearchFunc(e.holders, h.pid, func(h holder, pid int32) int { return int(h.pid - pid) })
 	if found {
-		e.holders[i].fd = fd
+		e.holders[i].fd = h.fd
 	} else {
-		e.holders = slices.Insert(e.holders, i, holder{pid, fd})
+		e.holders = slices.Insert(e.holders, i, h)
 	}
-	if confirmed.After(e.confirmed) {
-		e.confirmed = confirmed
+	e.confirmed = max(e.confirmed, confirmed)
+	r.seq++
+	e.seq = r.seq
+	r.entries[ino] = e
+	if !known && len(r.entries) > r.cfg.MaxEntries {
+		r.evict()
 	}
 }
 
-func (r *Resolver) remove(e *entry) {
-	r.order.Remove(e.elem)
-	delete(r.entries, e.ino)
+// evict drops the least recently recorded entries: down to 7/8 of
+// MaxEntries at once, so that the sort it takes is paid once per
+// MaxEntries/8 new sockets, not per socket. The socket being resolved is
+// kept: the scan that finds it must not lose it. The newest entry always
+// stays.
+func (r *Resolver) evict() {
+	drop := len(r.entries) - r.cfg.MaxEntries + r.cfg.MaxEntries/8
+	seqs := make([]uint64, 0, len(r.entries))
+	for ino, e := range r.entries {
+		if ino != r.pinned {
+			seqs = append(seqs, e.seq)
+		}
+	}
+	if drop > len(seqs)-1 {
+		drop = len(seqs) - 1
+	}
+	if drop <= 0 {
+		return
+	}
+	slices.Sort(seqs)
+	cutoff := seqs[drop-1]
+	for ino, e := range r.entries {
+		if e.seq <= cutoff && ino != r.pinned {
+			delete(r.entries, ino)
+			r.stats.Evictions++
+		}
+	}
 }
 
 // owners turns the cached holders of ino into Owners, dropping holders that
 // exited since they were seen.
-func (r *Resolver) owners(ino uint64) ([]Owner, Source) {
-	e := r.entries[ino]
-	if e == nil {
+func (r *Resolver) owners(ino uint64, now time.Time) ([]Owner, Source) {
+	e, ok := r.entries[ino]
+	if !ok {
 		return nil, SourceUnresolved
 	}
 	var out []Owner
 	kept := e.holders[:0]
 	for _, h := range e.holders {
-		d, ok := r.detailsOf(h.pid)
+		d, ok := r.detailsOf(int(h.pid), now)
 		if !ok {
 			continue
 		}
 		kept = append(kept, h)
-		out = append(out, Owner{
-			PID:     h.pid,
-			Comm:    d.comm,
-			Exe:     d.exe,
-			Cmdline: d.cmdline,
-			UID:     d.uid,
-			FD:      h.fd,
-		})
+		out = append(out, Owner{Process: d.proc, FD: int(h.fd)})
 	}
-	e.holders = kept
 	if len(out) == 0 {
-		r.remove(e)
+		delete(r.entries, ino)
 		return nil, SourceUnresolved
 	}
+	e.holders = kept
+	r.entries[ino] = e
 	return out, SourceProc
 }
 
 // detailsOf returns pid's details, read once per process incarnation: one
 // stat read tells whether the cached ones still belong to the same process.
-func (r *Resolver) detailsOf(pid int) (details, bool) {
+// That check is skipped for details checked less than detailsRecheck ago:
+// a stuck report of 100,000 sockets of one process then costs one stat
+// read, not 100,000. The holder itself was just verified by its fd link,
+// so at worst a pid reused within that window by a process that was handed
+// the very socket is reported with its predecessor's details.
+func (r *Resolver) detailsOf(pid int, now time.Time) (details, bool) {
+	d, ok := r.details[pid]
+	if ok && now.Sub(d.checked) < detailsRecheck {
+		return d, true
+	}
 	start, err := readStart(r.cfg.ProcRoot, pid)
 	if err != nil {
 		return details{}, false
 	}
-	if d, ok := r.details[pid]; ok && d.start == start {
-		return d, true
+	if !ok || d.start != start {
+		if d, err = readDetails(r.cfg.ProcRoot, pid); err != nil {
+			return details{}, false
+		}
 	}
-	d, err := readDetails(r.cfg.ProcRoot, pid)
-	if err != nil {
-		return details{}, false
-	}
+	d.checked = now
 	r.details[pid] = d
 	return d, true
 }
+
+// detailsRecheck is how long a process's details are trusted without
+// checking its start time again.
+const detailsRecheck = 100 * time.Millisecond

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tcptrace/tcptrace/events"
 )
 
 // The test binary doubles as the helper process holding sockets: with
@@ -314,16 +316,15 @@ func TestResolveChild(t *testing.T) {
 	}
 	o := owners[0]
 	exe := testExe(t)
-	want := Owner{
+	want := events.Process{
 		PID:     c.pid(),
 		Comm:    o.Comm, // checked below
 		Exe:     exe,
 		Cmdline: exe + " " + helperArg + " listen arg-one",
 		UID:     uint32(os.Getuid()),
-		FD:      s.fd,
 	}
-	if o != want {
-		t.Errorf("got  %+v\nwant %+v", o, want)
+	if *o.Process != want || o.FD != s.fd {
+		t.Errorf("got  %+v fd %d\nwant %+v fd %d", *o.Process, o.FD, want, s.fd)
 	}
 	// The kernel names the process after the executable's base name,
 	// truncated to 15 bytes.
@@ -661,5 +662,29 @@ func TestScanShareIsPerNode(t *testing.T) {
 	r.Resolve(2, 4026532222, nil) // another namespace, right after
 	if st := r.Stats(); st.FullScans != 1 {
 		t.Errorf("%d full scans of two namespaces back to back, want 1", st.FullScans)
+	}
+}
+
+// Eviction keeps the most recently recorded sockets, at most MaxEntries of
+// them, and never the one being resolved.
+func TestEvictOldestFirst(t *testing.T) {
+	r := NewResolver(Config{MaxEntries: 64})
+	r.pinned = 1
+	for ino := uint64(1); ino <= 1000; ino++ {
+		r.record(ino, 100, int(ino), 0)
+		if len(r.entries) > 64 {
+			t.Fatalf("%d entries after recording %d, want at most 64", len(r.entries), ino)
+		}
+	}
+	if _, ok := r.entries[1]; !ok {
+		t.Error("the pinned socket was evicted")
+	}
+	for ino := uint64(1000); ino > 1000-56; ino-- {
+		if _, ok := r.entries[ino]; !ok {
+			t.Fatalf("socket %d, among the 56 newest, was evicted", ino)
+		}
+	}
+	if r.stats.Evictions != 1000-uint64(len(r.entries)) {
+		t.Errorf("%d evictions counted, %d entries left of 1000", r.stats.Evictions, len(r.entries))
 	}
 }

@@ -7,20 +7,21 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/events"
 )
 
 // details is what Owner reports about a process, read once per process
 // incarnation: start is its start time (clock ticks since boot, field 22 of
 // /proc/<pid>/stat), which together with the pid names one process even
-// when pids are reused.
+// when pids are reused. proc is shared by every Owner of the process.
 type details struct {
 	start   uint64
-	comm    string
-	exe     string
-	cmdline string
-	uid     uint32
+	proc    *events.Process
+	checked time.Time // when start was last read
 }
 
 // parseStat extracts comm and the start time from the content of
@@ -136,23 +137,23 @@ func readDetails(root string, pid int) (details, error) {
 	if err != nil {
 		return details{}, err
 	}
-	d := details{start: start}
+	p := &events.Process{PID: pid}
 	comm, err := readSmall(pidPath(root, pid, "comm"), 64)
 	if err != nil {
 		return details{}, err
 	}
-	d.comm = string(bytes.TrimSuffix(comm, []byte("\n")))
+	p.Comm = string(bytes.TrimSuffix(comm, []byte("\n")))
 	status, err := readSmall(pidPath(root, pid, "status"), 64<<10)
 	if err != nil {
 		return details{}, err
 	}
-	if d.uid, _, err = parseStatus(status); err != nil {
+	if p.UID, _, err = parseStatus(status); err != nil {
 		return details{}, err
 	}
 	// Unreadable exe (kernel thread, exited, no permission) is reported as "".
-	d.exe, _ = os.Readlink(pidPath(root, pid, "exe"))
+	p.Exe, _ = os.Readlink(pidPath(root, pid, "exe"))
 	if cmd, err := readSmall(pidPath(root, pid, "cmdline"), MaxCmdline+1); err == nil {
-		d.cmdline = cleanCmdline(cmd)
+		p.Cmdline = cleanCmdline(cmd)
 	}
 	again, err := readStart(root, pid)
 	if err != nil {
@@ -161,7 +162,7 @@ func readDetails(root string, pid int) (details, error) {
 	if again != start {
 		return details{}, fmt.Errorf("pid %d: reused while reading", pid)
 	}
-	return d, nil
+	return details{start: start, proc: p}, nil
 }
 
 // readTgid maps a thread id to its thread group id, so a hint naming a

@@ -204,7 +204,7 @@ func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
 	tk := newTracker(t, 100*time.Millisecond, 100*time.Millisecond, 10)
 	var out sink
 	cw := closeWait(1, 0)
-	cw.Owners, cw.OwnerSource = []events.Owner{{PID: 10, Comm: "sender"}}, events.OwnerProc
+	cw.Owners, cw.OwnerSource = []events.Owner{{Process: &events.Process{PID: 10, Comm: "sender"}}}, events.OwnerProc
 	tk.Observe(cw, out.emit)
 	if !tk.Has(1) || tk.Has(2) {
 		t.Fatalf("Has(1)=%v Has(2)=%v", tk.Has(1), tk.Has(2))
@@ -212,7 +212,7 @@ func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
 	// First report: the descriptor moved to another process.
 	moved := func(ev *events.Event) {
 		ev.Inode = 77
-		ev.Owners, ev.OwnerSource = []events.Owner{{PID: 20, Comm: "receiver"}}, events.OwnerProc
+		ev.Owners, ev.OwnerSource = []events.Owner{{Process: &events.Process{PID: 20, Comm: "receiver"}}}, events.OwnerProc
 		ev.ContainerID = "c1"
 	}
 	if err := tk.Expire(100*ms, nil, moved, out.emit); err != nil {
