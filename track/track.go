@@ -66,44 +66,73 @@ type Verifier func(socket *events.Event) (bool, error)
 // the tracker keeps what it finds.
 type Refresher func(stuck *events.Event)
 
-// entry is one socket in CLOSE-WAIT, kept compact (about 180 bytes, not a
-// whole event): a leak of 100,000 sockets is what this table is for.
+// entry is one socket in CLOSE-WAIT, kept to 128 bytes (a whole event is
+// about 350): a leak of 100,000 sockets is what this table is for.
 type entry struct {
 	sock, key, inode, cgroupID uint64
 	finBootNS                  int64
 	// Next stuck report, boot-time ns; index is the position in the heap,
 	// -1 once no more reports are due.
-	due                     int64
-	localAddr, remoteAddr   netip.Addr
-	containerID, podUID     string
-	owners                  []events.Owner
-	index                   int
-	netns                   uint32
-	localPort, remotePort   uint16
-	family                  events.Family
-	ownerSource             events.OwnerSource
-	ageKnown, stuck, ktrack bool
+	due                   int64
+	localAddr, remoteAddr [16]byte // IPv4 as ::ffff:a.b.c.d
+	container             *container
+	owners                []events.Owner
+	index                 int32
+	netns                 uint32
+	localPort, remotePort uint16
+	family                events.Family
+	ownerSource           events.OwnerSource
+	flags                 entryFlags
 }
 
+type entryFlags uint8
+
+const (
+	ageKnown entryFlags = 1 << iota
+	reportedStuck
+	kernelTracked
+)
+
+// container is the container context of sockets, shared by all the
+// sockets of a container through Tracker.containers.
+type container struct{ id, podUID string }
+
 // keep copies what the table needs of a close_wait event.
-func (e *entry) keep(ev *events.Event) {
+func (e *entry) keep(ev *events.Event, c *container) {
 	*e = entry{
 		sock: ev.Sock, key: ev.Key, inode: ev.Inode, cgroupID: ev.CgroupID, finBootNS: ev.FinBootNS,
-		localAddr: ev.LocalAddr, remoteAddr: ev.RemoteAddr, containerID: ev.ContainerID, podUID: ev.PodUID,
+		localAddr: ev.LocalAddr.As16(), remoteAddr: ev.RemoteAddr.As16(), container: c,
 		owners: ev.Owners, netns: ev.NetNS, localPort: ev.LocalPort, remotePort: ev.RemotePort,
-		family: ev.Family, ownerSource: ev.OwnerSource, ageKnown: ev.AgeKnown, ktrack: ev.KernelTracked,
+		family: ev.Family, ownerSource: ev.OwnerSource,
+	}
+	if ev.AgeKnown {
+		e.flags |= ageKnown
+	}
+	if ev.KernelTracked {
+		e.flags |= kernelTracked
 	}
 }
 
 // socket rebuilds the socket's close_wait event, less its time.
 func (e *entry) socket() events.Event {
-	return events.Event{
+	ev := events.Event{
 		Kind: events.KindCloseWait, Sock: e.sock, Key: e.key, Inode: e.inode, CgroupID: e.cgroupID,
-		FinBootNS: e.finBootNS, LocalAddr: e.localAddr, RemoteAddr: e.remoteAddr,
-		ContainerID: e.containerID, PodUID: e.podUID, Owners: e.owners, NetNS: e.netns,
-		LocalPort: e.localPort, RemotePort: e.remotePort, Family: e.family, OwnerSource: e.ownerSource,
-		AgeKnown: e.ageKnown, KernelTracked: e.ktrack,
+		FinBootNS: e.finBootNS, LocalAddr: e.addr(e.localAddr), RemoteAddr: e.addr(e.remoteAddr),
+		Owners: e.owners, NetNS: e.netns, LocalPort: e.localPort, RemotePort: e.remotePort,
+		Family: e.family, OwnerSource: e.ownerSource,
+		AgeKnown: e.flags&ageKnown != 0, KernelTracked: e.flags&kernelTracked != 0,
 	}
+	if e.container != nil {
+		ev.ContainerID, ev.PodUID = e.container.id, e.container.podUID
+	}
+	return ev
+}
+
+func (e *entry) addr(a [16]byte) netip.Addr {
+	if e.family == events.FamilyIPv4 {
+		return netip.AddrFrom4([4]byte(a[12:]))
+	}
+	return netip.AddrFrom16(a)
 }
 
 // Tracker is the correlation table.
@@ -119,7 +148,14 @@ type Tracker struct {
 	// Entries of closed sockets, reused so that steady churn allocates
 	// nothing; never more than the table holds.
 	free []*entry
+	// The stuck report being built: Expire hands out its address.
+	report events.Event
+	// One container value per container context: pods come and go, so
+	// this starts over when it reaches maxContainers.
+	containers map[container]*container
 }
+
+const maxContainers = 4096
 
 // New returns an empty tracker. cfg must be valid.
 func New(cfg Config, clock bootclock.Clock) *Tracker {
@@ -137,18 +173,18 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 		t.insert(ev)
 	case events.KindAppClose, events.KindAbort:
 		if e, ok := t.byID[ev.Sock]; ok {
-			if !ev.AgeKnown && e.ageKnown && ev.BootNS >= e.finBootNS {
+			if !ev.AgeKnown && e.flags&ageKnown != 0 && ev.BootNS >= e.finBootNS {
 				ev.FinBootNS = e.finBootNS
 				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.finBootNS, true
 			}
-			ev.WasStuck = e.stuck
+			ev.WasStuck = e.flags&reportedStuck != 0
 			// The descriptors are gone by now: report who last held them,
 			// and the container context found through them.
 			if len(e.owners) > 0 {
 				ev.Owners, ev.OwnerSource = e.owners, events.OwnerLastSeen
 			}
-			if ev.ContainerID == "" && ev.PodUID == "" {
-				ev.ContainerID, ev.PodUID = e.containerID, e.podUID
+			if ev.ContainerID == "" && ev.PodUID == "" && e.container != nil {
+				ev.ContainerID, ev.PodUID = e.container.id, e.container.podUID
 			}
 			t.remove(e)
 		}
@@ -171,16 +207,34 @@ func (t *Tracker) insert(ev *events.Event) {
 	} else {
 		e = new(entry)
 	}
-	e.keep(ev)
+	e.keep(ev, t.container(ev.ContainerID, ev.PodUID))
 	e.due = ev.FinBootNS + t.cfg.Threshold.Nanoseconds()
 	t.byID[ev.Sock] = e
 	heap.Push(&t.due, e)
 }
 
+// container returns the shared value for a container context, nil for
+// none.
+func (t *Tracker) container(id, podUID string) *container {
+	if id == "" && podUID == "" {
+		return nil
+	}
+	k := container{id, podUID}
+	if c, ok := t.containers[k]; ok {
+		return c
+	}
+	if t.containers == nil || len(t.containers) >= maxContainers {
+		t.containers = make(map[container]*container)
+	}
+	c := &k
+	t.containers[k] = c
+	return c
+}
+
 func (t *Tracker) remove(e *entry) {
 	delete(t.byID, e.sock)
 	if e.index >= 0 {
-		heap.Remove(&t.due, e.index)
+		heap.Remove(&t.due, int(e.index))
 	}
 	// Owners are dropped now, not when the entry is reused: a free entry
 	// must not keep a closed socket's owner slice alive.
@@ -201,9 +255,10 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 	defer t.mu.Unlock()
 	for len(t.due) > 0 && t.due[0].due <= nowBoot {
 		e := t.due[0]
-		ev := e.socket()
+		ev := &t.report
+		*ev = e.socket()
 		if verify != nil {
-			still, err := verify(&ev)
+			still, err := verify(ev)
 			if err != nil {
 				return err
 			}
@@ -221,13 +276,13 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		if refresh != nil {
 			// Kept whatever was found: holders no longer found are not
 			// holders, and a later close must not name them.
-			refresh(&ev)
+			refresh(ev)
 			e.inode, e.owners, e.ownerSource = ev.Inode, ev.Owners, ev.OwnerSource
 			if ev.ContainerID != "" || ev.PodUID != "" {
-				e.containerID, e.podUID = ev.ContainerID, ev.PodUID
+				e.container = t.container(ev.ContainerID, ev.PodUID)
 			}
 		}
-		e.stuck = true
+		e.flags |= reportedStuck
 		if t.cfg.Repeat > 0 {
 			e.due += t.cfg.Repeat.Nanoseconds()
 			if e.due <= nowBoot {
@@ -238,7 +293,7 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		} else {
 			heap.Pop(&t.due)
 		}
-		emit(&ev)
+		emit(ev)
 	}
 	return nil
 }
@@ -279,7 +334,7 @@ func (t *Tracker) Snapshot() []Entry {
 	defer t.mu.Unlock()
 	out := make([]Entry, 0, len(t.byID))
 	for _, e := range t.byID {
-		out = append(out, Entry{Socket: e.socket(), FinBootNS: e.finBootNS, AgeKnown: e.ageKnown, Stuck: e.stuck})
+		out = append(out, Entry{Socket: e.socket(), FinBootNS: e.finBootNS, AgeKnown: e.flags&ageKnown != 0, Stuck: e.flags&reportedStuck != 0})
 	}
 	return out
 }
@@ -291,12 +346,12 @@ func (h dueHeap) Len() int           { return len(h) }
 func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h dueHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
+	h[i].index = int32(i)
+	h[j].index = int32(j)
 }
 func (h *dueHeap) Push(x any) {
 	e := x.(*entry)
-	e.index = len(*h)
+	e.index = int32(len(*h))
 	*h = append(*h, e)
 }
 func (h *dueHeap) Pop() any {

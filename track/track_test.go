@@ -2,8 +2,11 @@ package track
 
 import (
 	"errors"
+	"net/netip"
+	"reflect"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
@@ -255,5 +258,54 @@ func TestChurnDoesNotAllocate(t *testing.T) {
 	}
 	if allocs := testing.AllocsPerRun(1000, cycle); allocs != 0 {
 		t.Errorf("%.2f allocations per socket in steady churn, want 0", allocs)
+	}
+}
+
+// A stuck report and the snapshot rebuild the socket exactly as its
+// close_wait event described it, from the compact entry.
+func TestEntryRoundTrip(t *testing.T) {
+	tk := newTracker(t, 100*time.Millisecond, 0, 10)
+	proc := &events.Process{PID: 42, Comm: "couchdb"}
+	v4 := events.Event{
+		Kind: events.KindCloseWait, Sock: 1, Key: 0xffff0001, Inode: 77, CgroupID: 9, BootNS: ms, FinBootNS: ms, AgeKnown: true,
+		Family: events.FamilyIPv4, LocalAddr: netip.MustParseAddr("10.1.2.3"), LocalPort: 5984,
+		RemoteAddr: netip.MustParseAddr("192.168.0.9"), RemotePort: 40000, NetNS: 4026531840,
+		ContainerID: "abc", PodUID: "pod-1", Owners: []events.Owner{{Process: proc, FD: 12}},
+		OwnerSource: events.OwnerProc, KernelTracked: true,
+	}
+	v6 := v4
+	v6.Sock, v6.Family, v6.AgeKnown, v6.KernelTracked = 2, events.FamilyIPv6, false, false
+	v6.LocalAddr, v6.RemoteAddr = netip.MustParseAddr("fd00::1"), netip.MustParseAddr("2001:db8::2")
+	v6.ContainerID, v6.PodUID, v6.Owners = "", "", nil
+	var out sink
+	tk.Observe(&v4, out.emit)
+	tk.Observe(&v6, out.emit)
+	tk.Expire(200*ms, nil, nil, out.emit)
+	if len(out) != 4 {
+		t.Fatalf("events = %v, want 2 close_wait, 2 stuck", out.kinds())
+	}
+	for _, st := range out[2:] {
+		want := v4
+		if st.Sock == v6.Sock {
+			want = v6
+		}
+		got := st
+		got.Kind, got.Time, got.BootNS, got.AgeNS, got.ThresholdNS = want.Kind, want.Time, want.BootNS, want.AgeNS, want.ThresholdNS
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("stuck report rebuilt\n%+v\nwant\n%+v", got, want)
+		}
+	}
+	for _, e := range tk.Snapshot() {
+		if e.Socket.Sock == v4.Sock && (e.Socket.LocalAddr != v4.LocalAddr || e.Socket.ContainerID != "abc" || !e.AgeKnown || !e.Stuck) {
+			t.Errorf("snapshot entry %+v", e)
+		}
+	}
+}
+
+// The table is what a leak of 100,000 sockets costs: keep its entry at 128
+// bytes (a size class of the Go allocator).
+func TestEntrySize(t *testing.T) {
+	if n := unsafe.Sizeof(entry{}); n > 128 {
+		t.Errorf("track entry is %d bytes, want at most 128", n)
 	}
 }
