@@ -104,12 +104,15 @@ static __always_inline void count(__u32 which)
 		(*v)++;
 }
 
-/* The local port from inet_sport, not skc_num: on the way to CLOSE the
- * kernel releases the bound port (skc_num = 0) before the tracepoint fires. */
-static __always_inline __u16 local_port(struct sock *sk, const bool btf)
+/* The local port. On the way to CLOSE the kernel releases the bound port
+ * (skc_num = 0) before the tracepoint fires, so that transition reads
+ * inet_sport, with a helper call: the typed pointer is a struct sock, and the
+ * verifier refuses a direct load beyond it, into struct inet_sock. Every
+ * other transition has skc_num, a direct load on tp_btf. */
+static __always_inline __u16 local_port(struct sock *sk, int newstate, const bool btf)
 {
-	/* Always probed: the typed pointer is a struct sock, and the verifier
-	 * refuses a direct load beyond it, into struct inet_sock. */
+	if (btf && newstate != TCP_CLOSE)
+		return sk->__sk_common.skc_num;
 	return bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 }
 
@@ -125,9 +128,9 @@ struct ports {
 	__u16 remote;
 };
 
-static __always_inline struct ports read_ports(struct sock *sk, const bool btf)
+static __always_inline struct ports read_ports(struct sock *sk, int newstate, const bool btf)
 {
-	struct ports p = { .local = local_port(sk, btf), .remote = remote_port(sk, btf) };
+	struct ports p = { .local = local_port(sk, newstate, btf), .remote = remote_port(sk, btf) };
 
 	return p;
 }
@@ -259,7 +262,7 @@ static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int
 static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0, *since;
-	struct ports p = read_ports(sk, btf);
+	struct ports p = read_ports(sk, newstate, btf);
 	__u8 flags = 0;
 
 	if (!port_wanted(p))
@@ -302,7 +305,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	__u8 flags = 0;
 
 	if (newstate == TCP_CLOSE_WAIT) {
-		p = read_ports(sk, btf);
+		p = read_ports(sk, newstate, btf);
 		if (!port_wanted(p))
 			return;
 		now = bpf_ktime_get_boot_ns();
@@ -328,7 +331,7 @@ static __always_inline void closewait_transition(struct sock *sk, int oldstate, 
 	tracked = bpf_map_lookup_elem(&closewait, &key);
 	if (!tracked && oldstate != TCP_CLOSE_WAIT)
 		return;
-	p = read_ports(sk, btf);
+	p = read_ports(sk, newstate, btf);
 	if (tracked) {
 		bool same = tracked->sport == p.local && tracked->dport == p.remote;
 
@@ -414,7 +417,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	if (!tp)
 		return 0;
 	sk = (struct sock *)tp;
-	p = read_ports(sk, true);
+	p = read_ports(sk, TCP_CLOSE_WAIT, true);
 	if (!port_wanted(p))
 		return 0;
 	key = (__u64)sk;

@@ -53,22 +53,28 @@ func TestTraceFullSequence(t *testing.T) {
 		// Ports are set after the first transition of each socket: identify
 		// sockets by a transition where the 4-tuple is known, then collect
 		// every event with the same id.
-		idOf := func(match func(jsonEvent) bool) string {
+		idOf := func(match func(jsonEvent) bool) jsonEvent {
 			for _, ev := range evs {
 				if match(ev) && ev.OldState == "ESTABLISHED" {
-					return ev.Sock
+					return ev
 				}
 			}
 			t.Fatalf("socket not found in %d events", len(evs))
-			return ""
+			return jsonEvent{}
 		}
-		sequence := func(sock string) []transition {
+		sequence := func(est jsonEvent) []transition {
 			var seq []transition
 			for _, ev := range evs {
-				if ev.Sock != sock {
+				if ev.Sock != est.Sock {
 					continue
 				}
 				seq = append(seq, transition{ev.OldState, ev.NewState})
+				// A connecting socket gets its local port after CLOSE ->
+				// SYN_SENT; from then on every transition, CLOSE included
+				// (which releases the port first), reports the same ports.
+				if ev.OldState != "CLOSE" && (ev.LocalPort != est.LocalPort || ev.RemotePort != est.RemotePort) {
+					t.Errorf("ports %d -> %d, want %d -> %d: %v", ev.LocalPort, ev.RemotePort, est.LocalPort, est.RemotePort, ev)
+				}
 				if ev.Task == nil {
 					t.Errorf("transition without task: %v", ev)
 				}
@@ -92,13 +98,13 @@ func TestTraceFullSequence(t *testing.T) {
 		if got := sequence(idOf(c.isServer)); !slices.Equal(got, wantServer) {
 			t.Errorf("server transitions = %v, want %v", got, wantServer)
 		}
-		var listenerSock string
+		var listenerEv jsonEvent
 		for _, ev := range evs {
 			if ev.LocalPort == c.port && ev.OldState == "CLOSE" && ev.NewState == "LISTEN" {
-				listenerSock = ev.Sock
+				listenerEv = ev
 			}
 		}
-		listener := sequence(listenerSock)
+		listener := sequence(listenerEv)
 		if want := []transition{{"CLOSE", "LISTEN"}, {"LISTEN", "CLOSE"}}; !slices.Equal(listener, want) {
 			t.Errorf("listener transitions = %v, want %v", listener, want)
 		}
