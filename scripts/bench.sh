@@ -18,8 +18,10 @@
 # exit (drain included, start-up excluded) and its peak RSS (GNU time); events
 # emitted (lines in its output for the run's port) against churn's expected
 # count; events it reports lost; unaccounted = expected - emitted - lost; and
-# the kernel's run_time_ns / run_cnt of its programs on inet_sock_set_state
-# (kernel.bpf_stats_enabled=1 during the benchmark), read just before it stops.
+# the kernel's run_time_ns / run_cnt of its programs on inet_sock_set_state,
+# read just before it stops. Run-time statistics cost every program run two
+# clock reads, so the rounds run with kernel.bpf_stats_enabled=0, and one
+# more round of each tracer with it set to 1 gives ns/run (and nothing else).
 set -euo pipefail
 
 ROUNDS=${BENCH_ROUNDS:-5}
@@ -141,8 +143,9 @@ done
 
 stats_prev=$(sysctl -n kernel.bpf_stats_enabled 2>/dev/null || true)
 if [[ -n $stats_prev ]]; then
-	sysctl -qw kernel.bpf_stats_enabled=1 || { warn "cannot enable bpf_stats"; stats_prev=; }
+	sysctl -qw kernel.bpf_stats_enabled=0 || { warn "cannot set kernel.bpf_stats_enabled"; stats_prev=; }
 fi
+stats_round=false
 
 # bt_script PORT: a tcpstates-style bpftrace script, filtered to PORT in its
 # predicate. Tracepoint fields are copied first: bpftrace 0.17's code for
@@ -216,7 +219,11 @@ run_one() {
 	next_port=$((port + 1))
 	d=$dir/r$round-$config
 	mkdir -p "$d"
-	echo "== round $round/$ROUNDS: $config, port $port" >&2
+	if $stats_round; then
+		echo "== statistics round: $config, port $port" >&2
+	else
+		echo "== round $round/$ROUNDS: $config, port $port" >&2
+	fi
 
 	local -a tracer=()
 	case $config in
@@ -391,8 +398,8 @@ run_one() {
 		echo "   conn/s ${rate%.*}" >&2
 	fi
 
-	printf '{"config":"%s","round":%d,"port":%d,"ok":%s,"note":"%s","completed":%d,"churn_errors":%d,"conn_per_second":%s%s}\n' \
-		"$config" "$round" "$port" "$ok" "$note" "${completed:-0}" "${errors:-0}" "${rate:-0}" "$extra" >>"$runs"
+	printf '{"config":"%s","round":%d,"stats_round":%s,"port":%d,"ok":%s,"note":"%s","completed":%d,"churn_errors":%d,"conn_per_second":%s%s}\n' \
+		"$config" "$round" "$stats_round" "$port" "$ok" "$note" "${completed:-0}" "${errors:-0}" "${rate:-0}" "$extra" >>"$runs"
 	$ok
 }
 
@@ -406,6 +413,19 @@ for ((round = 1; round <= ROUNDS; round++)); do
 	done
 done
 
+if [[ -n $stats_prev ]]; then
+	sysctl -qw kernel.bpf_stats_enabled=1
+	stats_round=true
+	echo "== run-time statistics round (kernel.bpf_stats_enabled=1): ns/run only" >&2
+	for config in "${configs[@]}"; do
+		[[ $config == none ]] && continue
+		run_one "$config" $((ROUNDS + 1)) || warn "$config: statistics round failed"
+	done
+	sysctl -qw kernel.bpf_stats_enabled=0
+else
+	warn "kernel.bpf_stats_enabled unavailable: no ns/run"
+fi
+
 echo
 "$bin/benchreport" report -runs "$runs" -json "$JSON" -n "$N" -workers "$WORKERS" -rounds "$ROUNDS"
 echo
@@ -418,8 +438,9 @@ emitted/expected: events for the run's port (tcptrace closewait: close_wait and
 app_close; the others: state transitions, 10 per connection + 2 for the listener).
 lost: counted by the tracer (tcptrace: per-cause sum; peers: perf-buffer losses
 they print + the kernel's recursion misses of their program, host-wide).
-ns/run: run_time_ns / run_cnt of the programs on inet_sock_set_state; run_cnt
-counts runs for every socket on the host.
+ns/run: run_time_ns / run_cnt of the programs on inet_sock_set_state, from an
+extra round with kernel.bpf_stats_enabled=1 (the other rounds run without the
+statistics' own cost); run_cnt counts runs for every socket on the host.
 EOF
 if $failed; then
 	echo "bench: a tcptrace or baseline run FAILED" >&2

@@ -197,11 +197,14 @@ func progsCmd(args []string) error {
 // Run is one line of bench.sh's runs.jsonl. Pointers are absent values
 // (the no-tracer configuration, or a tracer whose value could not be read).
 type Run struct {
-	Config          string   `json:"config"`
-	Round           int      `json:"round"`
-	Port            int      `json:"port"`
-	OK              bool     `json:"ok"`
-	Note            string   `json:"note,omitempty"`
+	Config string `json:"config"`
+	Round  int    `json:"round"`
+	Port   int    `json:"port"`
+	OK     bool   `json:"ok"`
+	Note   string `json:"note,omitempty"`
+	// StatsRound: run with kernel.bpf_stats_enabled=1, which slows every
+	// program run; only its ns/run counts.
+	StatsRound      bool     `json:"stats_round"`
 	Completed       int64    `json:"completed"`
 	ChurnErrors     int64    `json:"churn_errors"`
 	ConnPerSecond   float64  `json:"conn_per_second"`
@@ -273,6 +276,13 @@ func summarize(config string, runs []Run) Summary {
 	s := Summary{Config: config}
 	var rate, cpu, rss, exp, emit, lost, unacc, nsRun, cnt, rec []float64
 	for _, r := range runs {
+		if r.StatsRound {
+			if r.OK && r.RunTimeNs != nil && r.RunCnt != nil && *r.RunCnt > 0 {
+				nsRun = append(nsRun, float64(*r.RunTimeNs)/float64(*r.RunCnt))
+				cnt = append(cnt, float64(*r.RunCnt))
+			}
+			continue
+		}
 		s.Runs++
 		if !r.OK {
 			s.FailedRuns++
@@ -297,10 +307,6 @@ func summarize(config string, runs []Run) Summary {
 		}
 		if r.Unaccounted != nil {
 			unacc = append(unacc, float64(*r.Unaccounted))
-		}
-		if r.RunTimeNs != nil && r.RunCnt != nil && *r.RunCnt > 0 {
-			nsRun = append(nsRun, float64(*r.RunTimeNs)/float64(*r.RunCnt))
-			cnt = append(cnt, float64(*r.RunCnt))
 		}
 		if r.RecursionMisses != nil {
 			rec = append(rec, float64(*r.RecursionMisses))
