@@ -197,6 +197,15 @@ func New(cfg Config) (_ *Tracer, err error) {
 // AttachPoint names the hook in use, e.g. "tp_btf/inet_sock_set_state".
 func (t *Tracer) AttachPoint() string { return t.point }
 
+// SocketCookie reports whether events identify sockets by the kernel's
+// socket cookie (tp_btf from Linux 5.12) rather than a hash of the socket's
+// address.
+func (t *Tracer) SocketCookie() bool { return t.cookie }
+
+// CanList reports whether the kernel can list sockets (iter/tcp, Linux
+// 5.9), for Snapshot and Rescan; false in trace mode.
+func (t *Tracer) CanList() bool { return t.snapshotIter != nil }
+
 // Clock is the boot-time to wall-time conversion the tracer uses.
 func (t *Tracer) Clock() bootclock.Clock { return t.clock }
 

@@ -2,6 +2,7 @@ package tracer_test
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/testenv"
@@ -180,5 +182,39 @@ func TestConfigRejected(t *testing.T) {
 		if errors.Is(err, tracer.ErrPrivilege) {
 			t.Errorf("%s: config checked after privileges: %v", name, err)
 		}
+	}
+}
+
+// The hook chosen with AttachAuto is the best the running kernel offers:
+// tp_btf with socket cookies from Linux 5.12, tp_btf without them on 5.8 to
+// 5.11, and socket listing (iter/tcp) from 5.9. The choice is printed on a
+// VMTEST_ATTACH line for the kernel matrix (make vmtest).
+func TestAutoAttachChoice(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	release := unix.ByteSliceToString(uts.Release[:])
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
+		t.Fatalf("kernel release %q: %v", release, err)
+	}
+	atLeast := func(ma, mi int) bool { return major > ma || (major == ma && minor >= mi) }
+
+	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	fmt.Printf("VMTEST_ATTACH kernel=%s point=%s cookie=%v listing=%v\n", release, tr.AttachPoint(), tr.SocketCookie(), tr.CanList())
+	if want := "tp_btf/inet_sock_set_state"; tr.AttachPoint() != want {
+		t.Errorf("Linux %s: auto chose %s, want %s", release, tr.AttachPoint(), want)
+	}
+	if want := atLeast(5, 12); tr.SocketCookie() != want {
+		t.Errorf("Linux %s: socket cookie %v, want %v", release, tr.SocketCookie(), want)
+	}
+	if want := atLeast(5, 9); tr.CanList() != want {
+		t.Errorf("Linux %s: socket listing %v, want %v", release, tr.CanList(), want)
 	}
 }

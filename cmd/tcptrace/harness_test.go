@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +58,16 @@ func runHelper(role string) {
 		role = "leak"
 	}
 	switch role {
+	case "old-kernel", "no-btf":
+		// Make this process look, to itself, like a kernel tcptrace does not
+		// support, then become tcptrace. The exec keeps what was set up on
+		// this thread: the personality, the mount namespace.
+		runtime.LockOSThread()
+		if err := pretendUnsupported(role); err != nil {
+			fail(err)
+		}
+		env := append(os.Environ(), runMainEnv+"=1")
+		fail(syscall.Exec(os.Args[0], append([]string{"tcptrace"}, os.Args[1:]...), env))
 	case "exit-holding":
 		// Accept one connection, wait for the peer's FIN, then exit without
 		// closing: the kernel closes the socket as the process exits.
@@ -179,6 +190,32 @@ func runHelper(role string) {
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
 	os.Exit(2)
+}
+
+// pretendUnsupported makes the calling thread see an unsupported kernel:
+// for "old-kernel", uname reports a 2.6 release (the kernel's own UNAME26
+// personality, as `setarch --uname-2.6` sets); for "no-btf", a private
+// mount namespace hides /sys/kernel/btf under an empty tmpfs, which is what
+// a kernel built without CONFIG_DEBUG_INFO_BTF looks like.
+func pretendUnsupported(role string) error {
+	if role == "old-kernel" {
+		const uname26 = 0x0020000
+		cur, _, errno := syscall.RawSyscall(syscall.SYS_PERSONALITY, 0xffffffff, 0, 0)
+		if errno != 0 {
+			return fmt.Errorf("personality: %w", errno)
+		}
+		if _, _, errno := syscall.RawSyscall(syscall.SYS_PERSONALITY, cur|uname26, 0, 0); errno != 0 {
+			return fmt.Errorf("personality: %w", errno)
+		}
+		return nil
+	}
+	if err := syscall.Unshare(syscall.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	return syscall.Mount("tmpfs", "/sys/kernel/btf", "tmpfs", 0, "")
 }
 
 // hostileComm is the command name the hostile helper gives itself.

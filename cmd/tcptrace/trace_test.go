@@ -153,6 +153,33 @@ func TestUnprivilegedFailsClearly(t *testing.T) {
 	}
 }
 
+// On a kernel below the minimum, or one without BTF, tcptrace says what is
+// missing on one line and exits 1. Debian has no such kernel left to boot
+// (make vmtest), so the running kernel is made to look like one: see
+// pretendUnsupported. Run on every kernel of the matrix.
+func TestUnsupportedKernelFailsClearly(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	for _, c := range []struct{ role, want string }{
+		{"old-kernel", "Linux 5.8 or newer"},
+		{"no-btf", "CONFIG_DEBUG_INFO_BTF"},
+	} {
+		for _, mode := range []string{"closewait", "trace"} {
+			cmd := helperCommand(c.role, mode)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			if exitErr, ok := err.(*exec.ExitError); !ok || exitErr.ExitCode() != 1 {
+				t.Errorf("%s %s: %v, want exit status 1; stdout %q stderr %q", c.role, mode, err, stdout.String(), stderr.String())
+				continue
+			}
+			lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], c.want) || strings.Contains(lines[0], "panic") {
+				t.Errorf("%s %s: stderr %q, want one line naming %q", c.role, mode, stderr.String(), c.want)
+			}
+		}
+	}
+}
+
 // Bad invocations: one line on stderr and exit code 2, before any eBPF.
 func TestBadInvocation(t *testing.T) {
 	for _, args := range [][]string{
