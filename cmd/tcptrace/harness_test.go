@@ -138,10 +138,10 @@ func runHelper(role string) {
 		default:
 			fmt.Println("child 0")
 		}
-		select {} // hold until killed
+		holdForever()
 	case "hold":
 		// Inherited the socket as fd 3: keep it.
-		select {}
+		holdForever()
 	case "receive":
 		// fd 3 is a unix socket carrying a descriptor.
 		buf, oob := make([]byte, 1), make([]byte, syscall.CmsgSpace(4))
@@ -159,7 +159,7 @@ func runHelper(role string) {
 		if _, err := syscall.Write(3, []byte{1}); err != nil {
 			fail(err)
 		}
-		select {}
+		holdForever()
 	case "netns-leak":
 		// Runs in a new network namespace: bring up lo, then leak the
 		// server side of a connection made inside it.
@@ -186,7 +186,7 @@ func runHelper(role string) {
 		}
 		cl.Close()
 		fmt.Println("closed")
-		select {}
+		holdForever()
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper role %q\n", role)
 	os.Exit(2)
@@ -216,6 +216,16 @@ func pretendUnsupported(role string) error {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
 	return syscall.Mount("tmpfs", "/sys/kernel/btf", "tmpfs", 0, "")
+}
+
+// holdForever keeps a helper alive, holding its sockets, until it is
+// killed. Not select {}: in a static (CGO_ENABLED=0) test binary, as make
+// vmtest builds, the runtime sees no goroutine that could wake it and
+// aborts with a deadlock.
+func holdForever() {
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // hostileComm is the command name the hostile helper gives itself.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -165,23 +164,12 @@ func TestEveryTransitionEmittedOrCounted(t *testing.T) {
 	}
 }
 
-// vmRSS returns a process's resident set size in KiB.
-func vmRSS(t *testing.T, pid int) int {
-	t.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(data)
-	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	}
-	kb, _ := strconv.Atoi(string(m[1]))
-	return kb
-}
-
-// More sockets stuck than --max-tracked: the tables stay at their bound,
-// the overflow is reported, and memory does not follow the leak.
+// More sockets stuck than --max-tracked: the tables stay at their bound and
+// the overflow is reported, exactly. (An RSS check was dropped: with 2,900
+// sockets past the bound an unbounded table would grow by well under a
+// MiB, below RSS noise, and under qemu the noise exceeded 8 MiB. The
+// per-socket cost is pinned by track's TestEntrySize; make bench measures
+// RSS at 100,000 sockets.)
 func TestTrackingIsBounded(t *testing.T) {
 	const bound, leaked = 100, 3000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
@@ -194,10 +182,7 @@ func TestTrackingIsBounded(t *testing.T) {
 			p.next(10*time.Second, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
 		}
 	}
-	leak(leaked / 3)
-	before := vmRSS(t, p.cmd.Process.Pid)
-	leak(leaked - leaked/3)
-	after := vmRSS(t, p.cmd.Process.Pid)
+	leak(leaked)
 	// Let the once-a-second lost report come.
 	p.next(3*time.Second, "lost", func(ev jsonEvent) bool { return ev.Event == "lost" })
 	evs := p.drain()
@@ -207,9 +192,6 @@ func TestTrackingIsBounded(t *testing.T) {
 	}
 	if !strings.Contains(p.stderr.String(), fmt.Sprintf("still_in_close_wait=%d", bound)) {
 		t.Errorf("exit summary does not show the table at its bound of %d:\n%s", bound, p.stderr.String())
-	}
-	if grew := after - before; grew > 8<<10 {
-		t.Errorf("RSS grew by %d KiB while %d more sockets leaked past a bound of %d", grew, leaked-leaked/3, bound)
 	}
 }
 
@@ -392,8 +374,13 @@ func TestLeastPrivilege(t *testing.T) {
 	if err := tcptraceCmd(setpriv("+bpf,+perfmon,+sys_ptrace"), "version").Run(); err != nil {
 		t.Skipf("setpriv (util-linux) unusable here: %v", err)
 	}
+	caps := "+bpf,+perfmon,+sys_ptrace"
+	if kernelBefore(t, 5, 11) {
+		// eBPF memory counts against RLIMIT_MEMLOCK there (README).
+		caps += ",+sys_resource"
+	}
 	h, port, cl, _ := leakFrom(t, "leak")
-	p := startTracerWith(t, tracerOpts{wrap: setpriv("+bpf,+perfmon,+sys_ptrace")},
+	p := startTracerWith(t, tracerOpts{wrap: setpriv(caps)},
 		"closewait", "--port", port, "--threshold", "200ms")
 	cl.Close()
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
@@ -404,11 +391,32 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 
 	var stderr bytes.Buffer
-	cmd := tcptraceCmd(setpriv("+perfmon,+sys_ptrace"), "closewait")
+	cmd := tcptraceCmd(setpriv(strings.Replace(caps, "+bpf,", "", 1)), "closewait")
 	cmd.Stderr = &stderr
 	err := cmd.Run()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(stderr.String(), "CAP_BPF") ||
 		strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 {
 		t.Errorf("without CAP_BPF: %v, exit %d, stderr %q; want exit 1 and one line naming CAP_BPF", err, code, stderr.String())
 	}
+}
+
+// kernelBefore reports whether the running kernel is older than major.minor.
+func kernelBefore(t *testing.T, major, minor int) bool {
+	t.Helper()
+	var uts syscall.Utsname
+	if err := syscall.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, c := range uts.Release {
+		if c == 0 {
+			break
+		}
+		b.WriteByte(byte(c))
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(b.String(), "%d.%d", &ma, &mi); err != nil {
+		t.Fatalf("kernel release %q: %v", b.String(), err)
+	}
+	return ma < major || (ma == major && mi < minor)
 }

@@ -50,6 +50,17 @@ func TestTraceFullSequence(t *testing.T) {
 				t.Errorf("--port %d let through an event of port %d: %v", c.port, listenerPort(other), ev)
 			}
 		}
+		// Kernels before 6.13 or so (5.10, 6.1 and 6.12 under make vmtest)
+		// fire the accepted socket's LISTEN -> SYN_RECV while it is still
+		// a copy of the listener: its ports are the listener's, and its
+		// cookie too, so with socket cookies the event is the listener's.
+		early := false
+		for _, ev := range evs {
+			if ev.OldState == "LISTEN" && ev.NewState == "SYN_RECV" && ev.LocalPort == c.port && ev.RemotePort == 0 {
+				early = true
+				t.Logf("this kernel reports LISTEN -> SYN_RECV before the new socket has its own ports: %v", ev)
+			}
+		}
 		// Ports are set after the first transition of each socket: identify
 		// sockets by a transition where the 4-tuple is known, then collect
 		// every event with the same id.
@@ -72,7 +83,8 @@ func TestTraceFullSequence(t *testing.T) {
 				// A connecting socket gets its local port after CLOSE ->
 				// SYN_SENT; from then on every transition, CLOSE included
 				// (which releases the port first), reports the same ports.
-				if ev.OldState != "CLOSE" && (ev.LocalPort != est.LocalPort || ev.RemotePort != est.RemotePort) {
+				born := ev.OldState == "CLOSE" || (early && ev.OldState == "LISTEN")
+				if !born && (ev.LocalPort != est.LocalPort || ev.RemotePort != est.RemotePort) {
 					t.Errorf("ports %d -> %d, want %d -> %d: %v", ev.LocalPort, ev.RemotePort, est.LocalPort, est.RemotePort, ev)
 				}
 				if ev.Task == nil {
@@ -95,7 +107,14 @@ func TestTraceFullSequence(t *testing.T) {
 		if got := sequence(idOf(c.isClient)); !slices.Equal(got, wantClient) {
 			t.Errorf("client transitions = %v, want %v", got, wantClient)
 		}
-		if got := sequence(idOf(c.isServer)); !slices.Equal(got, wantServer) {
+		wantListener := []transition{{"CLOSE", "LISTEN"}, {"LISTEN", "CLOSE"}}
+		got := sequence(idOf(c.isServer))
+		if early && len(got) > 0 && got[0] != wantServer[0] {
+			// The listener's cookie: the event went to the listener.
+			wantServer = wantServer[1:]
+			wantListener = []transition{{"CLOSE", "LISTEN"}, {"LISTEN", "SYN_RECV"}, {"LISTEN", "CLOSE"}}
+		}
+		if !slices.Equal(got, wantServer) {
 			t.Errorf("server transitions = %v, want %v", got, wantServer)
 		}
 		var listenerEv jsonEvent
@@ -105,8 +124,8 @@ func TestTraceFullSequence(t *testing.T) {
 			}
 		}
 		listener := sequence(listenerEv)
-		if want := []transition{{"CLOSE", "LISTEN"}, {"LISTEN", "CLOSE"}}; !slices.Equal(listener, want) {
-			t.Errorf("listener transitions = %v, want %v", listener, want)
+		if !slices.Equal(listener, wantListener) {
+			t.Errorf("listener transitions = %v, want %v", listener, wantListener)
 		}
 	})
 }
