@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
 
-.PHONY: all build generate test vet check-generated soak bench clean
+.PHONY: all build generate test vet check-generated soak bench vmtest clean
 
 all: build
 
@@ -42,6 +42,12 @@ soak:
 # alternating rounds (BENCH_ROUNDS, BENCH_N). Needs root.
 bench:
 	scripts/bench.sh
+
+# The kernel matrix: the tests, real-kernel ones included, on Debian's
+# kernels under qemu (downloaded with apt, cached). KERNELS picks the series.
+KERNELS ?= 5.10 6.1 6.12 7.2
+vmtest:
+	scripts/vmtest.sh $(KERNELS)
 
 clean:
 	rm -rf bin
