@@ -146,6 +146,12 @@ func setup() error {
 			}
 		}
 	}
+	// The kernel starts init with 1024/4096 descriptors; tests hold
+	// thousands of sockets, as servers do under systemd (524288 there).
+	nofile := unix.Rlimit{Cur: 524288, Max: 524288}
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &nofile); err != nil {
+		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
+	}
 	if err := loopbackUp(); err != nil {
 		return err
 	}
