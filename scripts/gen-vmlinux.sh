@@ -61,32 +61,21 @@ else
 fi
 chmod 755 "$WORK" # let apt's unprivileged _apt user write its partial dirs
 
-# --- mirrors from the host's deb822 sources -------------------------------
-# First URI of a stanza whose Suites has a non -security suite is the main
-# archive; one whose Suites has a -security suite is the security archive.
-read -r MIRROR SECURITY < <(
-	awk '
-	function flush() {
-		if (uri != "") {
-			if (suites ~ /-security/) { if (sec == "") sec = uri }
-			else if (suites != "")    { if (main == "") main = uri }
-		}
-		uri = ""; suites = ""
-	}
-	/^[[:space:]]*$/ { flush(); next }
-	/^[[:space:]]*#/ { next }
-	tolower($1) == "uris:"   { uri = $2 }
-	tolower($1) == "suites:" { $1 = ""; suites = $0 }
-	END { flush(); print main, (sec == "" ? "-" : sec) }
-	' /etc/apt/sources.list.d/*.sources
-)
-[[ -n ${MIRROR:-} ]] || die "no Debian mirror URI found in /etc/apt/sources.list.d/*.sources"
+# --- mirrors from the host's apt sources ----------------------------------
+# shellcheck source=scripts/debian-apt.sh
+source "$ROOT/scripts/debian-apt.sh"
+read -r MIRROR SECURITY < <(debian_mirrors)
+[[ -n ${MIRROR:-} ]] || die "no Debian mirror URI found in the host's apt sources"
 log "mirror: $MIRROR  security: $SECURITY"
 
 # --- private apt configuration ---------------------------------------------
 APTD="$WORK/apt"
-mkdir -p "$APTD"/{state/lists/partial,cache/archives/partial,sources.list.d,preferences.d,apt.conf.d}
-: >"$APTD/state/status"
+mkdir -p "$APTD"
+{
+	private_apt_conf "$APTD"
+	echo 'APT::Architectures { "amd64"; "arm64"; };'
+	echo 'APT::Get::List-Cleanup "false";'
+} >"$APTD/apt.conf"
 {
 	echo "deb [arch=amd64,arm64 signed-by=$KEYRING] $MIRROR $SUITE main"
 	echo "deb [arch=amd64,arm64 signed-by=$KEYRING] $MIRROR $SUITE-updates main"
@@ -94,20 +83,6 @@ mkdir -p "$APTD"/{state/lists/partial,cache/archives/partial,sources.list.d,pref
 		echo "deb [arch=amd64,arm64 signed-by=$KEYRING] $SECURITY $SUITE-security main"
 	fi
 } >"$APTD/sources.list"
-cat >"$APTD/apt.conf" <<CONF
-Dir::State "$APTD/state";
-Dir::State::status "$APTD/state/status";
-Dir::Cache "$APTD/cache";
-Dir::Etc::SourceList "$APTD/sources.list";
-Dir::Etc::SourceParts "$APTD/sources.list.d";
-Dir::Etc::Preferences "$APTD/preferences";
-Dir::Etc::PreferencesParts "$APTD/preferences.d";
-Dir::Etc::Parts "$APTD/apt.conf.d";
-APT::Architecture "amd64";
-APT::Architectures { "amd64"; "arm64"; };
-Acquire::Languages "none";
-APT::Get::List-Cleanup "false";
-CONF
 export APT_CONFIG="$APTD/apt.conf"
 
 log "apt-get update ($SUITE, amd64+arm64, private config)"

@@ -114,39 +114,16 @@ trap 'rm -rf "$WORK"' EXIT
 chmod 755 "$WORK" # apt downloads as its _apt user when run as root
 
 # --- private apt configuration -------------------------------------------------
-# Mirror URIs come from the host's apt sources (deb822 *.sources, or one-line
-# sources.list): the first archive without a -security suite is the main
-# archive, the first with one is the security archive. No host is named here.
-mirrors() {
-	{
-		cat /etc/apt/sources.list.d/*.sources 2>/dev/null || true
-		echo
-		# one-line format: "deb [opts] URI SUITE COMPONENTS..."
-		sed -nE 's/^[[:space:]]*deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([^[:space:]]+)[[:space:]]+([^[:space:]]+).*/URIs: \2\nSuites: \3\n/p' \
-			/etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true
-	} | awk '
-	function flush() {
-		if (uri != "") {
-			if (suites ~ /-security/) { if (sec == "") sec = uri }
-			else if (suites != "")    { if (main == "") main = uri }
-		}
-		uri = ""; suites = ""
-	}
-	/^[[:space:]]*$/ { flush(); next }
-	/^[[:space:]]*#/ { next }
-	tolower($1) == "uris:"   { uri = $2 }
-	tolower($1) == "suites:" { $1 = ""; suites = $0 }
-	END { flush(); print main, (sec == "" ? "-" : sec) }
-	'
-}
+# Mirror URIs come from the host's apt sources (scripts/debian-apt.sh).
+# shellcheck source=scripts/debian-apt.sh
+source "$REPO/scripts/debian-apt.sh"
 
 APTD=$CACHE/apt
 setup_apt() {
 	local mirror security suite opts
-	read -r mirror security < <(mirrors)
+	mkdir -p "$APTD"
+	read -r mirror security < <(debian_mirrors)
 	[[ -n $mirror ]] || die "no debian mirror found in the host's apt sources"
-	mkdir -p "$APTD"/{state/lists/partial,cache/archives/partial,sources.list.d,preferences.d,apt.conf.d}
-	[[ -e $APTD/state/status ]] || : >"$APTD/state/status"
 	# check-valid-until=no: the mirror may serve a frozen snapshot whose
 	# Release files are past their Valid-Until (seen with sid); the
 	# signatures are still checked.
@@ -164,22 +141,16 @@ setup_apt() {
 	fi
 	# Lists kept compressed and no source package cache: ~190 MB of apt
 	# state for the seven suites instead of ~430 MB.
-	cat >"$APTD/apt.conf" <<-CONF
-		Dir::State "$APTD/state";
-		Dir::State::status "$APTD/state/status";
-		Dir::Cache "$APTD/cache";
-		Dir::Etc::SourceList "$APTD/sources.list";
-		Dir::Etc::SourceParts "$APTD/sources.list.d";
-		Dir::Etc::Preferences "$APTD/preferences";
-		Dir::Etc::PreferencesParts "$APTD/preferences.d";
-		Dir::Etc::Parts "$APTD/apt.conf.d";
-		APT::Architecture "amd64";
-		APT::Architectures { "amd64"; };
-		Acquire::Languages "none";
-		Acquire::GzipIndexes "true";
-		Dir::Cache::srcpkgcache "";
-		APT::Get::List-Cleanup "true";
-	CONF
+	{
+		private_apt_conf "$APTD"
+		cat <<-CONF
+			APT::Architectures { "amd64"; };
+			Acquire::GzipIndexes "true";
+			Dir::Cache::srcpkgcache "";
+			APT::Get::List-Cleanup "true";
+		CONF
+	} >"$APTD/apt.conf.new"
+	mv "$APTD/apt.conf.new" "$APTD/apt.conf"
 	export APT_CONFIG=$APTD/apt.conf
 	# apt drops to its _apt user for downloads when run as root.
 	if [[ $(id -u) -eq 0 ]] && id _apt >/dev/null 2>&1; then
