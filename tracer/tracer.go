@@ -62,7 +62,8 @@ type Config struct {
 	MaxTracked uint32
 	// RingBufBytes is the ring buffer size; a power of two, multiple of the page size.
 	RingBufBytes uint32
-	// QueueLen bounds the queue between the ring-buffer reader and the consumer.
+	// QueueLen bounds the queue between the ring-buffer reader and the
+	// consumer, in events (batches of 64, at least 2 batches).
 	QueueLen int
 	// FlushInterval bounds how long an event may wait in the ring buffer:
 	// wake-ups are batched and the reader polls at this interval.
@@ -132,11 +133,16 @@ type Tracer struct {
 	snapshotIter *link.Iter
 	cookie       bool // sock ids are socket cookies
 
-	// queue is filled by the ring-buffer reader. When it is full the reader
-	// waits, and the ring buffer, which stores a record in a third of the
-	// space, absorbs the rest: losses then happen, and are counted, in the
-	// kernel. closing releases a waiting reader at Close.
-	queue      chan events.Event
+	// queue carries batches of events from the ring-buffer reader to the
+	// consumer, and free brings the consumed ones back (Recycle): a fixed
+	// set of batches, so steady traffic allocates nothing, and a channel
+	// operation and goroutine hand-off per batch, not per event. When no
+	// batch is free the reader waits, and the ring buffer, which stores a
+	// record in a third of the space, absorbs the rest: losses then happen,
+	// and are counted, in the kernel. closing releases a waiting reader at
+	// Close.
+	queue      chan []events.Event
+	free       chan []events.Event
 	closing    chan struct{}
 	decodeErrs atomic.Uint64
 	// Sockets the start-up snapshot found in CLOSE-WAIT with no room in the
@@ -167,8 +173,13 @@ func New(cfg Config) (_ *Tracer, err error) {
 	t := &Tracer{
 		cfg:     cfg,
 		clock:   bootclock.New(),
-		queue:   make(chan events.Event, cfg.QueueLen),
 		closing: make(chan struct{}),
+	}
+	batches := max(2, cfg.QueueLen/batchLen)
+	t.queue = make(chan []events.Event, batches)
+	t.free = make(chan []events.Event, batches)
+	for range batches {
+		t.free <- make([]events.Event, 0, batchLen)
 	}
 	t.dec = newDecoder(t.clock)
 	defer func() {
@@ -209,10 +220,24 @@ func (t *Tracer) CanList() bool { return t.snapshotIter != nil }
 // Clock is the boot-time to wall-time conversion the tracer uses.
 func (t *Tracer) Clock() bootclock.Clock { return t.clock }
 
-// Events delivers decoded events. It is closed after Stop once every
-// event already in the ring buffer has been delivered, or on a read error
-// (see Err).
-func (t *Tracer) Events() <-chan events.Event { return t.queue }
+// Events delivers decoded events in batches, in order. It is closed after
+// Stop once every event already in the ring buffer has been delivered, or
+// on a read error (see Err). Hand each batch back with Recycle once done
+// with it: the reader waits for a free batch.
+func (t *Tracer) Events() <-chan []events.Event { return t.queue }
+
+// Recycle returns a batch received from Events for reuse. Nothing in it may
+// be used afterwards.
+func (t *Tracer) Recycle(batch []events.Event) {
+	select {
+	case t.free <- batch[:0]:
+	default: // not one of ours, or returned twice
+	}
+}
+
+// batchLen is the most events a batch holds. A batch is sent when full or
+// when the ring buffer has been read empty, so batching adds no latency.
+const batchLen = 64
 
 // Err reports why Events was closed, nil after a normal Stop. Call it only
 // after Events is closed.
@@ -221,6 +246,30 @@ func (t *Tracer) Err() error { return t.readErr }
 func (t *Tracer) readLoop() {
 	defer close(t.queue)
 	var rec ringbuf.Record
+	var batch []events.Event
+	select {
+	case batch = <-t.free:
+	case <-t.closing:
+		return
+	}
+	// send hands the batch to the consumer and takes a free one; false
+	// once the tracer is closing.
+	send := func() bool {
+		if len(batch) == 0 {
+			return true
+		}
+		select {
+		case t.queue <- batch:
+		case <-t.closing:
+			return false
+		}
+		select {
+		case batch = <-t.free:
+			return true
+		case <-t.closing:
+			return false
+		}
+	}
 	t.reader.SetDeadline(time.Now().Add(t.cfg.FlushInterval))
 	for {
 		err := t.reader.ReadInto(&rec)
@@ -229,23 +278,27 @@ func (t *Tracer) readLoop() {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// The programs submit without waking us; this is the poll tick,
 			// and the ring was just read empty: tell the consumer.
-			t.sendProgress()
+			batch = append(batch, progressMark())
+			if !send() {
+				return
+			}
 			t.reader.SetDeadline(time.Now().Add(t.cfg.FlushInterval))
 			continue
 		case errors.Is(err, ringbuf.ErrFlushed), errors.Is(err, ringbuf.ErrClosed):
+			send()
 			return
 		default:
 			t.readErr = fmt.Errorf("read ring buffer: %w", err)
+			send()
 			return
 		}
-		var ev events.Event
-		if err := t.dec.decode(rec.RawSample, &ev); err != nil {
+		batch = batch[:len(batch)+1]
+		if err := t.dec.decode(rec.RawSample, &batch[len(batch)-1]); err != nil {
 			t.decodeErrs.Add(1)
+			batch = batch[:len(batch)-1]
 			continue
 		}
-		select {
-		case t.queue <- ev:
-		case <-t.closing:
+		if (len(batch) == cap(batch) || t.reader.AvailableBytes() == 0) && !send() {
 			return
 		}
 	}
@@ -255,16 +308,11 @@ func (t *Tracer) readLoop() {
 // its timestamp just before the ring was read empty.
 const progressMargin = time.Millisecond
 
-// sendProgress tells the consumer that every event before now (less the
-// margin) has been queued, so it can act on the absence of events, such as
-// reporting a socket stuck, without racing a close still in the ring.
-func (t *Tracer) sendProgress() {
-	mark := events.Event{Kind: events.KindProgress, BootNS: bootclock.Now() - progressMargin.Nanoseconds()}
-	select {
-	case t.queue <- mark:
-	default:
-		// The consumer is behind; the next mark will do.
-	}
+// progressMark tells the consumer that every event before now (less the
+// margin) has been delivered, so it can act on the absence of events, such
+// as reporting a socket stuck, without racing a close still in the ring.
+func progressMark() events.Event {
+	return events.Event{Kind: events.KindProgress, BootNS: bootclock.Now() - progressMargin.Nanoseconds()}
 }
 
 // InCloseWait reports whether the kernel's CLOSE-WAIT table still holds the

@@ -100,11 +100,12 @@ func TestLifecycle(t *testing.T) {
 	drain:
 		for {
 			select {
-			case ev, ok := <-tr.Events():
+			case batch, ok := <-tr.Events():
 				if !ok {
 					break drain
 				}
-				got = append(got, ev)
+				got = append(got, batch...)
+				tr.Recycle(batch)
 			case <-timeout:
 				t.Fatalf("%s: Events not closed 5s after Stop", attach)
 			}

@@ -90,9 +90,6 @@ func (s *stream) run(ctx context.Context) error {
 	done := ctx.Done()
 	evs := s.tr.Events()
 	var stoppedAt int64
-	// One event variable for the whole loop: its address is passed on, so a
-	// variable per iteration would be a heap allocation per event.
-	var ev events.Event
 	for s.writeErr == nil {
 		select {
 		case <-done:
@@ -100,7 +97,7 @@ func (s *stream) run(ctx context.Context) error {
 			stoppedAt = bootclock.Now()
 			s.tr.Stop()
 			done = nil
-		case next, ok := <-evs:
+		case batch, ok := <-evs:
 			if !ok {
 				// Everything the kernel produced before the detach has been
 				// handled; after it, nothing is known.
@@ -112,10 +109,12 @@ func (s *stream) run(ctx context.Context) error {
 				s.flush()
 				return oneline.Join(err, s.tr.Err(), s.writeErr)
 			}
-			ev = next
-			if err := s.handle(&ev); err != nil {
-				return err
+			for i := range batch {
+				if err := s.handle(&batch[i]); err != nil {
+					return err
+				}
 			}
+			s.tr.Recycle(batch)
 			if len(evs) == 0 {
 				s.flush()
 			}
