@@ -50,7 +50,6 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		logger.Info("tracing transitions", "ports", o.tracer.Ports)
 	}
 	runErr := s.run(c.Context)
-	debugStop()
 	closeErr := tr.Close()
 	s.summary()
 	return oneline.Join(runErr, closeErr)
