@@ -270,6 +270,18 @@ func (c *child) sock(t *testing.T) sock {
 	return sock{ino, fd}
 }
 
+// startHolding starts a child holding n listening sockets, ready.
+func startHolding(t *testing.T, n int) (*child, []sock) {
+	t.Helper()
+	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
+	socks := make([]sock, 0, n)
+	for range n {
+		socks = append(socks, c.sock(t))
+	}
+	c.next(t, "ready")
+	return c, socks
+}
+
 func (c *child) send(t *testing.T, cmd string) {
 	t.Helper()
 	if _, err := io.WriteString(c.stdin, cmd+"\n"); err != nil {
@@ -477,12 +489,7 @@ func TestResolveNetns(t *testing.T) {
 
 func TestResolveCache(t *testing.T) {
 	const n = 200
-	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
-	var socks []sock
-	for range n {
-		socks = append(socks, c.sock(t))
-	}
-	c.next(t, "ready")
+	c, socks := startHolding(t, n)
 	netns := netnsSelf(t)
 
 	r := NewResolver(Config{MinRescan: time.Hour})
@@ -529,12 +536,7 @@ func TestResolveCache(t *testing.T) {
 
 func TestResolveConcurrent(t *testing.T) {
 	const n = 20
-	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
-	var socks []sock
-	for range n {
-		socks = append(socks, c.sock(t))
-	}
-	c.next(t, "ready")
+	c, socks := startHolding(t, n)
 	netns := netnsSelf(t)
 
 	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: -1, MaxAge: time.Nanosecond})
@@ -558,12 +560,7 @@ func TestResolveConcurrent(t *testing.T) {
 
 func TestResolveMaxEntries(t *testing.T) {
 	const n = 10
-	c := startChild(t, childOpts{env: []string{helperN + "=" + strconv.Itoa(n)}}, "listen")
-	var socks []sock
-	for range n {
-		socks = append(socks, c.sock(t))
-	}
-	c.next(t, "ready")
+	c, socks := startHolding(t, n)
 
 	r := NewResolver(Config{MaxEntries: 3, MinRescan: time.Hour})
 	if owners, _ := r.Resolve(socks[0].ino, netnsSelf(t), []int{c.pid()}); len(owners) != 1 {
