@@ -101,7 +101,6 @@ func (t *Tracer) listIn(ns namespace, visit func(ev *events.Event, isNew, untrac
 	var ev events.Event
 	return t.readIteratorIn(ns, func(data []byte) {
 		for ; len(data) >= eventSize; data = data[eventSize:] {
-			ev = events.Event{}
 			if err := t.dec.decode(data[:eventSize], &ev); err != nil {
 				t.decodeErrs.Add(1)
 				continue
