@@ -16,8 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/tcptrace/tcptrace/internal/loopback"
 	"github.com/tcptrace/tcptrace/internal/schemacheck"
 	"github.com/tcptrace/tcptrace/internal/testenv"
 )
@@ -163,7 +162,7 @@ func runHelper(role string) {
 	case "netns-leak":
 		// Runs in a new network namespace: bring up lo, then leak the
 		// server side of a connection made inside it.
-		if err := loopbackUp(); err != nil {
+		if err := loopback.Up(); err != nil {
 			fail(err)
 		}
 		ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -237,24 +236,6 @@ func helperCommand(role string, args ...string) *exec.Cmd {
 	cmd.Env = append(os.Environ(), helperEnv+"="+role)
 	cmd.Stderr = os.Stderr
 	return cmd
-}
-
-// loopbackUp sets lo up, as a new network namespace starts with it down.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return err
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
 
 // helper is a running helper process and its output lines.

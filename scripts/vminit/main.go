@@ -27,6 +27,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/loopback"
 )
 
 const (
@@ -152,7 +154,7 @@ func setup() error {
 	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &nofile); err != nil {
 		return fmt.Errorf("raise RLIMIT_NOFILE: %w", err)
 	}
-	if err := loopbackUp(); err != nil {
+	if err := loopback.Up(); err != nil {
 		return err
 	}
 	// The kernel passes init HOME=/ and TERM=linux, plus any unknown
@@ -189,27 +191,6 @@ func ensureConsole() error {
 	}
 	if fd > 2 {
 		unix.Close(fd)
-	}
-	return nil
-}
-
-// loopbackUp sets IFF_UP on "lo" (there is no ip binary in the initramfs).
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("loopback: socket: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return fmt.Errorf("loopback: %w", err)
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback: get flags: %w", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP | unix.IFF_RUNNING)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("loopback: set flags: %w", err)
 	}
 	return nil
 }
