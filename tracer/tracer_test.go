@@ -197,11 +197,7 @@ func TestAutoAttachChoice(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := unix.ByteSliceToString(uts.Release[:])
-	var major, minor int
-	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err != nil {
-		t.Fatalf("kernel release %q: %v", release, err)
-	}
-	atLeast := func(ma, mi int) bool { return major > ma || (major == ma && minor >= mi) }
+	atLeast := func(major, minor int) bool { return testenv.KernelAtLeast(t, major, minor) }
 
 	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait})
 	if err != nil {

@@ -389,7 +389,7 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Skipf("setpriv (util-linux) unusable here: %v", err)
 	}
 	caps := "+bpf,+perfmon,+sys_ptrace"
-	if kernelBefore(t, 5, 11) {
+	if !testenv.KernelAtLeast(t, 5, 11) {
 		// eBPF memory counts against RLIMIT_MEMLOCK there (README).
 		caps += ",+sys_resource"
 	}
@@ -412,25 +412,4 @@ func TestLeastPrivilege(t *testing.T) {
 		strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 {
 		t.Errorf("without CAP_BPF: %v, exit %d, stderr %q; want exit 1 and one line naming CAP_BPF", err, code, stderr.String())
 	}
-}
-
-// kernelBefore reports whether the running kernel is older than major.minor.
-func kernelBefore(t *testing.T, major, minor int) bool {
-	t.Helper()
-	var uts syscall.Utsname
-	if err := syscall.Uname(&uts); err != nil {
-		t.Fatal(err)
-	}
-	var b strings.Builder
-	for _, c := range uts.Release {
-		if c == 0 {
-			break
-		}
-		b.WriteByte(byte(c))
-	}
-	var ma, mi int
-	if _, err := fmt.Sscanf(b.String(), "%d.%d", &ma, &mi); err != nil {
-		t.Fatalf("kernel release %q: %v", b.String(), err)
-	}
-	return ma < major || (ma == major && mi < minor)
 }
