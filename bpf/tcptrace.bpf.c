@@ -23,8 +23,15 @@ const volatile bool filter_ports = false;
  * prunes. */
 const volatile bool use_cookie = false;
 /* 0: the kernel's adaptive wake-up. Otherwise submit without waking the
- * reader until this many bytes wait; the reader also polls on a timer. */
+ * reader, which polls on a timer, unless it lags by wakeup_bytes or more;
+ * then wake it once per wakeup_step bytes produced (a power of two), not per
+ * event: when the reader is late, an interrupt per event would make the
+ * producing CPUs pay most. */
 const volatile __u64 wakeup_bytes = 0;
+const volatile __u64 wakeup_step = 0;
+
+/* An event's footprint in the ring: an 8-byte header, 8-byte aligned. */
+#define RINGBUF_RECORD_BYTES ((sizeof(struct event) + 8 + 7) / 8 * 8)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -251,11 +258,18 @@ static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int
 	}
 	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, btf);
 
-	/* One wake-up per event costs an IRQ-work interrupt each: batch them. */
-	if (wakeup_bytes)
-		wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-			       BPF_RB_FORCE_WAKEUP :
-			       BPF_RB_NO_WAKEUP;
+	/* One wake-up per event costs an IRQ-work interrupt each: batch them.
+	 * The record that takes the producer position past a multiple of the
+	 * step asks for one. Another CPU may reserve in between, so a step can
+	 * pass unnoticed: the next one, or the reader's timer, wakes it. */
+	if (wakeup_bytes) {
+		__u64 prod = bpf_ringbuf_query(&events, BPF_RB_PROD_POS);
+
+		wake = BPF_RB_NO_WAKEUP;
+		if ((prod & (wakeup_step - 1)) < RINGBUF_RECORD_BYTES &&
+		    prod - bpf_ringbuf_query(&events, BPF_RB_CONS_POS) >= wakeup_bytes)
+			wake = BPF_RB_FORCE_WAKEUP;
+	}
 	bpf_ringbuf_submit(ev, wake);
 }
 

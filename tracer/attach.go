@@ -134,6 +134,10 @@ func (t *Tracer) loadAndAttach() error {
 	return fmt.Errorf("no usable attach point: %w", oneline.Join(failures...))
 }
 
+// wakeupStepMin keeps the wake-up step above the size of one ring-buffer
+// record (a power of two, as the programs mask with it).
+const wakeupStepMin = 256
+
 // snapshotProg is the iter/tcp program of the start-up snapshot.
 const snapshotProg = "tcptrace_snapshot"
 
@@ -162,8 +166,10 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		"filter_ports": len(t.cfg.Ports) > 0,
 		"use_cookie":   c.cookie,
 		// Wake the reader early only when a quarter of the ring is used;
-		// otherwise it polls every FlushInterval.
+		// otherwise it polls every FlushInterval. While it stays behind,
+		// wake it again every 1/32 of the ring.
 		"wakeup_bytes": uint64(t.cfg.RingBufBytes / 4),
+		"wakeup_step":  uint64(max(t.cfg.RingBufBytes/32, wakeupStepMin)),
 	} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)

@@ -113,6 +113,7 @@ type tcptraceVariableSpecs struct {
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UseCookie   *ebpf.VariableSpec `ebpf:"use_cookie"`
 	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupStep  *ebpf.VariableSpec `ebpf:"wakeup_step"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -165,6 +166,7 @@ type tcptraceVariables struct {
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UseCookie   *ebpf.Variable `ebpf:"use_cookie"`
 	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupStep  *ebpf.Variable `ebpf:"wakeup_step"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.

@@ -215,3 +215,95 @@ func TestAutoAttachChoice(t *testing.T) {
 		t.Errorf("Linux %s: socket listing %v, want %v", release, tr.CanList(), want)
 	}
 }
+
+// irqWork returns the host's count of IRQ-work interrupts, summed over CPUs:
+// each ring-buffer wake-up of the reader is one.
+func irqWork(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/interrupts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "IWI:")
+		if !ok {
+			continue
+		}
+		var sum uint64
+		for _, f := range strings.Fields(rest) {
+			n, err := strconv.ParseUint(f, 10, 64)
+			if err != nil {
+				break // the description after the per-CPU counts
+			}
+			sum += n
+		}
+		return sum
+	}
+	t.Skip("no IWI line in /proc/interrupts on this architecture")
+	return 0
+}
+
+// A reader that falls behind is woken once in a while, not by every event:
+// a wake-up costs the producing CPU an interrupt, which would make a busy
+// host pay most when the reader is already late.
+func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	const ring = 256 << 10
+	tr, err := tracer.New(tracer.Config{
+		Mode: tracer.ModeTrace, Ports: []uint16{uint16(ln.Addr().(*net.TCPAddr).Port)},
+		RingBufBytes: ring, QueueLen: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+
+	// Nothing consumes Events: the reader stops after a batch or two and
+	// the ring fills past the quarter that asks for a wake-up.
+	before := irqWork(t)
+	for range 200 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	time.Sleep(200 * time.Millisecond)
+	wakeups := irqWork(t) - before
+
+	tr.Stop()
+	n := 0
+	for batch := range tr.Events() {
+		n += len(batch)
+		tr.Recycle(batch)
+	}
+	lost, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Past a quarter of the ring, every event asked the old code for a
+	// wake-up; allow a few hundred for the host's other IRQ work.
+	const recordBytes = 120
+	lagging := n - ring/4/recordBytes - 2*64
+	if lagging < 500 {
+		t.Fatalf("only %d events (lost %v): the reader never lagged by a quarter of the ring", n, lost)
+	}
+	if wakeups > uint64(lagging)/4 {
+		t.Errorf("%d IRQ-work interrupts while %d events waited behind a lagging reader, want far fewer", wakeups, lagging)
+	}
+	t.Logf("%d events, %d past the wake-up mark, %d IRQ-work interrupts, lost %v", n, lagging, wakeups, lost)
+}
