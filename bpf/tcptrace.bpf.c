@@ -78,13 +78,9 @@ struct {
 	__type(value, __u64);
 } state_since SEC(".maps");
 
-/* --port filter: local or remote port, host byte order. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u16);
-	__type(value, __u8);
-} ports SEC(".maps");
+/* --port filter: bit p set for each port p wanted as local or remote port.
+ * Read-only data, so a test is two loads where a hash lookup is a helper call. */
+const volatile __u64 port_bits[65536 / 64] = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -142,11 +138,16 @@ static __always_inline struct ports read_ports(struct sock *sk, int newstate, co
 	return p;
 }
 
+static __always_inline bool port_bit(__u16 port)
+{
+	return port_bits[port / 64] & (1ULL << (port % 64));
+}
+
 static __always_inline bool port_wanted(struct ports p)
 {
 	if (!filter_ports)
 		return true;
-	return bpf_map_lookup_elem(&ports, &p.local) || bpf_map_lookup_elem(&ports, &p.remote);
+	return port_bit(p.local) || port_bit(p.remote);
 }
 
 /* A transition that starts a socket's life: earlier per-socket state under the

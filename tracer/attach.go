@@ -175,14 +175,12 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
 	}
+	if err := spec.Variables["port_bits"].Set(portBits(t.cfg.Ports)); err != nil {
+		return fmt.Errorf("set port_bits: %w", err)
+	}
 	coll, err := ebpf.NewCollection(onlyProgram(spec, c.prog))
 	if err != nil {
 		return fmt.Errorf("load: %w", shortVerifierError(err))
-	}
-	// Fill the filter before attaching: an empty filter drops everything.
-	if err := setPorts(coll.Maps["ports"], t.cfg.Ports); err != nil {
-		coll.Close()
-		return err
 	}
 	l, err := c.attach(coll.Programs[c.prog])
 	if err != nil {
@@ -248,11 +246,12 @@ func shortVerifierError(err error) error {
 	return fmt.Errorf("%w: %s", ve.Cause, strings.Join(log, "; "))
 }
 
-func setPorts(m *ebpf.Map, ports []uint16) error {
+// portBits is the --port filter as the programs read it: bit p of the
+// bitmap set for each port p.
+func portBits(ports []uint16) [65536 / 64]uint64 {
+	var bits [65536 / 64]uint64
 	for _, p := range ports {
-		if err := m.Put(p, uint8(1)); err != nil {
-			return fmt.Errorf("set port filter %d: %w", p, err)
-		}
+		bits[p/64] |= 1 << (p % 64)
 	}
-	return nil
+	return bits
 }

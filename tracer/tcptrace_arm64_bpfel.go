@@ -99,7 +99,6 @@ type tcptraceMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
-	Ports      *ebpf.MapSpec `ebpf:"ports"`
 	SkSince    *ebpf.MapSpec `ebpf:"sk_since"`
 	StateSince *ebpf.MapSpec `ebpf:"state_since"`
 }
@@ -110,6 +109,7 @@ type tcptraceMapSpecs struct {
 type tcptraceVariableSpecs struct {
 	FilterPorts *ebpf.VariableSpec `ebpf:"filter_ports"`
 	Mode        *ebpf.VariableSpec `ebpf:"mode"`
+	PortBits    *ebpf.VariableSpec `ebpf:"port_bits"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UseCookie   *ebpf.VariableSpec `ebpf:"use_cookie"`
 	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -140,7 +140,6 @@ type tcptraceMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
 	Events     *ebpf.Map `ebpf:"events"`
-	Ports      *ebpf.Map `ebpf:"ports"`
 	SkSince    *ebpf.Map `ebpf:"sk_since"`
 	StateSince *ebpf.Map `ebpf:"state_since"`
 }
@@ -151,7 +150,6 @@ func (m *tcptraceMaps) Close() error {
 		m.Counters,
 		m.CwOverflow,
 		m.Events,
-		m.Ports,
 		m.SkSince,
 		m.StateSince,
 	)
@@ -163,6 +161,7 @@ func (m *tcptraceMaps) Close() error {
 type tcptraceVariables struct {
 	FilterPorts *ebpf.Variable `ebpf:"filter_ports"`
 	Mode        *ebpf.Variable `ebpf:"mode"`
+	PortBits    *ebpf.Variable `ebpf:"port_bits"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UseCookie   *ebpf.Variable `ebpf:"use_cookie"`
 	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
