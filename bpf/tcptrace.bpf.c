@@ -18,9 +18,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by user space before load. */
 const volatile __u8 mode = MODE_CLOSEWAIT;
 const volatile bool filter_ports = false;
-/* bpf_get_socket_cookie and socket-local storage are usable from this program
- * type (tp_btf on >= 5.12). When false the calls are dead code the verifier
- * prunes. */
+/* bpf_get_socket_cookie is usable from this program type (tp_btf on >= 5.12).
+ * When false the call is dead code the verifier prunes. */
 const volatile bool use_cookie = false;
 /* 0: the kernel's adaptive wake-up. Otherwise submit without waking the
  * reader, which polls on a timer, unless it lags by wakeup_bytes or more;
@@ -59,24 +58,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u8);
 } cw_overflow SEC(".maps");
-
-/* trace mode, tp_btf on >= 5.12: when each socket entered its current state,
- * stored with the socket itself and freed with it. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} sk_since SEC(".maps");
-
-/* trace mode otherwise: the same, keyed by socket address. LRU so entries of
- * sockets whose final transition was missed cannot fill the map for good. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u64);
-} state_since SEC(".maps");
 
 /* --port filter: bit p set for each port p wanted as local or remote port.
  * Read-only data, so a test is two loads where a hash lookup is a helper call. */
@@ -148,14 +129,6 @@ static __always_inline bool port_wanted(struct ports p)
 	if (!filter_ports)
 		return true;
 	return port_bit(p.local) || port_bit(p.remote);
-}
-
-/* A transition that starts a socket's life: earlier per-socket state under the
- * same address belongs to a freed socket. A passive child is cloned from its
- * listener and enters SYN_RECV from LISTEN. */
-static __always_inline bool is_birth(int oldstate, int newstate)
-{
-	return oldstate == TCP_CLOSE || (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
 }
 
 /* Before 5.15 struct sock_cgroup_data was a union whose u64 held a cgroup
@@ -274,42 +247,15 @@ static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int
 	bpf_ringbuf_submit(ev, wake);
 }
 
+/* trace mode: every transition. How long the socket spent in the state it
+ * leaves is worked out in user space, from the socket's previous event. */
 static __always_inline void trace_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
-	__u64 key = (__u64)sk, now, aux = 0, *since;
 	struct ports p = read_ports(sk, newstate, btf);
-	__u8 flags = 0;
 
 	if (!port_wanted(p))
 		return;
-	now = bpf_ktime_get_boot_ns();
-	if (btf && use_cookie) {
-		/* Freed with the socket: nothing to delete, nothing stale. */
-		since = bpf_sk_storage_get(&sk_since, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (!since) {
-			count(CNT_MAP_FULL);
-		} else {
-			if (*since && !is_birth(oldstate, newstate)) {
-				aux = now - *since;
-				flags |= EVF_AUX_VALID;
-			}
-			*since = now;
-		}
-		emit(sk, p, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
-		return;
-	}
-	since = bpf_map_lookup_elem(&state_since, &key);
-	if (since && !is_birth(oldstate, newstate)) {
-		aux = now - *since;
-		flags |= EVF_AUX_VALID;
-	}
-	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&state_since, &key);
-	else if (since)
-		*since = now;
-	else if (bpf_map_update_elem(&state_since, &key, &now, BPF_ANY))
-		count(CNT_MAP_FULL);
-	emit(sk, p, EV_TRANSITION, oldstate, newstate, now, aux, flags, btf);
+	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, btf);
 }
 
 static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)

@@ -44,7 +44,7 @@ struct event {
 	__u64 ts_ns;  /* CLOCK_BOOTTIME of the transition */
 	__u64 skaddr; /* kernel address: correlation key only, never exported */
 	__u64 cookie; /* socket cookie when EVF_COOKIE */
-	__u64 aux_ns; /* transition: ns spent in old state; cw_leave: FIN time (boot ns) */
+	__u64 aux_ns; /* cw_leave: FIN time; snapshot: first sight (boot ns) */
 	__u32 netns;  /* network namespace inode */
 	__u32 pid;    /* tgid of the task the kernel ran in (not necessarily the owner) */
 	__u8 saddr[16];

@@ -104,7 +104,8 @@ const (
 	// kernel's table; its events still arrive, correlated in user space.
 	LostKernelTableFull
 	// LostTableFull: a CLOSE-WAIT socket could not be tracked in user space;
-	// it will not be reported stuck.
+	// it will not be reported stuck. In trace mode: a socket's state
+	// timestamp was evicted; its next transition has no PrevStateNS.
 	LostTableFull
 	// NumLostCauses is the number of causes.
 	NumLostCauses

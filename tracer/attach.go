@@ -148,9 +148,9 @@ const (
 )
 
 func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
-	mode, closewaitSize, stateSize := uint8(kernModeCloseWait), t.cfg.MaxTracked, uint32(1)
+	mode, closewaitSize := uint8(kernModeCloseWait), t.cfg.MaxTracked
 	if t.cfg.Mode == ModeTrace {
-		mode, closewaitSize, stateSize = kernModeTrace, 1, t.cfg.MaxTracked
+		mode, closewaitSize = kernModeTrace, 1
 	}
 	spec.Maps["closewait"].MaxEntries = closewaitSize
 	// Consulted only while a listing runs: it needs to hold the sockets
@@ -159,7 +159,6 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	if c.prealloc {
 		spec.Maps["closewait"].Flags &^= unix.BPF_F_NO_PREALLOC
 	}
-	spec.Maps["state_since"].MaxEntries = stateSize
 	spec.Maps["events"].MaxEntries = t.cfg.RingBufBytes
 	for name, value := range map[string]any{
 		"mode":         mode,

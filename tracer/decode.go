@@ -117,9 +117,7 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	switch b[offKind] {
 	case evTransition:
 		ev.Kind = events.KindTransition
-		ev.Task = task
-		// Time in a state cannot exceed time since boot.
-		ev.PrevStateNS, ev.HasPrevState = aux, auxValid && aux >= 0 && aux <= ts
+		ev.Task = task // PrevStateNS: see stateClock
 	case evCWEnter, evSnapshot:
 		// A snapshot socket was already in CLOSE_WAIT: its age counts from
 		// first sight, now or when a listing first found it.

@@ -99,8 +99,6 @@ type tcptraceMapSpecs struct {
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
 	Events     *ebpf.MapSpec `ebpf:"events"`
-	SkSince    *ebpf.MapSpec `ebpf:"sk_since"`
-	StateSince *ebpf.MapSpec `ebpf:"state_since"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -140,8 +138,6 @@ type tcptraceMaps struct {
 	Counters   *ebpf.Map `ebpf:"counters"`
 	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
 	Events     *ebpf.Map `ebpf:"events"`
-	SkSince    *ebpf.Map `ebpf:"sk_since"`
-	StateSince *ebpf.Map `ebpf:"state_since"`
 }
 
 func (m *tcptraceMaps) Close() error {
@@ -150,8 +146,6 @@ func (m *tcptraceMaps) Close() error {
 		m.Counters,
 		m.CwOverflow,
 		m.Events,
-		m.SkSince,
-		m.StateSince,
 	)
 }
 

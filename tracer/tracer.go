@@ -58,7 +58,7 @@ type Config struct {
 	Ports  []uint16 // only sockets with one of these local or remote ports; empty: all
 	Attach Attach   // AttachAuto picks the best hook the kernel allows
 	// MaxTracked bounds the kernel's table of CLOSE-WAIT sockets (closewait
-	// mode) or of per-socket state timestamps (trace mode).
+	// mode) or the table of when each socket entered its state (trace mode).
 	MaxTracked uint32
 	// RingBufBytes is the ring buffer size; a power of two, multiple of the page size.
 	RingBufBytes uint32
@@ -133,6 +133,9 @@ type Tracer struct {
 	snapshotIter *link.Iter
 	cookie       bool // sock ids are socket cookies
 
+	// Time in the previous state, for trace mode; nil in closewait mode.
+	states *stateClock
+
 	// queue carries batches of events from the ring-buffer reader to the
 	// consumer, and free brings the consumed ones back (Recycle): a fixed
 	// set of batches, so steady traffic allocates nothing, and a channel
@@ -182,6 +185,9 @@ func New(cfg Config) (_ *Tracer, err error) {
 		t.free <- make([]events.Event, 0, batchLen)
 	}
 	t.dec = newDecoder(t.clock)
+	if cfg.Mode == ModeTrace {
+		t.states = newStateClock(int(cfg.MaxTracked))
+	}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -298,6 +304,9 @@ func (t *Tracer) readLoop() {
 			batch = batch[:len(batch)-1]
 			continue
 		}
+		if t.states != nil {
+			t.states.observe(&batch[len(batch)-1])
+		}
 		if (len(batch) == cap(batch) || t.reader.AvailableBytes() == 0) && !send() {
 			return
 		}
@@ -352,6 +361,9 @@ func (t *Tracer) Lost() (events.LostCounts, error) {
 		return c, fmt.Errorf("read program stats: %w", err)
 	}
 	c[events.LostKernelTableFull] += t.snapshotUntracked.Load()
+	if t.states != nil {
+		c[events.LostTableFull] = t.states.evicted.Load()
+	}
 	c[events.LostRecursion] = stats.RecursionMisses
 	c[events.LostDecode] = t.decodeErrs.Load()
 	return c, nil

@@ -307,3 +307,56 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 	}
 	t.Logf("%d events, %d past the wake-up mark, %d IRQ-work interrupts, lost %v", n, lagging, wakeups, lost)
 }
+
+// In trace mode MaxTracked bounds the table of state timestamps: past it,
+// entries are evicted and counted as table_full, and a tracked socket still
+// gets its time in the previous state.
+func TestTraceStateTableBounded(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeTrace, Ports: []uint16{port}, MaxTracked: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	// Three connections held open: six sockets born, each one evicting
+	// another's timestamp once two are held.
+	for range 3 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	tr.Stop()
+	withPrev := 0
+	for batch := range tr.Events() {
+		for _, ev := range batch {
+			if ev.HasPrevState {
+				withPrev++
+			}
+		}
+		tr.Recycle(batch)
+	}
+	lost, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost[events.LostTableFull] < 4 {
+		t.Errorf("table_full %d, want at least 4 evictions for 6 sockets in 2 slots (lost %v)", lost[events.LostTableFull], lost)
+	}
+	if withPrev == 0 {
+		t.Error("no transition has prev_state_ns")
+	}
+}
