@@ -164,6 +164,9 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		"mode":         mode,
 		"filter_ports": len(t.cfg.Ports) > 0,
 		"use_cookie":   c.cookie,
+		// bpf_get_current_task_btf came in 5.11, socket cookies for
+		// tp_btf in 5.12: a kernel that takes the one has the other.
+		"use_task_btf": c.cookie,
 		// Wake the reader early only when a quarter of the ring is used;
 		// otherwise it polls every FlushInterval. While it stays behind,
 		// wake it again every 1/32 of the ring.

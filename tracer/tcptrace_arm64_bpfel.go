@@ -110,6 +110,7 @@ type tcptraceVariableSpecs struct {
 	PortBits    *ebpf.VariableSpec `ebpf:"port_bits"`
 	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
 	UseCookie   *ebpf.VariableSpec `ebpf:"use_cookie"`
+	UseTaskBtf  *ebpf.VariableSpec `ebpf:"use_task_btf"`
 	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 	WakeupStep  *ebpf.VariableSpec `ebpf:"wakeup_step"`
 }
@@ -158,6 +159,7 @@ type tcptraceVariables struct {
 	PortBits    *ebpf.Variable `ebpf:"port_bits"`
 	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
 	UseCookie   *ebpf.Variable `ebpf:"use_cookie"`
+	UseTaskBtf  *ebpf.Variable `ebpf:"use_task_btf"`
 	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
 	WakeupStep  *ebpf.Variable `ebpf:"wakeup_step"`
 }

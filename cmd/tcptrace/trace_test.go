@@ -150,6 +150,20 @@ func TestTraceFullSequence(t *testing.T) {
 		if !slices.Equal(listener, wantListener) {
 			t.Errorf("listener transitions = %v, want %v", listener, wantListener)
 		}
+
+		// connect() and listen() ran in this process: it is their task.
+		comm, err := os.ReadFile("/proc/self/comm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		self := jsonTask{PID: os.Getpid(), Comm: strings.TrimSuffix(string(comm), "\n")}
+		client := evs[idOf(c.isClient)].Sock
+		for _, ev := range evs {
+			connect := ev.Sock == client && ev.OldState == "CLOSE" && ev.NewState == "SYN_SENT"
+			if (connect || ev.Sock == evs[listenerAt].Sock && ev.NewState == "LISTEN") && (ev.Task == nil || *ev.Task != self) {
+				t.Errorf("task of %v: %+v, want this process %+v", ev, ev.Task, self)
+			}
+		}
 	})
 }
 
