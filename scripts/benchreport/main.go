@@ -224,13 +224,16 @@ type Run struct {
 
 // Summary is one configuration's row.
 type Summary struct {
-	Config          string   `json:"config"`
-	Runs            int      `json:"runs"`
-	FailedRuns      int      `json:"failed_runs"`
-	ConnPerSecond   float64  `json:"median_conn_per_second"`
-	ConnPerSecMin   float64  `json:"min_conn_per_second"`
-	ConnPerSecMax   float64  `json:"max_conn_per_second"`
-	PctOfBaseline   *float64 `json:"pct_of_no_tracer,omitempty"`
+	Config        string   `json:"config"`
+	Runs          int      `json:"runs"`
+	FailedRuns    int      `json:"failed_runs"`
+	ConnPerSecond float64  `json:"median_conn_per_second"`
+	ConnPerSecMin float64  `json:"min_conn_per_second"`
+	ConnPerSecMax float64  `json:"max_conn_per_second"`
+	PctOfBaseline *float64 `json:"pct_of_no_tracer,omitempty"`
+	// The median over rounds of the run's rate against the untraced run of
+	// the same round: drift of the host between rounds cancels out.
+	PairedPct       *float64 `json:"median_paired_pct_of_no_tracer,omitempty"`
 	CPUSeconds      *float64 `json:"median_cpu_seconds,omitempty"`
 	MaxRSSMiB       *float64 `json:"max_peak_rss_mib,omitempty"`
 	Expected        *float64 `json:"median_expected,omitempty"`
@@ -272,9 +275,10 @@ func maxOf(xs []float64, abs bool) *float64 {
 	return &m
 }
 
-func summarize(config string, runs []Run) Summary {
+// summarize makes config's row; baseline holds the untraced rate by round.
+func summarize(config string, runs []Run, baseline map[int]float64) Summary {
 	s := Summary{Config: config}
-	var rate, cpu, rss, exp, emit, lost, unacc, nsRun, cnt, rec []float64
+	var rate, paired, cpu, rss, exp, emit, lost, unacc, nsRun, cnt, rec []float64
 	for _, r := range runs {
 		if r.StatsRound {
 			if r.OK && r.RunTimeNs != nil && r.RunCnt != nil && *r.RunCnt > 0 {
@@ -292,6 +296,9 @@ func summarize(config string, runs []Run) Summary {
 			s.ProgNames = r.ProgNames
 		}
 		rate = append(rate, r.ConnPerSecond)
+		if b := baseline[r.Round]; b > 0 {
+			paired = append(paired, 100*r.ConnPerSecond/b)
+		}
 		if r.CPUSeconds != nil {
 			cpu = append(cpu, *r.CPUSeconds)
 		}
@@ -317,6 +324,7 @@ func summarize(config string, runs []Run) Summary {
 		s.ConnPerSecMin = -*maxOf(negate(rate), false)
 		s.ConnPerSecMax = *maxOf(rate, false)
 	}
+	s.PairedPct = median(paired)
 	s.CPUSeconds = median(cpu)
 	s.MaxRSSMiB = maxOf(rss, false)
 	s.Expected, s.Emitted = median(exp), median(emit)
@@ -379,10 +387,16 @@ func reportCmd(args []string) error {
 		return err
 	}
 
+	baseline := map[int]float64{}
+	for _, r := range byConfig["none"] {
+		if r.OK && !r.StatsRound {
+			baseline[r.Round] = r.ConnPerSecond
+		}
+	}
 	var sums []Summary
 	var base float64
 	for _, c := range order {
-		s := summarize(c, byConfig[c])
+		s := summarize(c, byConfig[c], baseline)
 		if c == "none" {
 			base = s.ConnPerSecond
 		}
@@ -397,25 +411,26 @@ func reportCmd(args []string) error {
 
 	m := machine()
 	fmt.Println(m.String())
-	fmt.Printf("%d connections per run, %d churn workers, %d rounds, configurations alternating; medians over rounds\n\n", *n, *workers, *rounds)
+	fmt.Printf("%d connections per run, %d churn workers, %d rounds, configurations alternating; medians over rounds (paired: of each round against its own untraced run)\n\n", *n, *workers, *rounds)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "config\truns\tconn/s\tvs none\tcpu s\tpeak RSS MiB\temitted/expected\tlost\tunaccounted\tns/run\trun_cnt\t")
+	fmt.Fprintln(tw, "config\truns\tconn/s\tvs none\tpaired\tcpu s\tpeak RSS MiB\temitted/expected\tlost\tunaccounted\tns/run\trun_cnt\t")
 	for _, s := range sums {
 		runsCol := strconv.Itoa(s.Runs)
 		if s.FailedRuns > 0 {
 			runsCol = fmt.Sprintf("%d (%d failed)", s.Runs, s.FailedRuns)
 		}
-		rate, pct := "-", "-"
+		rate, pct, paired := "-", "-", "-"
 		if s.Runs > s.FailedRuns {
 			rate = fmt.Sprintf("%.0f", s.ConnPerSecond)
 			pct = num(s.PctOfBaseline, "%.1f%%")
+			paired = num(s.PairedPct, "%.1f%%")
 		}
 		ee := "-"
 		if s.Expected != nil {
 			ee = fmt.Sprintf("%.0f/%.0f", *s.Emitted, *s.Expected)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			s.Config, runsCol, rate, pct, num(s.CPUSeconds, "%.2f"), num(s.MaxRSSMiB, "%.1f"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			s.Config, runsCol, rate, pct, paired, num(s.CPUSeconds, "%.2f"), num(s.MaxRSSMiB, "%.1f"),
 			ee, num(s.Lost, "%.0f"), num(s.Unaccounted, "%.0f"), num(s.NsPerRun, "%.0f"), num(s.RunCnt, "%.0f"))
 	}
 	tw.Flush()
