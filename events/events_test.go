@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -162,3 +163,30 @@ func FuzzAppendString(f *testing.F) {
 		}
 	})
 }
+
+// AppendTime writes what time.Time.AppendFormat writes, on the fast path
+// and off it, across leap days, century rules and zones.
+func TestAppendTime(t *testing.T) {
+	times := []time.Time{
+		time.Unix(0, 0), time.Unix(0, 1), time.Unix(86399, 999999999),
+		time.Date(2000, 2, 29, 23, 59, 59, 5, time.UTC), time.Date(2000, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2100, 2, 28, 12, 0, 0, 0, time.UTC), time.Date(2100, 3, 1, 12, 0, 0, 0, time.UTC),
+		time.Date(2026, 12, 31, 23, 59, 59, 999999999, time.UTC), time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1969, 12, 31, 23, 59, 59, 0, time.UTC), {},
+		time.Date(2026, 11, 24, 3, 4, 5, 6, time.FixedZone("UTC+13", 13*3600)),
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 100000 {
+		times = append(times, time.Unix(r.Int64N(maxTestUnix), r.Int64N(1e9)))
+	}
+	for _, tm := range times {
+		want := tm.UTC().Format(events.TimeLayout)
+		if got := string(events.AppendTime([]byte("x"), tm)); got != "x"+want {
+			t.Fatalf("AppendTime(%v) = %q, want %q", tm, got[1:], want)
+		}
+	}
+}
+
+// maxTestUnix is 9999-12-31T23:59:59Z.
+const maxTestUnix = 253402300799

