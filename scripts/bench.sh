@@ -13,6 +13,12 @@
 #   BENCH_CONFIGS  configurations (default "none closewait trace tcpstates bpftrace")
 #   BENCH_PEERS    0: neither install nor run the peers (default 1)
 #   BENCH_JSON     JSON report (default bench.json in the run's temp dir)
+#   BENCH_KEEP_EVENTS  1: keep every run's whole output (default: its last
+#                  1000 lines, in events.tail)
+#
+# The run directory is on /dev/shm when TMPDIR is unset and it is a tmpfs:
+# a trace run writes about 120 MB, and the disk's write-back of earlier runs
+# would otherwise land on later ones, whatever their configuration.
 #
 # Per run: churn's conn/s; the tracer's CPU from the start of the churn to its
 # exit (drain included, start-up excluded) and its peak RSS (GNU time); events
@@ -38,7 +44,13 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=bench
 # shellcheck source=scripts/lib.sh
 source "$repo/scripts/lib.sh"
-dir=$(mktemp -d "${TMPDIR:-/tmp}/tcptrace-bench.XXXXXX")
+tmp=${TMPDIR:-/tmp}
+# The binaries are built there too: not if it is mounted noexec.
+if [[ -z ${TMPDIR:-} ]] && [[ $(stat -f -c %T /dev/shm 2>/dev/null) == tmpfs ]] &&
+	! findmnt -no OPTIONS /dev/shm 2>/dev/null | grep -qw noexec; then
+	tmp=/dev/shm
+fi
+dir=$(mktemp -d "$tmp/tcptrace-bench.XXXXXX")
 JSON=${BENCH_JSON:-$dir/bench.json}
 bin=$dir/bin
 mkdir -p "$bin"
@@ -385,6 +397,10 @@ run_one() {
 			# Peers do not count the runs the kernel skipped; bpftool does.
 			lost=$((lost + ${rec:-0}))
 		fi
+		if [[ ${BENCH_KEEP_EVENTS:-0} != 1 ]]; then
+			tail -n 1000 "$d/events.out" >"$d/events.tail"
+			rm -f "$d/events.out"
+		fi
 		local unaccounted=$((expected - emitted - lost))
 		extra=$(printf ',"expected":%d,"emitted":%d,"lost":%d,"unaccounted":%d,"cpu_seconds":%s,"startup_cpu_seconds":%s,"peak_rss_kib":%d' \
 			"$expected" "$emitted" "$lost" "$unaccounted" "$cpu" "$start_cpu" "${peak:-0}")
@@ -430,7 +446,7 @@ echo
 "$bin/benchreport" report -runs "$runs" -json "$JSON" -n "$N" -workers "$WORKERS" -rounds "$ROUNDS"
 echo
 echo "JSON: $JSON"
-echo "runs: $dir (per run: churn.json, events.out, stderr, time, progs.json)"
+echo "runs: $dir (per run: churn.json, events.out or events.tail, stderr, time, progs.json)"
 cat <<'EOF'
 conn/s: churn's connections per second; vs none: ratio to the no-tracer median.
 cpu s: tracer CPU from the start of the churn to its exit; peak RSS over its life.

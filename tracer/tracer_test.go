@@ -216,6 +216,17 @@ func TestAutoAttachChoice(t *testing.T) {
 	}
 }
 
+// listenLoopback listens on a free loopback port, closed when the test ends.
+func listenLoopback(t *testing.T) (net.Listener, uint16) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, uint16(ln.Addr().(*net.TCPAddr).Port)
+}
+
 // irqWork returns the host's count of IRQ-work interrupts, summed over CPUs:
 // each ring-buffer wake-up of the reader is one.
 func irqWork(t *testing.T) uint64 {
@@ -248,11 +259,7 @@ func irqWork(t *testing.T) uint64 {
 // host pay most when the reader is already late.
 func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln, port := listenLoopback(t)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -264,7 +271,7 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 	}()
 	const ring = 256 << 10
 	tr, err := tracer.New(tracer.Config{
-		Mode: tracer.ModeTrace, Ports: []uint16{uint16(ln.Addr().(*net.TCPAddr).Port)},
+		Mode: tracer.ModeTrace, Ports: []uint16{port},
 		RingBufBytes: ring, QueueLen: 1,
 	})
 	if err != nil {
@@ -313,12 +320,7 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 // gets its time in the previous state.
 func TestTraceStateTableBounded(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln, port := listenLoopback(t)
 	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeTrace, Ports: []uint16{port}, MaxTracked: 2})
 	if err != nil {
 		t.Fatal(err)
