@@ -149,13 +149,19 @@ setup_apt() {
 			Dir::Cache::srcpkgcache "";
 			APT::Get::List-Cleanup "true";
 		CONF
+		# apt drops to its _apt user for downloads when run as root. It
+		# cannot reach a cache under a home of mode 700, such as /root: apt
+		# would then download as root anyway, with a warning that reads as
+		# a failed update. Say so instead; signatures are checked as ever.
+		if [[ $(id -u) -eq 0 ]] && id _apt >/dev/null 2>&1; then
+			chmod 755 "$CACHE" "$APTD"
+			if ! runuser -u _apt -- test -x "$APTD" 2>/dev/null; then
+				echo 'APT::Sandbox::User "root";'
+			fi
+		fi
 	} >"$APTD/apt.conf.new"
 	mv "$APTD/apt.conf.new" "$APTD/apt.conf"
 	export APT_CONFIG=$APTD/apt.conf
-	# apt drops to its _apt user for downloads when run as root.
-	if [[ $(id -u) -eq 0 ]] && id _apt >/dev/null 2>&1; then
-		chmod 755 "$CACHE" "$APTD"
-	fi
 }
 
 update_lists() {
