@@ -39,11 +39,12 @@ func TestDecodeOffsetsMatchGeneratedLayout(t *testing.T) {
 	}
 }
 
-func record(t *testing.T, ev tcptraceEvent) []byte {
-	t.Helper()
+// record encodes ev as the kernel would.
+func record(tb testing.TB, ev tcptraceEvent) []byte {
+	tb.Helper()
 	var b bytes.Buffer
 	if err := binary.Write(&b, binary.LittleEndian, ev); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return b.Bytes()
 }

@@ -2,7 +2,6 @@ package tracer
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"io"
 	"testing"
@@ -12,16 +11,6 @@ import (
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/track"
 )
-
-// rawRecord encodes ev as the kernel would.
-func rawRecord(b *testing.B, ev tcptraceEvent) []byte {
-	b.Helper()
-	var buf bytes.Buffer
-	if err := binary.Write(&buf, binary.LittleEndian, ev); err != nil {
-		b.Fatal(err)
-	}
-	return buf.Bytes()
-}
 
 // The hot path of `tcptrace trace`: decode a record, work out the time in
 // the previous state, encode it as a JSON line, write it through a buffered
@@ -42,7 +31,7 @@ func BenchmarkTraceHotPath(b *testing.B) {
 	}
 	copy(rec.Saddr[:], []byte{10, 0, 0, 1})
 	copy(rec.Daddr[:], []byte{10, 0, 0, 2})
-	raw := rawRecord(b, rec)
+	raw := record(b, rec)
 	w := bufio.NewWriterSize(io.Discard, 64<<10)
 	line := make([]byte, 0, 512)
 	var ev events.Event
@@ -73,7 +62,7 @@ func BenchmarkCloseWaitHotPath(b *testing.B) {
 	leave := enter
 	leave.TsNs, leave.AuxNs, leave.Kind, leave.Oldstate, leave.Newstate = 5.3e9, 5e9, evCWLeave, 8, 9
 	leave.Flags = flagCookie | flagAuxValid | flagApp
-	rawEnter, rawLeave := rawRecord(b, enter), rawRecord(b, leave)
+	rawEnter, rawLeave := record(b, enter), record(b, leave)
 	tk := track.New(track.Config{Threshold: time.Minute, MaxSockets: 1 << 18}, bootclock.New())
 	w := bufio.NewWriterSize(io.Discard, 64<<10)
 	line := make([]byte, 0, 512)
