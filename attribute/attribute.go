@@ -77,14 +77,18 @@ func (a *Attributor) cgroupContext(id uint64) cgroup.Context {
 // Owners resolves the processes holding an open socket's descriptors,
 // scanning /proc if need be (within the resolver's bounds): for stuck
 // reports and sockets found at start-up. It takes the container context
-// from the first owner when the socket's cgroup said nothing.
-func (a *Attributor) Owners(ev *events.Event) {
+// from the first owner when the socket's cgroup said nothing. When no
+// holder is known and the scan budget allows no scan yet, it returns how
+// long until one may run, so that the caller can ask again then rather
+// than report the socket unresolved.
+func (a *Attributor) Owners(ev *events.Event) (retry time.Duration) {
 	if ev.Inode == 0 {
 		ev.Owners, ev.OwnerSource = nil, events.OwnerNoFile
-		return
+		return 0
 	}
-	found, _ := a.owners.Resolve(ev.Inode, uint64(ev.NetNS), nil)
+	found, _, wait := a.owners.ResolveWait(ev.Inode, uint64(ev.NetNS), nil)
 	a.setOwners(ev, found)
+	return wait
 }
 
 // CachedOwners is Owners without scanning, for every socket entering

@@ -30,6 +30,19 @@ const volatile bool use_task_btf = false;
  * producing CPUs pay most. */
 const volatile __u64 wakeup_bytes = 0;
 const volatile __u64 wakeup_step = 0;
+/* closewait mode: send a record for every socket entering and leaving
+ * CLOSE_WAIT. Otherwise only what user space may report: sockets that did
+ * not fit the table, aborts, and closes at least emit_floor_ns after the FIN
+ * (the stuck threshold, or a lower latency floor). The rest is counted in
+ * the aggregates and never leaves the kernel. */
+const volatile bool emit_all = true;
+const volatile __u64 emit_floor_ns = 0;
+/* Filters on entering CLOSE_WAIT besides the ports: a network namespace
+ * inode, and a cgroup v2 id with its level (the socket's cgroup or one of
+ * its descendants matches). 0 means no filter. */
+const volatile __u32 filter_netns = 0;
+const volatile __u64 filter_cgroup_id = 0;
+const volatile __u32 filter_cgroup_level = 0;
 
 /* An event's footprint in the ring: an 8-byte header, 8-byte aligned. */
 #define RINGBUF_RECORD_BYTES ((sizeof(struct event) + 8 + 7) / 8 * 8)
@@ -50,6 +63,17 @@ struct {
 	__type(key, __u64);
 	__type(value, struct cw_entry);
 } closewait SEC(".maps");
+
+/* Counts and FIN-to-close histograms by socket cgroup, service port and
+ * direction. Preallocated (the classic tracepoint must not allocate) and
+ * bounded: a key that does not fit is counted under the DIR_OVERFLOW key,
+ * which user space inserts before attaching. Size set by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct agg_key);
+	__type(value, struct agg_val);
+} aggregates SEC(".maps");
 
 /* Sockets seen entering CLOSE_WAIT when the closewait table was full, so
  * that a listing does not take them for sockets that predate tcptrace. LRU:
@@ -72,8 +96,12 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Keeps struct event in the BTF so bpf2go can generate its Go type. */
+/* Keep the record types in the BTF so bpf2go can generate their Go types. */
 const struct event *unused_event __attribute__((unused));
+const struct agg_key *unused_agg_key __attribute__((unused));
+const struct agg_val *unused_agg_val __attribute__((unused));
+const enum direction *unused_direction __attribute__((unused));
+const enum counter *unused_counter __attribute__((unused));
 
 /* RD reads a socket field. The tp_btf and iterator programs get a typed
  * pointer and load through it directly; the classic tracepoint gets a plain
@@ -140,6 +168,11 @@ struct sock_cgroup_data___old {
 	__u64 val;
 } __attribute__((preserve_access_index));
 
+/* Before 6.0 a cgroup kept its ancestors' ids, not pointers to them. */
+struct cgroup___old {
+	__u64 ancestor_ids[0];
+} __attribute__((preserve_access_index));
+
 /* The cgroup v2 id of the socket: its creator's cgroup (a listener's, for an
  * accepted socket), i.e. the container or service it belongs to. */
 static __always_inline __u64 sock_cgroup_id(struct sock *sk, const bool btf)
@@ -164,6 +197,128 @@ static __always_inline __u64 sock_cgroup_id(struct sock *sk, const bool btf)
 	if (btf && bpf_core_field_exists(struct sock_cgroup_data, cgroup))
 		return cgrp->kn->id;
 	return BPF_CORE_READ(cgrp, kn, id);
+}
+
+/* The --cgroup filter: the socket's cgroup is filter_cgroup_id or below it.
+ * Only runs with the filter set, so every load is probed, whatever the hook. */
+static __always_inline bool cgroup_wanted(struct sock *sk)
+{
+	struct cgroup *cgrp = NULL, *anc = NULL;
+	__u32 lvl = filter_cgroup_level;
+	__u64 id = 0;
+
+	if (!filter_cgroup_id)
+		return true;
+	if (!bpf_core_field_exists(sk->sk_cgrp_data))
+		return false;
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup)) {
+		cgrp = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	} else {
+		struct sock_cgroup_data___old *old = (void *)__builtin_preserve_access_index(&sk->sk_cgrp_data);
+		__u64 val = BPF_CORE_READ(old, val);
+
+		if (!val || (val & 3))
+			return filter_cgroup_level == 0 && filter_cgroup_id == ROOT_CGROUP_ID;
+		cgrp = (struct cgroup *)val;
+	}
+	if (!cgrp || BPF_CORE_READ(cgrp, level) < (int)lvl || lvl > 1024)
+		return false;
+	if (bpf_core_field_exists(cgrp->ancestors)) {
+		bpf_probe_read_kernel(&anc, sizeof(anc), &cgrp->ancestors[lvl]);
+		if (!anc)
+			return false;
+		id = BPF_CORE_READ(anc, kn, id);
+	} else {
+		struct cgroup___old *o = (void *)cgrp;
+
+		bpf_probe_read_kernel(&id, sizeof(id), &o->ancestor_ids[lvl]);
+	}
+	return id == filter_cgroup_id;
+}
+
+/* Filters applied when a socket enters CLOSE_WAIT or is listed. */
+static __always_inline bool wanted(struct sock *sk, struct ports p, const bool btf)
+{
+	if (!port_wanted(p))
+		return false;
+	if (filter_netns &&
+	    RD(btf, sk->__sk_common.skc_net.net->ns.inum, BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum)) !=
+		    filter_netns)
+		return false;
+	return cgroup_wanted(sk);
+}
+
+/* Whether the socket's local port was chosen by connect(): the bind buckets
+ * that connect() creates, and only those, have fastreuse -1. Anything else
+ * was bound (by bind(), listen(), or inherited from a listener by accept()),
+ * and its local port is the service. */
+static __always_inline __u8 direction(struct sock *sk)
+{
+	struct inet_connection_sock *icsk = (void *)sk;
+	struct inet_bind_bucket *tb = BPF_CORE_READ(icsk, icsk_bind_hash);
+
+	if (tb && BPF_CORE_READ(tb, fastreuse) == -1)
+		return DIR_OUTBOUND;
+	return DIR_INBOUND;
+}
+
+static __always_inline void agg_key_of(struct agg_key *k, __u64 cgroup_id, __u8 dir, __u16 sport, __u16 dport)
+{
+	k->cgroup_id = cgroup_id;
+	k->port = dir == DIR_OUTBOUND ? dport : sport;
+	k->dir = dir;
+	__builtin_memset(k->pad, 0, sizeof(k->pad));
+}
+
+/* The aggregate of a key, created on first use; the overflow key when the
+ * table is full. */
+static __always_inline struct agg_val *aggregate(struct agg_key *k)
+{
+	static const struct agg_val zero = {};
+	struct agg_val *v = bpf_map_lookup_elem(&aggregates, k);
+
+	if (v)
+		return v;
+	/* A racing CPU may create it first: BPF_NOEXIST fails, the lookup finds it. */
+	bpf_map_update_elem(&aggregates, k, &zero, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(&aggregates, k);
+	if (v)
+		return v;
+	count(CNT_AGG_FULL);
+	k->cgroup_id = 0;
+	k->port = 0;
+	k->dir = DIR_OVERFLOW;
+	return bpf_map_lookup_elem(&aggregates, k);
+}
+
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 shift, r;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline __u32 hist_bucket(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 b;
+
+	if (us < 2)
+		return 0;
+	b = (us >> 32) ? log2_u32(us >> 32) + 32 : log2_u32(us);
+	return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
 }
 
 /* fill writes everything but the kind-specific fields into ev. */
@@ -263,75 +418,157 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 {
 	struct ports p = read_ports(sk, newstate, btf);
 
-	if (!port_wanted(p))
+	if (!wanted(sk, p, btf))
 		return;
 	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, btf);
 }
 
-static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
+/* fill_entry records what a stuck report needs of a socket entering
+ * CLOSE_WAIT (or found in it). */
+static __always_inline void fill_entry(struct cw_entry *e, struct sock *sk, struct ports p, __u64 now,
+				       __u8 flags, const bool btf)
+{
+	__u16 family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
+
+	e->fin_ns = now;
+	e->cookie = 0;
+	if (use_cookie) {
+		e->cookie = bpf_get_socket_cookie(sk);
+		flags |= CWF_COOKIE;
+	}
+	e->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
+	e->cgroup_id = sock_cgroup_id(sk, btf);
+	if (family == AF_INET6) {
+		if (btf) {
+			__builtin_memcpy(e->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(e->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+			BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		}
+	} else {
+		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		*(__u32 *)e->saddr = RD(btf, sk->__sk_common.skc_rcv_saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		*(__u32 *)e->daddr = RD(btf, sk->__sk_common.skc_daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	e->netns = RD(btf, sk->__sk_common.skc_net.net->ns.inum, BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
+	e->family = family;
+	e->sport = p.local;
+	e->dport = p.remote;
+	e->dir = direction(sk);
+	e->flags = flags;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+}
+
+static __always_inline void closewait_enter(struct sock *sk, int oldstate, const bool btf)
+{
+	struct ports p = read_ports(sk, TCP_CLOSE_WAIT, btf);
+	__u64 key = (__u64)sk, now;
+	struct agg_val *agg;
+	struct cw_entry entry;
+	struct agg_key ak;
+	__u8 flags = 0;
+
+	if (!wanted(sk, p, btf))
+		return;
+	now = bpf_ktime_get_boot_ns();
+	fill_entry(&entry, sk, p, now, 0, btf);
+	agg_key_of(&ak, entry.cgroup_id, entry.dir, p.local, p.remote);
+	agg = aggregate(&ak);
+	if (agg)
+		__sync_fetch_and_add(&agg->entered, 1);
+	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY)) {
+		__u8 seen = 1;
+
+		count(CNT_MAP_FULL);
+		bpf_map_update_elem(&cw_overflow, &key, &seen, BPF_ANY);
+	} else {
+		flags |= EVF_TRACKED;
+		/* Tracked: user space reads the table for sockets past the
+		 * threshold, and needs no record of a socket that closes before. */
+		if (!emit_all)
+			return;
+	}
+	emit(sk, p, EV_CW_ENTER, oldstate, TCP_CLOSE_WAIT, now, 0, flags, btf);
+}
+
+/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere means
+ * its CLOSE_WAIT exit was missed: report it late, not never. */
+static __always_inline void closewait_leave(struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	__u64 key = (__u64)sk, now, aux = 0;
-	struct cw_entry *tracked, entry;
+	struct cw_entry *tracked;
+	struct agg_val *agg = NULL;
+	struct agg_key ak;
+	bool counted = false, app;
 	struct ports p;
 	__u8 flags = 0;
 
-	if (newstate == TCP_CLOSE_WAIT) {
-		p = read_ports(sk, newstate, btf);
-		if (!port_wanted(p))
-			return;
-		now = bpf_ktime_get_boot_ns();
-		entry.fin_ns = now;
-		entry.sport = p.local;
-		entry.dport = p.remote;
-		entry.flags = 0;
-		if (bpf_map_update_elem(&closewait, &key, &entry, BPF_ANY)) {
-			__u8 seen = 1;
-
-			count(CNT_MAP_FULL);
-			bpf_map_update_elem(&cw_overflow, &key, &seen, BPF_ANY);
-		} else {
-			flags |= EVF_TRACKED;
-		}
-		emit(sk, p, EV_CW_ENTER, oldstate, newstate, now, 0, flags, btf);
-		return;
-	}
-	/* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere
-	 * means its CLOSE_WAIT exit was missed: report it late, not never. */
-	if (oldstate != TCP_CLOSE_WAIT && newstate != TCP_CLOSE)
-		return;
 	tracked = bpf_map_lookup_elem(&closewait, &key);
 	if (!tracked && oldstate != TCP_CLOSE_WAIT)
 		return;
 	p = read_ports(sk, newstate, btf);
-	if (tracked) {
-		bool same = tracked->sport == p.local && tracked->dport == p.remote;
-
-		aux = tracked->fin_ns;
-		if (tracked->flags & CWF_AGE_UNKNOWN)
-			flags |= EVF_AGE_UNKNOWN;
-		bpf_map_delete_elem(&closewait, &key);
-		/* Different ports: an earlier socket at this address left a stale
-		 * entry; it says nothing about this one. */
-		if (same)
-			flags |= EVF_AUX_VALID;
-		else
-			tracked = NULL;
-	}
-	if (!tracked && oldstate == TCP_CLOSE_WAIT)
-		bpf_map_delete_elem(&cw_overflow, &key);
-	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !port_wanted(p)))
-		return;
-	if (oldstate != TCP_CLOSE_WAIT)
-		flags |= EVF_INDIRECT;
 	/* close() sets both shutdown bits before it changes the state; a peer
 	 * reset or a timeout reaches CLOSE with only RCV_SHUTDOWN set. LAST_ACK
 	 * is reached only by the application's close() or shutdown(). */
-	if (newstate == TCP_LAST_ACK || oldstate == TCP_LAST_ACK ||
-	    (RD(btf, BPF_CORE_READ_BITFIELD(sk, sk_shutdown), BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown)) &
-	     SEND_SHUTDOWN))
-		flags |= EVF_APP;
+	app = newstate == TCP_LAST_ACK || oldstate == TCP_LAST_ACK ||
+	      (RD(btf, BPF_CORE_READ_BITFIELD(sk, sk_shutdown), BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown)) &
+	       SEND_SHUTDOWN);
 	now = bpf_ktime_get_boot_ns();
+	if (tracked) {
+		bool same = tracked->sport == p.local && tracked->dport == p.remote;
+
+		/* Different ports: an earlier socket at this address left a stale
+		 * entry; it says nothing about this one. */
+		if (same) {
+			aux = tracked->fin_ns;
+			flags |= EVF_AUX_VALID;
+			if (tracked->flags & CWF_AGE_UNKNOWN)
+				flags |= EVF_AGE_UNKNOWN;
+			agg_key_of(&ak, tracked->cgroup_id, tracked->dir, tracked->sport, tracked->dport);
+			counted = true;
+		}
+		bpf_map_delete_elem(&closewait, &key);
+		if (!same)
+			tracked = NULL;
+	}
+	if (!tracked && oldstate == TCP_CLOSE_WAIT && bpf_map_delete_elem(&cw_overflow, &key) == 0) {
+		/* Counted as entered when the table had no room for it. */
+		agg_key_of(&ak, sock_cgroup_id(sk, btf), direction(sk), p.local, p.remote);
+		counted = true;
+	}
+	if (counted && (agg = aggregate(&ak))) {
+		if (!app) {
+			__sync_fetch_and_add(&agg->aborted, 1);
+		} else {
+			__sync_fetch_and_add(&agg->closed, 1);
+			__u32 b = hist_bucket(now - aux);
+
+			if ((flags & (EVF_AUX_VALID | EVF_AGE_UNKNOWN)) == EVF_AUX_VALID && now >= aux &&
+			    b < HIST_BUCKETS)
+				__sync_fetch_and_add(&agg->hist[b], 1);
+		}
+	}
+	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !wanted(sk, p, btf)))
+		return;
+	/* A close before the floor is only counted: user space never saw the
+	 * socket, or let it go. Aborts and untracked sockets always go up. */
+	if (!emit_all && tracked && app && oldstate == TCP_CLOSE_WAIT && now - aux < emit_floor_ns)
+		return;
+	if (oldstate != TCP_CLOSE_WAIT)
+		flags |= EVF_INDIRECT;
+	if (app)
+		flags |= EVF_APP;
 	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, btf);
+}
+
+static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
+{
+	if (newstate == TCP_CLOSE_WAIT)
+		closewait_enter(sk, oldstate, btf);
+	else if (oldstate == TCP_CLOSE_WAIT || newstate == TCP_CLOSE)
+		closewait_leave(sk, oldstate, newstate, btf);
 }
 
 static __always_inline int handle(struct sock *sk, int oldstate, int newstate, const bool btf)
@@ -375,6 +612,8 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 {
 	struct sock_common *skc = ctx->sk_common;
 	struct cw_entry entry = {}, *known;
+	struct agg_val *agg;
+	struct agg_key ak;
 	struct event ev = {};
 	struct tcp_sock *tp;
 	struct sock *sk;
@@ -389,14 +628,11 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 		return 0;
 	sk = (struct sock *)tp;
 	p = read_ports(sk, TCP_CLOSE_WAIT, true);
-	if (!port_wanted(p))
+	if (!wanted(sk, p, true))
 		return 0;
 	key = (__u64)sk;
 	now = bpf_ktime_get_boot_ns();
-	entry.fin_ns = now;
-	entry.sport = p.local;
-	entry.dport = p.remote;
-	entry.flags = CWF_AGE_UNKNOWN;
+	fill_entry(&entry, sk, p, now, CWF_AGE_UNKNOWN, true);
 	if (bpf_map_update_elem(&closewait, &key, &entry, BPF_NOEXIST) == 0) {
 		/* The iterator does not hold the socket lock: if a close ran since
 		 * the state test, the entry would outlive the socket's exit. */
@@ -405,6 +641,9 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 			return 0;
 		}
 		flags |= EVF_TRACKED;
+		agg_key_of(&ak, entry.cgroup_id, entry.dir, p.local, p.remote);
+		if ((agg = aggregate(&ak)))
+			__sync_fetch_and_add(&agg->entered, 1);
 	} else if ((known = bpf_map_lookup_elem(&closewait, &key))) {
 		/* Tracked already: by the live program, by an earlier listing, or
 		 * by this one, when the seq_file buffer filled and the kernel runs

@@ -26,7 +26,19 @@ enum event_flag {
 /* cw_entry.flags */
 enum cw_flag {
 	CWF_AGE_UNKNOWN = 1 << 0, /* found by the start-up snapshot: fin_ns is first sight */
+	CWF_COOKIE = 1 << 1,      /* cookie holds the kernel's socket cookie */
 };
+
+/* Which side opened the connection, for the aggregates' service port. */
+enum direction {
+	DIR_INBOUND = 1,  /* accepted, or bound by the application: the service is the local port */
+	DIR_OUTBOUND = 2, /* connected from a port connect() chose: the service is the remote port */
+	DIR_OVERFLOW = 3, /* the aggregate table was full: counted under one key */
+};
+
+/* FIN-to-close histogram: bucket i counts closes in [2^i, 2^(i+1)) us;
+ * bucket 0 also takes those under 1 us, the last everything longer. */
+#define HIST_BUCKETS 36
 
 enum mode {
 	MODE_CLOSEWAIT = 0,
@@ -37,7 +49,8 @@ enum mode {
 enum counter {
 	CNT_RINGBUF_FULL = 0, /* bpf_ringbuf_reserve failed: an event was dropped */
 	CNT_MAP_FULL = 1,     /* a socket could not be tracked in a kernel table */
-	CNT_MAX = 2,
+	CNT_AGG_FULL = 2,     /* an aggregate key did not fit: counted under DIR_OVERFLOW */
+	CNT_MAX = 3,
 };
 
 struct event {
@@ -62,14 +75,40 @@ struct event {
 	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup), 0 if unknown */
 };
 
-/* Kernel-side record of a socket in CLOSE_WAIT. The ports tell a stale
- * entry (its socket's exit was missed and the address reused) from a live
- * one; fin_ns lets user space check that an entry is the episode it knows. */
+/* Kernel-side record of a socket in CLOSE_WAIT: all that a stuck report
+ * needs, so user space learns of a socket only by reading this table once
+ * the socket is past the threshold. The ports tell a stale entry (its
+ * socket's exit was missed and the address reused) from a live one; fin_ns
+ * lets user space check that an entry is the episode it knows. */
 struct cw_entry {
-	__u64 fin_ns;
+	__u64 fin_ns;    /* CLOCK_BOOTTIME of the FIN, or first sight (CWF_AGE_UNKNOWN) */
+	__u64 cookie;    /* socket cookie when CWF_COOKIE */
+	__u64 ino;       /* socket inode when it entered CLOSE_WAIT, 0 without a file */
+	__u64 cgroup_id; /* as in struct event */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 netns;
+	__u16 family;
 	__u16 sport;
 	__u16 dport;
-	__u32 flags; /* enum cw_flag */
+	__u8 dir;   /* enum direction */
+	__u8 flags; /* enum cw_flag */
+	__u8 pad[4];
+};
+
+/* Aggregates, per socket cgroup, service port and direction. */
+struct agg_key {
+	__u64 cgroup_id;
+	__u16 port; /* the service port: local if inbound, remote if outbound */
+	__u8 dir;   /* enum direction */
+	__u8 pad[5];
+};
+
+struct agg_val {
+	__u64 entered; /* entered CLOSE_WAIT (or found in it by a listing) */
+	__u64 closed;  /* left it by the application's close or shutdown */
+	__u64 aborted; /* left it otherwise: reset, timeout, destroyed */
+	__u64 hist[HIST_BUCKETS]; /* FIN-to-close of closes whose FIN time is known */
 };
 
 #endif

@@ -1,8 +1,11 @@
 package cgroup
 
 import (
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -131,4 +134,41 @@ func FuzzParsePath(f *testing.F) {
 	f.Fuzz(func(t *testing.T, path string) {
 		checkContext(t, path, ParsePath(path))
 	})
+}
+
+func TestSelect(t *testing.T) {
+	root := t.TempDir()
+	const id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+	for _, d := range []string{
+		"system.slice/nginx.service",
+		"kubepods.slice/kubepods-pod1.slice/cri-containerd-" + id + ".scope/child",
+	} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ino := func(rel string) uint64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(root, rel), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Ino
+	}
+	for spec, want := range map[string]Selected{
+		"/system.slice/nginx.service":       {"/system.slice/nginx.service", ino("system.slice/nginx.service"), 2},
+		filepath.Join(root, "system.slice"): {"/system.slice", ino("system.slice"), 1},
+		"/":                                 {"/", ino("."), 0},
+		id[:12]:                             {"/kubepods.slice/kubepods-pod1.slice/cri-containerd-" + id + ".scope", ino("kubepods.slice/kubepods-pod1.slice/cri-containerd-" + id + ".scope"), 3},
+		strings.ToUpper(id):                 {"/kubepods.slice/kubepods-pod1.slice/cri-containerd-" + id + ".scope", ino("kubepods.slice/kubepods-pod1.slice/cri-containerd-" + id + ".scope"), 3},
+	} {
+		got, err := Select(root, spec)
+		if err != nil || got != want {
+			t.Errorf("Select(%q) = %+v, %v; want %+v", spec, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "/no/such", "0123456789ab0000", "abc", "ffffffffffffffff"} {
+		if got, err := Select(root, bad); err == nil {
+			t.Errorf("Select(%q) = %+v, want an error", bad, got)
+		}
+	}
 }

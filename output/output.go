@@ -2,7 +2,7 @@
 package output
 
 import (
-	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/pipeline"
 )
 
 // Format selects how events are written.
@@ -33,55 +34,146 @@ func ParseFormat(s string) (Format, error) {
 }
 
 // Writer writes events through a buffer. Flush pushes buffered lines out;
-// the caller flushes when it has nothing more to write for now.
+// the caller flushes when it has nothing more to write for now. Written
+// counts the lines that reached the underlying writer whole.
 type Writer struct {
-	w     *bufio.Writer
-	buf   []byte
-	table bool
-	rows  int
+	w       io.Writer
+	pending []byte // whole lines not yet written
+	buf     []byte
+	table   bool
+	width   int // terminal width to fit table rows in; 0: no limit
+	rows    int
+	written uint64
+	// Table address columns grow to the widest address seen, so that IPv4
+	// rows stay narrow and the header is re-aligned when they grow.
+	colLocal, colRemote int
 }
 
-// New returns a writer for format, which must not be FormatAuto.
-func New(w io.Writer, format Format) *Writer {
-	return &Writer{w: bufio.NewWriterSize(w, 64<<10), buf: make([]byte, 0, 512), table: format == FormatTable}
+// flushAt is how much output is buffered before Write flushes by itself.
+const flushAt = 64 << 10
+
+// New returns a writer for format, which must not be FormatAuto. For a
+// table, width is the terminal's width: rows are cut to fit it, as ps
+// does (the JSON output has everything); 0 never cuts.
+func New(w io.Writer, format Format, width int) *Writer {
+	return &Writer{
+		w: w, pending: make([]byte, 0, flushAt+4096), buf: make([]byte, 0, 512),
+		table: format == FormatTable, width: width, colLocal: minColAddr, colRemote: minColAddr,
+	}
 }
 
 // Write writes one event.
 func (w *Writer) Write(e *events.Event) error {
 	b := w.buf[:0]
 	if w.table {
-		if w.rows%40 == 0 {
-			b = append(b, tableHeader...)
+		grew := w.fit(e)
+		if w.rows%40 == 0 || grew {
+			b = w.appendHeader(b)
 		}
 		w.rows++
-		b = appendRow(b, e)
+		b = w.appendRow(b, e)
 	} else {
 		b = events.AppendJSON(b, e)
 	}
+	return w.line(b)
+}
+
+// WriteStatus writes a status row in a table; JSON output has none, as
+// log pipelines have metrics for that.
+func (w *Writer) WriteStatus(st *pipeline.Status) error {
+	if !w.table {
+		return nil
+	}
+	b := w.buf[:0]
+	if w.rows%40 == 0 {
+		b = w.appendHeader(b)
+	}
+	w.rows++
+	start := len(b)
+	b = time.Now().AppendFormat(b, "15:04:05")
+	b = pad(b, start, colTime)
+	start = len(b)
+	b = append(b, "status"...)
+	b = pad(b, start, colEvent)
+	b = fmt.Appendf(b, "in CLOSE-WAIT %d, stuck %d, %.1f closes/s", st.InCloseWait, st.Stuck,
+		float64(st.Closes)/max(st.Interval.Seconds(), 1e-3))
+	if st.HasP99 {
+		b = append(b, ", p99 FIN->close <"...)
+		b = appendCompact(b, st.P99)
+	}
+	return w.line(b)
+}
+
+// line queues one line, cut to the terminal width.
+func (w *Writer) line(b []byte) error {
+	if w.table && w.width > 0 {
+		b = cut(b, w.width)
+	}
 	b = append(b, '\n')
 	w.buf = b
-	_, err := w.w.Write(b)
-	return err
+	w.pending = append(w.pending, b...)
+	if len(w.pending) >= flushAt {
+		return w.Flush()
+	}
+	return nil
 }
 
 // Flush writes out buffered lines.
-func (w *Writer) Flush() error { return w.w.Flush() }
+func (w *Writer) Flush() error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	n, err := w.w.Write(w.pending)
+	w.written += uint64(bytes.Count(w.pending[:n], []byte{'\n'}))
+	if err == nil && n < len(w.pending) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		// What is left would be a torn line: drop it, writing has failed.
+		w.pending = w.pending[:0]
+		return err
+	}
+	w.pending = w.pending[:0]
+	return nil
+}
 
-// Column widths of the table; DETAIL takes the rest of the line.
+// Written is the number of lines written out whole.
+func (w *Writer) Written() uint64 { return w.written }
+
+// Column widths of the table; DETAIL takes the rest of the line. The
+// address columns start at minColAddr and grow to fit what they show.
 const (
-	colTime   = 12
-	colEvent  = 10
-	colSock   = 16
-	colLocal  = 30
-	colRemote = 30
+	colTime    = 8
+	colEvent   = 10
+	minColAddr = 15
 )
 
-var tableHeader = fmt.Sprintf("%-*s %-*s %-*s %-*s %-*s %s\n",
-	colTime, "TIME", colEvent, "EVENT", colSock, "SOCK", colLocal, "LOCAL", colRemote, "REMOTE", "DETAIL")
+func (w *Writer) fit(e *events.Event) (grew bool) {
+	if e.Kind == events.KindLost {
+		return false
+	}
+	if n := endpointLen(e.LocalAddr, e.LocalPort); n > w.colLocal {
+		w.colLocal, grew = n, true
+	}
+	if n := endpointLen(e.RemoteAddr, e.RemotePort); n > w.colRemote {
+		w.colRemote, grew = n, true
+	}
+	return grew
+}
 
-func appendRow(b []byte, e *events.Event) []byte {
+func endpointLen(addr netip.Addr, port uint16) int {
+	var a [64]byte
+	return len(netip.AddrPortFrom(addr, port).AppendTo(a[:0]))
+}
+
+func (w *Writer) appendHeader(b []byte) []byte {
+	return fmt.Appendf(b, "%-*s %-*s %-*s %-*s %s\n",
+		colTime, "TIME", colEvent, "EVENT", w.colLocal, "LOCAL", w.colRemote, "REMOTE", "DETAIL")
+}
+
+func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 	start := len(b)
-	b = e.Time.Local().AppendFormat(b, "15:04:05.000")
+	b = e.Time.Local().AppendFormat(b, "15:04:05")
 	b = pad(b, start, colTime)
 	start = len(b)
 	b = append(b, e.Kind.String()...)
@@ -95,68 +187,116 @@ func appendRow(b []byte, e *events.Event) []byte {
 		return b
 	}
 	start = len(b)
-	b = strconv.AppendUint(b, e.Sock, 16)
-	b = pad(b, start, colSock)
-	start = len(b)
 	b = appendEndpoint(b, e.LocalAddr, e.LocalPort)
-	b = pad(b, start, colLocal)
+	b = pad(b, start, w.colLocal)
 	start = len(b)
 	b = appendEndpoint(b, e.RemoteAddr, e.RemotePort)
-	b = pad(b, start, colRemote)
+	b = pad(b, start, w.colRemote)
+	// The most telling value first: a row cut to the terminal keeps it.
 	switch e.Kind {
 	case events.KindTransition:
 		b = fmt.Appendf(b, "%s -> %s", e.OldState, e.NewState)
 		if e.HasPrevState {
-			b = fmt.Appendf(b, " after %s", roundDuration(e.PrevStateNS))
+			b = append(b, " after "...)
+			b = appendCompact(b, time.Duration(e.PrevStateNS))
 		}
 		b = appendTask(b, " task=", &e.Task)
+		return b
 	case events.KindCloseWait:
 		b = append(b, "peer closed"...)
 		if !e.AgeKnown {
-			b = append(b, " (found at start-up)"...)
+			b = append(b, " before start"...)
 		}
 	case events.KindStuck:
-		b = fmt.Appendf(b, "in CLOSE_WAIT %s", roundDuration(e.AgeNS))
 		if !e.AgeKnown {
-			b = append(b, " (at least)"...)
+			b = append(b, '>')
 		}
+		b = appendCompact(b, time.Duration(e.AgeNS))
 	case events.KindAppClose:
 		if e.AgeKnown {
-			b = fmt.Appendf(b, "closed %s after FIN", roundDuration(e.AgeNS))
+			b = appendCompact(b, time.Duration(e.AgeNS))
 		} else {
 			b = append(b, "closed"...)
-		}
-		b = fmt.Appendf(b, " -> %s", e.NewState)
-		if e.WasStuck {
-			b = append(b, " was_stuck"...)
 		}
 		if e.HasCloser {
 			b = appendTask(b, " by ", &e.Closer)
 		}
+		if e.NewState == events.StateClose {
+			b = append(b, " reset"...)
+		}
+		if e.WasStuck {
+			b = append(b, " was-stuck"...)
+		}
 	case events.KindAbort:
-		b = fmt.Appendf(b, "left CLOSE_WAIT without close -> %s", e.NewState)
+		if e.AgeKnown {
+			b = appendCompact(b, time.Duration(e.AgeNS))
+			b = append(b, ' ')
+		}
+		b = append(b, "no close"...)
 	}
-	if e.Kind != events.KindTransition {
-		b = appendOwners(b, e)
+	return appendOwners(b, e)
+}
+
+// cut shortens a line to width columns (runes, as every escape is already
+// visible text), marking the cut.
+func cut(b []byte, width int) []byte {
+	if len(b) <= width {
+		return b
 	}
-	if e.ContainerID != "" {
-		b = append(b, " container="...)
-		b = append(b, e.ContainerID[:min(12, len(e.ContainerID))]...)
+	cols := 0
+	for i := 0; i < len(b); {
+		_, size := utf8.DecodeRune(b[i:])
+		if cols == width-1 {
+			return append(b[:i], "…"...)
+		}
+		cols++
+		i += size
 	}
 	return b
 }
 
+// appendCompact appends d with three significant digits at most: 850ns,
+// 12.3µs, 302ms, 1.04s, 2m3s, 1h2m.
+func appendCompact(b []byte, d time.Duration) []byte {
+	switch {
+	case d < 0:
+		return append(b, '?')
+	case d < time.Microsecond:
+		return fmt.Appendf(b, "%dns", d.Nanoseconds())
+	case d < time.Millisecond:
+		return appendSig(b, float64(d)/1e3, "µs")
+	case d < time.Second:
+		return appendSig(b, float64(d)/1e6, "ms")
+	case d < time.Minute:
+		return appendSig(b, d.Seconds(), "s")
+	case d < time.Hour:
+		return fmt.Appendf(b, "%dm%ds", int(d/time.Minute), int(d%time.Minute/time.Second))
+	}
+	return fmt.Appendf(b, "%dh%dm", int(d/time.Hour), int(d%time.Hour/time.Minute))
+}
+
+func appendSig(b []byte, v float64, unit string) []byte {
+	switch {
+	case v >= 100:
+		b = strconv.AppendFloat(b, v, 'f', 0, 64)
+	case v >= 10:
+		b = strconv.AppendFloat(b, v, 'f', 1, 64)
+	default:
+		b = strconv.AppendFloat(b, v, 'f', 2, 64)
+	}
+	return append(b, unit...)
+}
+
+// appendOwners names the first owner and counts the others.
 func appendOwners(b []byte, e *events.Event) []byte {
 	switch {
 	case len(e.Owners) > 0:
 		b = append(b, " owner="...)
-		for i := range e.Owners {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, int64(e.Owners[i].PID), 10)
-			b = append(b, '/')
-			b = AppendPrintable(b, []byte(e.Owners[i].Comm))
+		b = strconv.AppendInt(b, int64(e.Owners[0].PID), 10)
+		b = append(b, '/')
+		b = AppendPrintable(b, []byte(e.Owners[0].Comm))
+		if n := len(e.Owners) - 1; n > 0 {
+			b = fmt.Appendf(b, "+%d", n)
 		}
 	case e.OwnerSource == events.OwnerNoFile:
 		b = append(b, " owner=none(no file)"...)
@@ -205,15 +345,4 @@ func pad(b []byte, start, width int) []byte {
 		b = append(b, ' ')
 	}
 	return append(b, ' ')
-}
-
-func roundDuration(ns int64) time.Duration {
-	d := time.Duration(ns)
-	switch {
-	case d >= time.Second:
-		return d.Round(time.Millisecond)
-	case d >= time.Millisecond:
-		return d.Round(time.Microsecond)
-	}
-	return d
 }

@@ -30,7 +30,7 @@ func TestAppendPrintable(t *testing.T) {
 
 func TestTableHasNoControlCharacters(t *testing.T) {
 	var buf bytes.Buffer
-	w := New(&buf, FormatTable)
+	w := New(&buf, FormatTable, 0)
 	ev := events.Event{
 		Kind: events.KindTransition, Time: time.Now(), Sock: 1, Family: events.FamilyIPv6,
 		LocalAddr: netip.MustParseAddr("::1"), LocalPort: 80, RemoteAddr: netip.MustParseAddr("::1"), RemotePort: 9,

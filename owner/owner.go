@@ -14,31 +14,43 @@
 //     (it may hold the socket on another fd); if no holder remains, the
 //     lookup proceeds as a miss.
 //   - A miss scans the hinted pids, then, if still not found, every process
-//     in the socket's network namespace (a full scan).
-//   - Full scans run at most once per Config.MinRescan per network namespace,
-//     and targeted scans of one process at most once per MinRescan. Within
-//     that window a miss returns SourceUnresolved; the caller retries later.
-//     So a window costs at most one full scan per namespace asked about and
-//     one targeted read per process, plus one readlink and one stat read per
-//     cached holder per Resolve.
+//     in /proc (a full scan), whatever its network namespace. Full scans are
+//     node-wide because their budget is: a leak spread over many namespaces
+//     (one per Kubernetes pod) would otherwise need one scan per namespace,
+//     one per budget window, and the namespaces waiting for their turn would
+//     be reported unresolved. One node-wide scan reads each table once; a
+//     scan per namespace read that namespace's tables and stat'ed every
+//     other process, so covering all namespaces that way cost more, not less.
+//   - Full scans run at most once per Config.MinRescan, and not until
+//     Config.ScanShare times the last one's duration has passed since it;
+//     targeted scans of one process at most once per MinRescan. So a window
+//     costs at most one full scan and one targeted read per process, plus
+//     one readlink and one stat read per cached holder per Resolve.
+//   - A miss that may not scan yet returns SourceUnresolved. ResolveWait
+//     also says how long until a full scan may run, so that a caller can
+//     hold a report back that long rather than send it unresolved.
 //
 // Cache validity. Verification proves each cached holder still holds the
 // socket, but cannot reveal holders that appeared later (a fork, a dup into
 // another process through SCM_RIGHTS, pidfd_getfd). Each entry therefore
 // records when a full scan last found the socket ("confirmed"). Every full
-// scan, whatever socket triggered it, re-records all sockets it sees, so a
-// new holder shows up at the next full scan of the namespace. In addition a
-// hit whose confirmation is older than Config.MaxAge triggers a full scan
-// (if the rate limit allows), so a quiet cache cannot hide a new holder for
-// longer than about MaxAge+MinRescan. Entries learned from a hint scan alone
-// have never been confirmed: the hint answers the first Resolve cheaply and
-// the next Resolve of that socket runs a full scan when allowed. A cache
-// entry older than the last full scan is not distrusted as such: the full
-// scan would have refreshed it had it seen the socket, and its holders have
-// just been verified, so they hold it from outside the scanned namespace.
+// scan, whatever socket triggered it, re-records all sockets it sees, in
+// every namespace, so a new holder shows up at the next full scan. In
+// addition a hit whose confirmation is older than Config.MaxAge triggers a
+// full scan (if the rate limits allow), so a quiet cache cannot hide a new
+// holder for longer than about MaxAge plus the rate limits' wait (MinRescan,
+// or ScanShare times the last scan's duration). Entries learned from a hint
+// scan alone have never been confirmed: the hint answers the first Resolve
+// cheaply and the next Resolve of that socket runs a full scan when
+// allowed. A cache entry the last full scan did not refresh is not
+// distrusted as such: its holders have just been verified, so the socket
+// reached them while the scan ran or after it (or their table was
+// unreadable to the scan), and its old confirmation brings the next full
+// scan within MaxAge anyway.
 package owner
 
 import (
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -82,22 +94,21 @@ func (s Source) String() string {
 // Config tunes a Resolver; zero fields take the defaults.
 type Config struct {
 	ProcRoot   string        // "/proc" by default; tests may point elsewhere
-	MinRescan  time.Duration // full scans of a netns, and scans of one pid, at most this often (default 1s)
+	MinRescan  time.Duration // full scans, and scans of one pid, at most this often (default 1s)
 	MaxAge     time.Duration // a hit not confirmed by a full scan for this long triggers one (default 10s)
 	MaxEntries int           // bound on cached socket inodes (default 1<<18); oldest evicted
-	// ScanShare bounds the time spent in full scans: after a scan of any
-	// namespace that took d, no full scan runs for ScanShare*d, so scanning
-	// takes at most about 1/ScanShare of a CPU however many descriptors and
-	// namespaces the node has. Default 50; negative disables the bound
-	// (tests that rescan back to back).
+	// ScanShare bounds the time spent in full scans: after a scan that
+	// took d, no full scan runs for ScanShare*d, so scanning takes at most
+	// about 1/ScanShare of a CPU however many descriptors the node has.
+	// Default 50; negative disables the bound (tests that rescan back to
+	// back).
 	ScanShare int
 }
 
 // Stats counts the work done, for the closing figures and tests.
 type Stats struct {
-	FullScans   uint64 // full scans of a network namespace (or of all, for netns 0)
+	FullScans   uint64 // full scans of every process in /proc
 	PidsScanned uint64 // descriptor tables read
-	PidsSkipped uint64 // processes a full scan skipped for being in another netns
 	FDsRead     uint64 // descriptor links read, by scans and by re-verification
 	CacheHits   uint64 // Resolve calls answered by a verified cache entry
 	CacheMisses uint64 // Resolve calls that had to scan (or were rate limited)
@@ -122,20 +133,19 @@ type entry struct {
 // Resolver maps socket inodes to the processes holding them. It is safe for
 // concurrent use; calls are serialized, including their /proc reads.
 type Resolver struct {
-	mu       sync.Mutex
-	cfg      Config
-	epoch    time.Time // origin of entry.confirmed
-	entries  map[uint64]entry
-	seq      uint64               // the last entry.seq given
-	details  map[int]details      // by pid; details.start detects pid reuse
-	pidScan  map[int]time.Time    // last read of a pid's descriptor table
-	lastFull map[uint64]time.Time // last full scan, by netns (0 = all)
-	// The last full scan of any namespace, and what it cost: the budget
-	// of ScanShare is for the node, not for each namespace.
-	lastAny     time.Time
-	lastAnyCost time.Duration
-	stats       Stats
-	pinned      uint64 // inode being resolved, never evicted; 0 = none
+	mu      sync.Mutex
+	cfg     Config
+	epoch   time.Time // origin of entry.confirmed
+	entries map[uint64]entry
+	seq     uint64            // the last entry.seq given
+	details map[int]details   // by pid; details.start detects pid reuse
+	pidScan map[int]time.Time // last read of a pid's descriptor table
+	// When the last full scan started (zero: none yet) and how long it
+	// took: MinRescan and ScanShare both count from it.
+	lastFull time.Time
+	lastCost time.Duration
+	stats    Stats
+	pinned   uint64 // inode being resolved, never evicted; 0 = none
 }
 
 // NewResolver returns a Resolver with cfg's zero fields defaulted.
@@ -156,12 +166,11 @@ func NewResolver(cfg Config) *Resolver {
 		cfg.ScanShare = 50
 	}
 	return &Resolver{
-		cfg:      cfg,
-		epoch:    time.Now(),
-		entries:  make(map[uint64]entry),
-		details:  make(map[int]details),
-		pidScan:  make(map[int]time.Time),
-		lastFull: make(map[uint64]time.Time),
+		cfg:     cfg,
+		epoch:   time.Now(),
+		entries: make(map[uint64]entry),
+		details: make(map[int]details),
+		pidScan: make(map[int]time.Time),
 	}
 }
 
@@ -186,14 +195,27 @@ func (r *Resolver) Cached(ino uint64) ([]Owner, Source) {
 	return r.owners(ino, now)
 }
 
-// Resolve returns the holders of socket inode ino, sorted by pid. netns is
-// the inode of the socket's network namespace (0 = unknown): full scans
-// look only at processes in it. hints are pids to scan first, such as the
-// task the kernel saw using the socket; a thread id is mapped to its
-// process.
+// Resolve returns the holders of socket inode ino, sorted by pid. hints are
+// pids to scan first, such as the task the kernel saw using the socket; a
+// thread id is mapped to its process. netns, the inode of the socket's
+// network namespace, is ignored: full scans cover every namespace (see the
+// package doc). It stays for the callers that pass it.
 func (r *Resolver) Resolve(ino uint64, netns uint64, hints []int) ([]Owner, Source) {
+	owners, src, _ := r.ResolveWait(ino, netns, hints)
+	return owners, src
+}
+
+// ResolveWait is Resolve, and also says whether an unresolved answer may
+// change soon. wait is 0 when the answer is final for now: owners found,
+// or a full scan ran in this call and did not find the socket, or ino is
+// 0. It is positive when the socket is not cached (or its cached holders
+// are all gone) and no full scan could run, for MinRescan or for the
+// ScanShare budget: then it is how long until one may, at least 1ms. A
+// caller about to report the socket can wait that long and ask again
+// rather than report it unresolved.
+func (r *Resolver) ResolveWait(ino uint64, netns uint64, hints []int) ([]Owner, Source, time.Duration) {
 	if ino == 0 {
-		return nil, SourceUnresolved
+		return nil, SourceUnresolved, 0
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -201,22 +223,44 @@ func (r *Resolver) Resolve(ino uint64, netns uint64, hints []int) ([]Owner, Sour
 	defer func() { r.pinned = 0 }()
 	now := time.Now()
 
+	scanned := false // a full scan ran in this call
 	if _, ok := r.entries[ino]; ok && r.verify(ino, now) {
-		r.stats.CacheHits++
-		if c := r.entries[ino].confirmed; (c == 0 || r.clock(now)-c > r.cfg.MaxAge.Nanoseconds()) && r.fullAllowed(netns, now) {
-			r.fullScan(netns, now)
+		if c := r.entries[ino].confirmed; (c == 0 || r.clock(now)-c > r.cfg.MaxAge.Nanoseconds()) && r.fullWait(now) == 0 {
+			r.fullScan(now)
+			scanned = true
 		}
-		return r.owners(ino, now)
+		if owners, src := r.owners(ino, now); src == SourceProc {
+			r.stats.CacheHits++
+			return owners, src, 0
+		}
+		// Every verified holder exited before its details were read: a
+		// miss after all.
 	}
 
 	r.stats.CacheMisses++
 	for _, pid := range hints {
 		r.scanHint(pid, now)
 	}
-	if _, ok := r.entries[ino]; !ok && r.fullAllowed(netns, now) {
-		r.fullScan(netns, now)
+	if owners, src := r.owners(ino, now); src == SourceProc {
+		return owners, src, 0
 	}
-	return r.owners(ino, now)
+	if scanned {
+		return nil, SourceUnresolved, 0
+	}
+	if wait := r.fullWait(now); wait > 0 {
+		return nil, SourceUnresolved, max(wait, time.Millisecond)
+	}
+	r.fullScan(now)
+	owners, src := r.owners(ino, now)
+	return owners, src, 0
+}
+
+// ScanAllowedIn returns how long until a full scan may run: 0 if one may
+// run now.
+func (r *Resolver) ScanAllowedIn() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fullWait(time.Now())
 }
 
 // Forget drops a socket from the cache (called when it closes).
@@ -294,15 +338,22 @@ func (r *Resolver) pidAllowed(pid int, now time.Time) bool {
 	return !ok || now.Sub(t) >= r.cfg.MinRescan
 }
 
-// fullAllowed says whether a full scan of netns may run now: at most one
-// per MinRescan for each namespace, and, whichever the namespace, not until
-// ScanShare times the last scan's duration has passed since it.
-func (r *Resolver) fullAllowed(netns uint64, now time.Time) bool {
-	if t, ok := r.lastFull[netns]; ok && now.Sub(t) < r.cfg.MinRescan {
-		return false
+// fullWait returns how long after now a full scan may run, 0 if it may run
+// now: full scans start at least MinRescan apart, and at least ScanShare
+// times the last one's duration after it.
+func (r *Resolver) fullWait(now time.Time) time.Duration {
+	if r.lastFull.IsZero() {
+		return 0
 	}
-	return r.cfg.ScanShare < 0 || r.lastAny.IsZero() ||
-		now.Sub(r.lastAny) >= time.Duration(r.cfg.ScanShare)*r.lastAnyCost
+	gap := r.cfg.MinRescan
+	if n := time.Duration(r.cfg.ScanShare); n > 0 {
+		if r.lastCost > math.MaxInt64/n {
+			gap = math.MaxInt64 // absurd, but no overflow
+		} else {
+			gap = max(gap, n*r.lastCost)
+		}
+	}
+	return max(gap-now.Sub(r.lastFull), 0)
 }
 
 // scanPid records every socket in pid's descriptor table. confirmed is the
@@ -320,14 +371,16 @@ func (r *Resolver) scanPid(pid int, now time.Time, confirmed int64) {
 	}
 }
 
-// fullScan scans every process in netns (all processes for 0). /proc lists
-// only thread group leaders, which is what we want: threads share the
-// leader's table.
-func (r *Resolver) fullScan(netns uint64, now time.Time) {
-	r.lastFull[netns] = now
+// fullScan scans every process in /proc, in whatever network namespace:
+// one scan answers for the sockets of all namespaces. /proc lists only
+// thread group leaders, which is what we want: threads share the leader's
+// table. now is the caller's time, which the scan's confirmations and the
+// rate limits count from; its cost is measured from its own start.
+func (r *Resolver) fullScan(now time.Time) {
+	r.lastFull = now
 	r.stats.FullScans++
-	r.lastAny = now
-	defer func() { r.lastAnyCost = time.Since(now) }()
+	start := time.Now()
+	defer func() { r.lastCost = time.Since(start) }()
 	dir, err := os.Open(r.cfg.ProcRoot)
 	if err != nil {
 		return
@@ -344,19 +397,10 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 			continue
 		}
 		live[pid] = true
-		if netns != 0 {
-			// Re-stat every time rather than cache pid→netns: it is one
-			// stat, and setns/unshare would make a cache wrong.
-			ns, err := netnsOf(r.cfg.ProcRoot, pid)
-			if err != nil || ns != netns {
-				r.stats.PidsSkipped++
-				continue
-			}
-		}
 		r.scanPid(pid, now, r.clock(now))
 	}
 	// Drop bookkeeping that can no longer matter, so it stays bounded by
-	// the number of live processes and namespaces.
+	// the number of live processes.
 	for pid := range r.details {
 		if !live[pid] {
 			delete(r.details, pid)
@@ -365,11 +409,6 @@ func (r *Resolver) fullScan(netns uint64, now time.Time) {
 	for pid, t := range r.pidScan {
 		if now.Sub(t) >= r.cfg.MinRescan {
 			delete(r.pidScan, pid)
-		}
-	}
-	for ns, t := range r.lastFull {
-		if ns != netns && now.Sub(t) >= r.cfg.MinRescan {
-			delete(r.lastFull, ns)
 		}
 	}
 }

@@ -289,6 +289,17 @@ func (c *child) send(t *testing.T, cmd string) {
 	}
 }
 
+// netnsOf returns the inode of pid's network namespace, the number the
+// kernel calls net->ns.inum. The Resolver no longer needs it: full scans
+// cover every namespace.
+func netnsOf(root string, pid int) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(pidPath(root, pid, "ns/net"), &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
 func netnsSelf(t *testing.T) uint64 {
 	t.Helper()
 	ns, err := netnsOf("/proc", os.Getpid())
@@ -435,9 +446,10 @@ func TestResolveSCMRights(t *testing.T) {
 	if src != SourceProc || len(owners) != 1 || owners[0].PID != b.pid() || owners[0].FD != got.fd {
 		t.Errorf("after send: got %v %+v, want pid %d fd %d", src, owners, b.pid(), got.fd)
 	}
-	// Rate limited: no scan allowed, but the stale holder is still dropped.
-	if owners, src := slow.Resolve(s.ino, netns, nil); src != SourceUnresolved || owners != nil {
-		t.Errorf("rate limited after send: got %v %+v, want unresolved", src, owners)
+	// Rate limited: no scan allowed, but the stale holder is still dropped,
+	// and the caller is told when a scan may find the new one.
+	if owners, src, wait := slow.ResolveWait(s.ino, netns, nil); src != SourceUnresolved || owners != nil || wait <= 0 || wait > time.Hour {
+		t.Errorf("rate limited after send: got %v %+v wait %v, want unresolved, wait in (0, 1h]", src, owners, wait)
 	}
 }
 
@@ -468,22 +480,22 @@ func TestResolveNetns(t *testing.T) {
 		t.Fatal("child shares the host network namespace")
 	}
 
-	// Two namespaces back to back: this test is not about the scan budget.
-	r := NewResolver(Config{ScanShare: -1})
-	if owners, src := r.Resolve(s.ino, host, nil); src != SourceUnresolved {
-		t.Errorf("host netns: got %v %+v, want unresolved", src, owners)
+	hc, hs := startHolding(t, 1)
+
+	// Full scans are node-wide: netns does not restrict them, even when it
+	// names another namespace than the socket's. One scan, whichever
+	// socket asked for it, answers for the sockets of both namespaces.
+	r := NewResolver(Config{MinRescan: time.Hour})
+	owners, src, wait := r.ResolveWait(s.ino, host, nil)
+	if src != SourceProc || !slices.Equal(pids(owners), []int{c.pid()}) || owners[0].FD != s.fd || wait != 0 {
+		t.Errorf("child netns socket, host netns passed: got %v %+v wait %v, want pid %d fd %d", src, owners, wait, c.pid(), s.fd)
 	}
-	if st := r.Stats(); st.FullScans != 1 || st.PidsSkipped == 0 {
-		t.Errorf("host netns: stats %+v, want 1 full scan skipping the child", st)
+	owners, src, wait = r.ResolveWait(hs[0].ino, host, nil)
+	if src != SourceProc || !slices.Equal(pids(owners), []int{hc.pid()}) || owners[0].FD != hs[0].fd || wait != 0 {
+		t.Errorf("host netns socket: got %v %+v wait %v, want pid %d fd %d", src, owners, wait, hc.pid(), hs[0].fd)
 	}
-	before := r.Stats()
-	owners, src := r.Resolve(s.ino, ns, nil)
-	if src != SourceProc || !slices.Equal(pids(owners), []int{c.pid()}) || owners[0].FD != s.fd {
-		t.Errorf("child netns: got %v %+v, want pid %d", src, owners, c.pid())
-	}
-	// Only the child (and nothing else) lives in its namespace.
-	if st := r.Stats(); st.PidsScanned-before.PidsScanned != 1 {
-		t.Errorf("child netns: scanned %d pids, want 1", st.PidsScanned-before.PidsScanned)
+	if st := r.Stats(); st.FullScans != 1 || st.CacheMisses != 1 || st.CacheHits != 1 {
+		t.Errorf("stats %+v, want 1 full scan, 1 miss, 1 hit", st)
 	}
 }
 
@@ -508,8 +520,8 @@ func TestResolveCache(t *testing.T) {
 	// back a second full scan (and a second read of the child's table).
 	c.send(t, "more")
 	s := c.sock(t)
-	if owners, src := r.Resolve(s.ino, netns, []int{c.pid()}); src != SourceUnresolved {
-		t.Errorf("new socket within MinRescan: got %v %+v, want unresolved", src, owners)
+	if owners, src, wait := r.ResolveWait(s.ino, netns, []int{c.pid()}); src != SourceUnresolved || wait <= 0 || wait > time.Hour {
+		t.Errorf("new socket within MinRescan: got %v %+v wait %v, want unresolved, wait in (0, 1h]", src, owners, wait)
 	}
 	if st := r.Stats(); st.FullScans != 1 {
 		t.Errorf("full scans %d, want 1", st.FullScans)
@@ -642,23 +654,31 @@ func TestScanShareThrottlesFullScans(t *testing.T) {
 	sk := c.sock(t)
 	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: 1_000_000})
 	r.Resolve(1, 0, nil) // unknown inode: one full scan, which takes > 0
-	r.Resolve(2, 0, nil) // too soon after it
-	if got, src := r.Resolve(sk.ino, 0, nil); src != SourceProc || len(got) != 1 {
-		t.Errorf("socket seen by the first scan: %v %v", got, src)
+	// Too soon after it: unresolved, and a wait of at least the 1ms floor.
+	if got, src, wait := r.ResolveWait(2, 0, nil); src != SourceUnresolved || got != nil || wait < time.Millisecond {
+		t.Errorf("inode 2 right after a scan: %v %v wait %v, want unresolved, wait >= 1ms", got, src, wait)
+	}
+	if in := r.ScanAllowedIn(); in <= 0 {
+		t.Errorf("ScanAllowedIn = %v right after a scan, want > 0", in)
+	}
+	if got, src, wait := r.ResolveWait(sk.ino, 0, nil); src != SourceProc || len(got) != 1 || wait != 0 {
+		t.Errorf("socket seen by the first scan: %v %v wait %v", got, src, wait)
 	}
 	if st := r.Stats(); st.FullScans != 1 {
 		t.Errorf("%d full scans, want 1: the share bound did not hold", st.FullScans)
 	}
 }
 
-// The scan budget is for the node: a scan of one namespace delays scans of
-// every other, not just its own.
+// The scan budget is for the node: a miss in another namespace right after
+// a scan waits for the budget too (that scan covered its namespace).
 func TestScanShareIsPerNode(t *testing.T) {
 	r := NewResolver(Config{MinRescan: time.Nanosecond, ScanShare: 1_000_000})
-	r.Resolve(1, 4026531111, nil) // a namespace nobody is in: cheap, but > 0
-	r.Resolve(2, 4026532222, nil) // another namespace, right after
+	r.Resolve(1, 4026531111, nil) // no socket has inode 1: a full scan, > 0
+	if _, src, wait := r.ResolveWait(2, 4026532222, nil); src != SourceUnresolved || wait <= 0 {
+		t.Errorf("another namespace right after: %v wait %v, want unresolved, wait > 0", src, wait)
+	}
 	if st := r.Stats(); st.FullScans != 1 {
-		t.Errorf("%d full scans of two namespaces back to back, want 1", st.FullScans)
+		t.Errorf("%d full scans back to back, want 1", st.FullScans)
 	}
 }
 
@@ -683,5 +703,250 @@ func TestEvictOldestFirst(t *testing.T) {
 	}
 	if r.stats.Evictions != 1000-uint64(len(r.entries)) {
 		t.Errorf("%d evictions counted, %d entries left of 1000", r.stats.Evictions, len(r.entries))
+	}
+}
+
+// fakeProc is a /proc tree in a temporary directory, for processes a test
+// cannot start: many network namespaces without root, for one. Its fd
+// links read like the kernel's, "socket:[<ino>]"; ns/net is a plain file,
+// hard-linked between the processes of one namespace, so that its inode
+// stands for the namespace's as the real one's does.
+type fakeProc struct {
+	t    *testing.T
+	root string
+}
+
+func newFakeProc(t *testing.T) *fakeProc {
+	t.Helper()
+	f := &fakeProc{t, t.TempDir()}
+	// Non-pid entries, which scans must pass over.
+	for _, dir := range []string{"sys", "net", "self"} {
+		f.mkdir(dir)
+	}
+	return f
+}
+
+func (f *fakeProc) mkdir(path string) {
+	f.t.Helper()
+	if err := os.MkdirAll(f.root+"/"+path, 0o755); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fakeProc) write(path, content string) {
+	f.t.Helper()
+	if err := os.WriteFile(f.root+"/"+path, []byte(content), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// addProc adds process pid, named comm, run by uid 1000, in the network
+// namespace named ns: processes given the same name share it.
+func (f *fakeProc) addProc(pid int, comm, ns string) {
+	f.t.Helper()
+	p := strconv.Itoa(pid)
+	f.mkdir(p + "/fd")
+	f.mkdir(p + "/ns")
+	f.write(p+"/stat", statLine(comm, strconv.Itoa(1000+pid)))
+	f.write(p+"/comm", comm+"\n")
+	f.write(p+"/status", "Name:\t"+comm+"\nTgid:\t"+p+"\nPid:\t"+p+"\nUid:\t1000\t1000\t1000\t1000\n")
+	f.write(p+"/cmdline", "/usr/bin/"+comm+"\x00--pod\x00"+ns+"\x00")
+	if err := os.Symlink("/usr/bin/"+comm, f.root+"/"+p+"/exe"); err != nil {
+		f.t.Fatal(err)
+	}
+	nsFile := f.root + "/netns-" + ns
+	if _, err := os.Stat(nsFile); err != nil {
+		f.write("netns-"+ns, "")
+	}
+	if err := os.Link(nsFile, f.root+"/"+p+"/ns/net"); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// addSock gives pid socket ino on fd.
+func (f *fakeProc) addSock(pid, fd int, ino uint64) {
+	f.t.Helper()
+	link := fmt.Sprintf("socket:[%d]", ino)
+	if err := os.Symlink(link, pidPath(f.root, pid, "fd/"+strconv.Itoa(fd))); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// closeFD closes fd of pid.
+func (f *fakeProc) closeFD(pid, fd int) {
+	f.t.Helper()
+	if err := os.Remove(pidPath(f.root, pid, "fd/"+strconv.Itoa(fd))); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fakeProc) netns(pid int) uint64 {
+	f.t.Helper()
+	ns, err := netnsOf(f.root, pid)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return ns
+}
+
+// threeNamespaces is a node with a socket leak in each of three pods, one
+// network namespace each: a in ns "a"; b1 and b2 in "b", sharing socket
+// 2001 (forked or passed); c in "c".
+func threeNamespaces(t *testing.T) *fakeProc {
+	f := newFakeProc(t)
+	f.addProc(101, "app-a", "a")
+	f.addSock(101, 3, 1001)
+	f.addProc(201, "app-b", "b")
+	f.addSock(201, 4, 2001)
+	f.addSock(201, 7, 2002)
+	f.addProc(202, "sidecar-b", "b")
+	f.addSock(202, 5, 2001)
+	f.addProc(301, "app-c", "c")
+	f.addSock(301, 3, 3001)
+	f.addSock(301, 9, 3001) // dup: the lowest fd is reported
+	f.addProc(302, "idle-c", "c")
+	if a, b, c := f.netns(101), f.netns(201), f.netns(301); a == b || b == c || a == c || f.netns(202) != b {
+		t.Fatalf("fake namespaces: a %d, b %d, c %d, b2 %d", a, b, c, f.netns(202))
+	}
+	return f
+}
+
+// ownerIs checks one Resolve answer against the holders wanted, as
+// (pid, fd) pairs, and the details threeNamespaces gives them.
+func ownerIs(t *testing.T, what string, owners []Owner, src Source, wait time.Duration, want ...[2]int) {
+	t.Helper()
+	if src != SourceProc || wait != 0 || len(owners) != len(want) {
+		t.Errorf("%s: got %v %+v wait %v, want %d owners, wait 0", what, src, owners, wait, len(want))
+		return
+	}
+	for i, o := range owners {
+		if o.PID != want[i][0] || o.FD != want[i][1] {
+			t.Errorf("%s: owner %d is pid %d fd %d, want pid %d fd %d", what, i, o.PID, o.FD, want[i][0], want[i][1])
+		}
+		if o.Exe != "/usr/bin/"+o.Comm || !strings.HasPrefix(o.Cmdline, o.Exe+" --pod ") || o.UID != 1000 {
+			t.Errorf("%s: owner %d details %+v", what, i, *o.Process)
+		}
+	}
+}
+
+// One full scan, asked for by a socket of namespace a, records the sockets
+// of every namespace: those of b and c are then answered from the cache,
+// with no second scan. Scoping scans to the asking namespace left b and c
+// to later budget windows, and unresolved meanwhile.
+func TestFullScanCoversAllNamespaces(t *testing.T) {
+	f := threeNamespaces(t)
+	r := NewResolver(Config{ProcRoot: f.root, MinRescan: time.Hour})
+
+	owners, src, wait := r.ResolveWait(1001, f.netns(101), nil)
+	ownerIs(t, "ns a", owners, src, wait, [2]int{101, 3})
+	if st := r.Stats(); st.FullScans != 1 || st.PidsScanned != 5 {
+		t.Fatalf("after ns a: stats %+v, want 1 full scan of all 5 pids", st)
+	}
+	if in := r.ScanAllowedIn(); in <= 0 || in > time.Hour {
+		t.Errorf("ScanAllowedIn = %v after a scan, want in (0, 1h]", in)
+	}
+
+	owners, src, wait = r.ResolveWait(2001, f.netns(201), nil)
+	ownerIs(t, "ns b, shared", owners, src, wait, [2]int{201, 4}, [2]int{202, 5})
+	owners, src, wait = r.ResolveWait(2002, f.netns(201), nil)
+	ownerIs(t, "ns b", owners, src, wait, [2]int{201, 7})
+	owners, src, wait = r.ResolveWait(3001, f.netns(301), nil)
+	ownerIs(t, "ns c", owners, src, wait, [2]int{301, 3})
+	// The namespace a caller passes does not matter either.
+	owners, src = r.Resolve(3001, 0, nil)
+	ownerIs(t, "ns c, netns 0", owners, src, 0, [2]int{301, 3})
+
+	if st := r.Stats(); st.FullScans != 1 || st.CacheMisses != 1 || st.CacheHits != 4 {
+		t.Errorf("stats %+v, want 1 full scan, 1 miss, 4 hits", st)
+	}
+}
+
+// Within MinRescan a miss cannot scan: ResolveWait says so with a wait, and
+// a call after that wait scans and resolves. A miss is also what a socket
+// whose cached holders all let go of it is.
+func TestResolveWaitMinRescan(t *testing.T) {
+	const minRescan = 100 * time.Millisecond
+	f := threeNamespaces(t)
+	r := NewResolver(Config{ProcRoot: f.root, MinRescan: minRescan, ScanShare: -1})
+	owners, src, wait := r.ResolveWait(1001, f.netns(101), nil)
+	ownerIs(t, "first", owners, src, wait, [2]int{101, 3})
+
+	// A socket born after the scan, in another namespace.
+	f.addSock(201, 11, 2011)
+	owners, src, wait = r.ResolveWait(2011, f.netns(201), nil)
+	if src != SourceUnresolved || owners != nil || wait <= 0 || wait > minRescan {
+		t.Fatalf("new socket within MinRescan: got %v %+v wait %v, want unresolved, wait in (0, %v]", src, owners, wait, minRescan)
+	}
+	if in := r.ScanAllowedIn(); in <= 0 || in > wait {
+		t.Errorf("ScanAllowedIn = %v, want in (0, %v]", in, wait)
+	}
+	// Found answers are final, whatever the budget: no wait.
+	owners, src, wait2 := r.ResolveWait(2001, f.netns(201), nil)
+	ownerIs(t, "cached, within MinRescan", owners, src, wait2, [2]int{201, 4}, [2]int{202, 5})
+	if st := r.Stats(); st.FullScans != 1 {
+		t.Fatalf("%d full scans within MinRescan, want 1", st.FullScans)
+	}
+
+	time.Sleep(wait)
+	if in := r.ScanAllowedIn(); in != 0 {
+		t.Errorf("ScanAllowedIn = %v after the wait, want 0", in)
+	}
+	owners, src, wait = r.ResolveWait(2011, f.netns(201), nil)
+	ownerIs(t, "after the wait", owners, src, wait, [2]int{201, 11})
+	if st := r.Stats(); st.FullScans != 2 {
+		t.Errorf("%d full scans, want 2", st.FullScans)
+	}
+
+	// Socket 1001 moves from 101 to 302 (SCM_RIGHTS): verification drops
+	// 101, which may not be rescanned yet, and no holder remains.
+	f.closeFD(101, 3)
+	f.addSock(302, 6, 1001)
+	owners, src, wait = r.ResolveWait(1001, f.netns(101), nil)
+	if src != SourceUnresolved || owners != nil || wait <= 0 || wait > minRescan {
+		t.Fatalf("holder gone within MinRescan: got %v %+v wait %v, want unresolved, wait in (0, %v]", src, owners, wait, minRescan)
+	}
+	time.Sleep(wait)
+	owners, src, wait = r.ResolveWait(1001, f.netns(101), nil)
+	ownerIs(t, "moved, after the wait", owners, src, wait, [2]int{302, 6})
+
+	// A scan that ran and did not find the socket is final for now too.
+	time.Sleep(r.ScanAllowedIn())
+	if owners, src, wait := r.ResolveWait(999, 0, nil); src != SourceUnresolved || owners != nil || wait != 0 {
+		t.Errorf("unknown socket after a scan: got %v %+v wait %v, want unresolved, wait 0", src, owners, wait)
+	}
+	if st := r.Stats(); st.FullScans != 4 {
+		t.Errorf("%d full scans, want 4", st.FullScans)
+	}
+	if owners, src, wait := r.ResolveWait(0, 0, nil); src != SourceUnresolved || owners != nil || wait != 0 {
+		t.Errorf("inode 0: got %v %+v wait %v", src, owners, wait)
+	}
+}
+
+// The ScanShare budget delays a scan beyond MinRescan; the wait covers it.
+func TestResolveWaitScanShare(t *testing.T) {
+	const share, cost = 10, 20 * time.Millisecond
+	f := threeNamespaces(t)
+	r := NewResolver(Config{ProcRoot: f.root, MinRescan: time.Nanosecond, ScanShare: share})
+	owners, src, wait := r.ResolveWait(3001, f.netns(301), nil)
+	ownerIs(t, "first", owners, src, wait, [2]int{301, 3})
+	// Pretend the scan took cost, which the fake tree is too small for:
+	// the budget is then share*cost from its start.
+	r.mu.Lock()
+	r.lastCost = cost
+	r.mu.Unlock()
+
+	f.addSock(101, 12, 1012)
+	owners, src, wait = r.ResolveWait(1012, f.netns(101), nil)
+	if src != SourceUnresolved || owners != nil || wait < time.Millisecond || wait > share*cost {
+		t.Fatalf("within the budget: got %v %+v wait %v, want unresolved, wait in [1ms, %v]", src, owners, wait, share*cost)
+	}
+	owners, src, wait2 := r.ResolveWait(2002, f.netns(201), nil)
+	ownerIs(t, "cached, within the budget", owners, src, wait2, [2]int{201, 7})
+
+	time.Sleep(wait)
+	owners, src, wait = r.ResolveWait(1012, f.netns(101), nil)
+	ownerIs(t, "after the wait", owners, src, wait, [2]int{101, 12})
+	if st := r.Stats(); st.FullScans != 2 {
+		t.Errorf("%d full scans, want 2", st.FullScans)
 	}
 }

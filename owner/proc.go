@@ -176,16 +176,6 @@ func readTgid(root string, pid int) (int, error) {
 	return tgid, err
 }
 
-// netnsOf returns the inode of pid's network namespace, the number the
-// kernel calls net->ns.inum.
-func netnsOf(root string, pid int) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(pidPath(root, pid, "ns/net"), &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
 // parseSocketLink returns the inode in a "socket:[<ino>]" fd link.
 func parseSocketLink(b []byte) (uint64, bool) {
 	const pre, suf = "socket:[", "]"

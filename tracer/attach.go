@@ -160,6 +160,12 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		spec.Maps["closewait"].Flags &^= unix.BPF_F_NO_PREALLOC
 	}
 	spec.Maps["events"].MaxEntries = t.cfg.RingBufBytes
+	spec.Maps["aggregates"].MaxEntries = t.cfg.MaxAggregates
+	emitAll := t.cfg.EmitAll
+	if t.cfg.Mode == ModeTrace {
+		spec.Maps["aggregates"].MaxEntries = 1
+		emitAll = true
+	}
 	for name, value := range map[string]any{
 		"mode":         mode,
 		"filter_ports": len(t.cfg.Ports) > 0,
@@ -170,8 +176,13 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		// Wake the reader early only when a quarter of the ring is used;
 		// otherwise it polls every FlushInterval. While it stays behind,
 		// wake it again every 1/32 of the ring.
-		"wakeup_bytes": uint64(t.cfg.RingBufBytes / 4),
-		"wakeup_step":  uint64(max(t.cfg.RingBufBytes/32, wakeupStepMin)),
+		"wakeup_bytes":        uint64(t.cfg.RingBufBytes / 4),
+		"wakeup_step":         uint64(max(t.cfg.RingBufBytes/32, wakeupStepMin)),
+		"emit_all":            emitAll,
+		"emit_floor_ns":       uint64(t.cfg.EmitFloor.Nanoseconds()),
+		"filter_netns":        t.cfg.NetNS,
+		"filter_cgroup_id":    t.cfg.CgroupID,
+		"filter_cgroup_level": t.cfg.CgroupLevel,
 	} {
 		if err := spec.Variables[name].Set(value); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
@@ -183,6 +194,12 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	coll, err := ebpf.NewCollection(onlyProgram(spec, c.prog))
 	if err != nil {
 		return fmt.Errorf("load: %w", shortVerifierError(err))
+	}
+	if t.cfg.Mode == ModeCloseWait {
+		if err := insertOverflowKey(coll.Maps["aggregates"]); err != nil {
+			coll.Close()
+			return err
+		}
 	}
 	l, err := c.attach(coll.Programs[c.prog])
 	if err != nil {

@@ -237,3 +237,11 @@ func openNetworkNamespaces(only uint64) []namespace {
 	}
 	return found
 }
+
+// Inodes returns the current inode, by sock id, of every socket in
+// CLOSE-WAIT in one network namespace (see Rescan). Sockets the listing
+// finds untracked are tracked in the kernel table from then on.
+func (t *Tracer) Inodes(netns uint32) (map[uint64]uint64, error) {
+	scan, err := t.Rescan(netns)
+	return scan.Inodes, err
+}

@@ -13,13 +13,55 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type tcptraceCwEntry struct {
-	_     structs.HostLayout
-	FinNs uint64
-	Sport uint16
-	Dport uint16
-	Flags uint32
+type tcptraceAggKey struct {
+	_        structs.HostLayout
+	CgroupId uint64
+	Port     uint16
+	Dir      uint8
+	Pad      [5]uint8
 }
+
+type tcptraceAggVal struct {
+	_       structs.HostLayout
+	Entered uint64
+	Closed  uint64
+	Aborted uint64
+	Hist    [36]uint64
+}
+
+type tcptraceCounter uint32
+
+const (
+	tcptraceCounterCNT_RINGBUF_FULL tcptraceCounter = 0
+	tcptraceCounterCNT_MAP_FULL     tcptraceCounter = 1
+	tcptraceCounterCNT_AGG_FULL     tcptraceCounter = 2
+	tcptraceCounterCNT_MAX          tcptraceCounter = 3
+)
+
+type tcptraceCwEntry struct {
+	_        structs.HostLayout
+	FinNs    uint64
+	Cookie   uint64
+	Ino      uint64
+	CgroupId uint64
+	Saddr    [16]uint8
+	Daddr    [16]uint8
+	Netns    uint32
+	Family   uint16
+	Sport    uint16
+	Dport    uint16
+	Dir      uint8
+	Flags    uint8
+	Pad      [4]uint8
+}
+
+type tcptraceDirection uint32
+
+const (
+	tcptraceDirectionDIR_INBOUND  tcptraceDirection = 1
+	tcptraceDirectionDIR_OUTBOUND tcptraceDirection = 2
+	tcptraceDirectionDIR_OVERFLOW tcptraceDirection = 3
+)
 
 type tcptraceEvent struct {
 	_        structs.HostLayout
@@ -95,6 +137,7 @@ type tcptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
+	Aggregates *ebpf.MapSpec `ebpf:"aggregates"`
 	Closewait  *ebpf.MapSpec `ebpf:"closewait"`
 	Counters   *ebpf.MapSpec `ebpf:"counters"`
 	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
@@ -105,14 +148,23 @@ type tcptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	FilterPorts *ebpf.VariableSpec `ebpf:"filter_ports"`
-	Mode        *ebpf.VariableSpec `ebpf:"mode"`
-	PortBits    *ebpf.VariableSpec `ebpf:"port_bits"`
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
-	UseCookie   *ebpf.VariableSpec `ebpf:"use_cookie"`
-	UseTaskBtf  *ebpf.VariableSpec `ebpf:"use_task_btf"`
-	WakeupBytes *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
-	WakeupStep  *ebpf.VariableSpec `ebpf:"wakeup_step"`
+	EmitAll           *ebpf.VariableSpec `ebpf:"emit_all"`
+	EmitFloorNs       *ebpf.VariableSpec `ebpf:"emit_floor_ns"`
+	FilterCgroupId    *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
+	FilterNetns       *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
+	Mode              *ebpf.VariableSpec `ebpf:"mode"`
+	PortBits          *ebpf.VariableSpec `ebpf:"port_bits"`
+	UnusedAggKey      *ebpf.VariableSpec `ebpf:"unused_agg_key"`
+	UnusedAggVal      *ebpf.VariableSpec `ebpf:"unused_agg_val"`
+	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UseCookie         *ebpf.VariableSpec `ebpf:"use_cookie"`
+	UseTaskBtf        *ebpf.VariableSpec `ebpf:"use_task_btf"`
+	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupStep        *ebpf.VariableSpec `ebpf:"wakeup_step"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -135,6 +187,7 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
+	Aggregates *ebpf.Map `ebpf:"aggregates"`
 	Closewait  *ebpf.Map `ebpf:"closewait"`
 	Counters   *ebpf.Map `ebpf:"counters"`
 	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
@@ -143,6 +196,7 @@ type tcptraceMaps struct {
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
+		m.Aggregates,
 		m.Closewait,
 		m.Counters,
 		m.CwOverflow,
@@ -154,14 +208,23 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	FilterPorts *ebpf.Variable `ebpf:"filter_ports"`
-	Mode        *ebpf.Variable `ebpf:"mode"`
-	PortBits    *ebpf.Variable `ebpf:"port_bits"`
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
-	UseCookie   *ebpf.Variable `ebpf:"use_cookie"`
-	UseTaskBtf  *ebpf.Variable `ebpf:"use_task_btf"`
-	WakeupBytes *ebpf.Variable `ebpf:"wakeup_bytes"`
-	WakeupStep  *ebpf.Variable `ebpf:"wakeup_step"`
+	EmitAll           *ebpf.Variable `ebpf:"emit_all"`
+	EmitFloorNs       *ebpf.Variable `ebpf:"emit_floor_ns"`
+	FilterCgroupId    *ebpf.Variable `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel *ebpf.Variable `ebpf:"filter_cgroup_level"`
+	FilterNetns       *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
+	Mode              *ebpf.Variable `ebpf:"mode"`
+	PortBits          *ebpf.Variable `ebpf:"port_bits"`
+	UnusedAggKey      *ebpf.Variable `ebpf:"unused_agg_key"`
+	UnusedAggVal      *ebpf.Variable `ebpf:"unused_agg_val"`
+	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UseCookie         *ebpf.Variable `ebpf:"use_cookie"`
+	UseTaskBtf        *ebpf.Variable `ebpf:"use_task_btf"`
+	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupStep        *ebpf.Variable `ebpf:"wakeup_step"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.

@@ -33,14 +33,10 @@ const (
 	ModeTrace
 )
 
-// Values of enum mode and enum counter (bpf/tcptrace.h).
+// Values of enum mode (bpf/tcptrace.h).
 const (
 	kernModeCloseWait = 0
 	kernModeTrace     = 1
-
-	cntRingbufFull = 0
-	cntMapFull     = 1
-	cntMax         = 2
 )
 
 // Defaults for Config fields left zero.
@@ -49,6 +45,7 @@ const (
 	DefaultRingBufBytes  = 4 << 20
 	DefaultQueueLen      = 4096
 	DefaultFlushInterval = 100 * time.Millisecond
+	DefaultMaxAggregates = 4096
 	maxPorts             = 64
 )
 
@@ -68,7 +65,27 @@ type Config struct {
 	// FlushInterval bounds how long an event may wait in the ring buffer:
 	// wake-ups are batched and the reader polls at this interval.
 	FlushInterval time.Duration
-	Logger        *slog.Logger
+
+	// Closewait mode. EmitAll sends a record for every socket entering and
+	// leaving CLOSE-WAIT. Otherwise a socket the kernel table tracks sends
+	// nothing unless it aborts or closes EmitFloor or more after the FIN;
+	// user space finds the others with ScanCloseWait, and the kernel
+	// counts them all in Aggregates.
+	EmitAll   bool
+	EmitFloor time.Duration
+	// MaxAggregates bounds the kernel's aggregate table (keys: socket
+	// cgroup, service port, direction); the excess is counted under one
+	// overflow key.
+	MaxAggregates uint32
+	// Filters on sockets entering CLOSE-WAIT, applied in the kernel: a
+	// network namespace inode, and a cgroup v2 id (the cgroup's directory
+	// inode) at CgroupLevel below the root, which matches its descendants.
+	// Zero: no filter.
+	NetNS       uint32
+	CgroupID    uint64
+	CgroupLevel uint32
+
+	Logger *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -83,6 +100,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.FlushInterval == 0 {
 		c.FlushInterval = DefaultFlushInterval
+	}
+	if c.MaxAggregates == 0 {
+		c.MaxAggregates = DefaultMaxAggregates
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -113,6 +133,12 @@ func (c *Config) validate() error {
 	}
 	if c.FlushInterval < time.Millisecond {
 		return fmt.Errorf("flush interval %v is below 1ms", c.FlushInterval)
+	}
+	if c.EmitFloor < 0 {
+		return fmt.Errorf("emit floor %v is negative", c.EmitFloor)
+	}
+	if c.MaxAggregates < 2 {
+		return fmt.Errorf("aggregate table of %d entries: want at least 2", c.MaxAggregates)
 	}
 	return nil
 }
@@ -152,6 +178,10 @@ type Tracer struct {
 	// kernel table.
 	snapshotUntracked atomic.Uint64
 	readErr           error // set by the read loop before it closes queue
+
+	// Buffers of ScanCloseWait, reused: a leak can fill the table.
+	scanKeys []uint64
+	scanVals []tcptraceCwEntry
 
 	detachOnce sync.Once
 	detachErr  error
@@ -345,9 +375,9 @@ func (t *Tracer) Lost() (events.LostCounts, error) {
 	var c events.LostCounts
 	var perCPU []uint64
 	m := t.coll.Maps["counters"]
-	for key, cause := range map[uint32]events.LostCause{
-		cntRingbufFull: events.LostRingbufFull,
-		cntMapFull:     events.LostKernelTableFull,
+	for key, cause := range map[tcptraceCounter]events.LostCause{
+		tcptraceCounterCNT_RINGBUF_FULL: events.LostRingbufFull,
+		tcptraceCounterCNT_MAP_FULL:     events.LostKernelTableFull,
 	} {
 		if err := m.Lookup(key, &perCPU); err != nil {
 			return c, fmt.Errorf("read counter %d: %w", key, err)
@@ -367,6 +397,20 @@ func (t *Tracer) Lost() (events.LostCounts, error) {
 	c[events.LostRecursion] = stats.RecursionMisses
 	c[events.LostDecode] = t.decodeErrs.Load()
 	return c, nil
+}
+
+// AggregateOverflows counts sockets whose aggregate key found no room in
+// the kernel's table and were counted under the overflow key instead.
+func (t *Tracer) AggregateOverflows() (uint64, error) {
+	var perCPU []uint64
+	if err := t.coll.Maps["counters"].Lookup(tcptraceCounterCNT_AGG_FULL, &perCPU); err != nil {
+		return 0, fmt.Errorf("read aggregate overflow counter: %w", err)
+	}
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n, nil
 }
 
 // Stop detaches the programs so no new events are produced and makes the

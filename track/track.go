@@ -2,14 +2,17 @@
 // FIN) with the moment it leaves (the application's close), and finds the
 // sockets that stay in CLOSE-WAIT past a threshold.
 //
-// The table is safe for concurrent use so that readers other than the event
-// loop (metrics, a leak report) can query it with Snapshot.
+// One goroutine, the event loop, changes the table (Observe, Insert,
+// Expire). Others (metrics, a leak report) read it concurrently with Len,
+// Stuck and All. The loop's callbacks (emit, verify, refresh) run outside
+// the lock, so a reader never waits behind a slow output or a /proc scan.
 package track
 
 import (
 	"container/heap"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"sync"
 	"time"
@@ -27,6 +30,10 @@ type Config struct {
 	Repeat time.Duration
 	// MaxSockets bounds the table; sockets beyond it are counted, not tracked.
 	MaxSockets int
+	// MaxOwnerWait bounds how long a first stuck report may be held back,
+	// past when it was due, while its owner cannot be looked up yet (see
+	// Refresher). 0 never holds a report back.
+	MaxOwnerWait time.Duration
 }
 
 // Validate reports a configuration the tracker cannot run with.
@@ -40,20 +47,29 @@ func (c Config) Validate() error {
 		return fmt.Errorf("repeat %v is below 10ms", c.Repeat)
 	case c.MaxSockets < 1:
 		return errors.New("max sockets must be at least 1")
+	case c.MaxOwnerWait < 0:
+		return fmt.Errorf("max owner wait %v must not be negative", c.MaxOwnerWait)
 	}
 	return nil
 }
 
-// Entry is a socket in CLOSE-WAIT as Snapshot reports it.
-type Entry struct {
-	// Socket holds the identity and addresses from the close_wait event.
-	Socket events.Event
-	// FinBootNS is when the peer's FIN arrived (CLOSE_BOOTTIME ns), valid
-	// when AgeKnown.
+// Info is a socket in CLOSE-WAIT as All reports it: a small value, no
+// event, so that a reader can walk 100,000 sockets cheaply.
+type Info struct {
+	Sock                  uint64
+	Family                events.Family
+	LocalAddr, RemoteAddr netip.Addr
+	LocalPort, RemotePort uint16
+	NetNS                 uint32
+	CgroupID              uint64
+	// FinBootNS is when the peer's FIN arrived (CLOCK_BOOTTIME ns), or when
+	// tcptrace first saw the socket if not AgeKnown.
 	FinBootNS int64
 	AgeKnown  bool
 	// Stuck is true once the socket was reported stuck.
 	Stuck bool
+	// Owners as last found; shared, never modified: do not change it.
+	Owners []events.Owner
 }
 
 // Verifier reports whether a socket is still in CLOSE-WAIT. It lets the
@@ -63,8 +79,12 @@ type Verifier func(socket *events.Event) (bool, error)
 
 // Refresher brings a stuck event's inode and owner fields up to date (a
 // socket gets a file when accepted; descriptors move between processes);
-// the tracker keeps what it finds.
-type Refresher func(stuck *events.Event)
+// the tracker keeps what it finds. It returns how long to wait before
+// asking again when the owners could not be looked up yet (a scan budget
+// spent), 0 when its answer is final: a first report is then held back,
+// up to Config.MaxOwnerWait past its due time, rather than go out without
+// an owner.
+type Refresher func(stuck *events.Event) (retry time.Duration)
 
 // entry is one socket in CLOSE-WAIT, kept to 128 bytes (a whole event is
 // about 350): a leak of 100,000 sockets is what this table is for.
@@ -145,6 +165,8 @@ type Tracker struct {
 	due       dueHeap
 	tableFull uint64
 	vanished  uint64
+	stuck     int    // entries reported stuck
+	deferred  uint64 // stuck reports held back for their owner
 	// Entries of closed sockets, reused so that steady churn allocates
 	// nothing; never more than the table holds.
 	free []*entry
@@ -164,10 +186,10 @@ func New(cfg Config, clock bootclock.Clock) *Tracker {
 
 // Observe correlates ev and passes it, completed, to emit: app_close and
 // abort get the FIN time and was_stuck from the table when the kernel could
-// not supply them.
+// not supply them. A close_wait event is tracked. emit runs after the
+// table is unlocked; it may be nil.
 func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	switch ev.Kind {
 	case events.KindCloseWait:
 		t.insert(ev)
@@ -189,17 +211,31 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 			t.remove(e)
 		}
 	}
-	emit(ev)
+	t.mu.Unlock()
+	if emit != nil {
+		emit(ev)
+	}
 }
 
-func (t *Tracker) insert(ev *events.Event) {
+// Insert tracks the socket of a close_wait event without emitting it,
+// unless it is tracked already. It reports whether it was inserted.
+func (t *Tracker) Insert(ev *events.Event) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.byID[ev.Sock]; ok {
+		return false
+	}
+	return t.insert(ev)
+}
+
+func (t *Tracker) insert(ev *events.Event) bool {
 	if old, ok := t.byID[ev.Sock]; ok {
 		// A reused id means the earlier socket's exit was never seen.
 		t.remove(old)
 	}
 	if len(t.byID) >= t.cfg.MaxSockets {
 		t.tableFull++
-		return
+		return false
 	}
 	var e *entry
 	if n := len(t.free); n > 0 {
@@ -211,6 +247,7 @@ func (t *Tracker) insert(ev *events.Event) {
 	e.due = ev.FinBootNS + t.cfg.Threshold.Nanoseconds()
 	t.byID[ev.Sock] = e
 	heap.Push(&t.due, e)
+	return true
 }
 
 // container returns the shared value for a container context, nil for
@@ -236,6 +273,9 @@ func (t *Tracker) remove(e *entry) {
 	if e.index >= 0 {
 		heap.Remove(&t.due, int(e.index))
 	}
+	if e.flags&reportedStuck != 0 {
+		t.stuck--
+	}
 	// Owners are dropped now, not when the entry is reused: a free entry
 	// must not keep a closed socket's owner slice alive.
 	e.owners = nil
@@ -249,22 +289,37 @@ func (t *Tracker) remove(e *entry) {
 // before nowBoot to Observe, or a close still in flight would be overtaken.
 // verify, if not nil, is asked about each socket first; a socket it says
 // has left CLOSE-WAIT is dropped and counted in Vanished. refresh, if not
-// nil, updates each report's owners before it is emitted.
+// nil, updates each report's owners before it is emitted, and may hold a
+// first report back (see Refresher). The callbacks run with the table
+// unlocked; only the goroutine that calls Observe may call Expire.
 func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit func(*events.Event)) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for len(t.due) > 0 && t.due[0].due <= nowBoot {
-		e := t.due[0]
-		ev := &t.report
+	ev := &t.report
+	for {
+		t.mu.Lock()
+		if len(t.due) == 0 || t.due[0].due > nowBoot {
+			t.mu.Unlock()
+			return nil
+		}
+		// Out of the heap while its report is made; still in byID, so
+		// readers see it, and nothing else changes the table meanwhile.
+		e := heap.Pop(&t.due).(*entry)
 		*ev = e.socket()
+		firstDue := e.finBootNS + t.cfg.Threshold.Nanoseconds()
+		t.mu.Unlock()
+
 		if verify != nil {
 			still, err := verify(ev)
 			if err != nil {
+				t.mu.Lock()
+				heap.Push(&t.due, e)
+				t.mu.Unlock()
 				return err
 			}
 			if !still {
+				t.mu.Lock()
 				t.vanished++
 				t.remove(e)
+				t.mu.Unlock()
 				continue
 			}
 		}
@@ -273,29 +328,42 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		ev.BootNS = nowBoot
 		ev.AgeNS = nowBoot - e.finBootNS
 		ev.ThresholdNS = t.cfg.Threshold.Nanoseconds()
+		var retry time.Duration
+		if refresh != nil {
+			retry = refresh(ev)
+		}
+
+		t.mu.Lock()
+		if retry > 0 && e.flags&reportedStuck == 0 && nowBoot+retry.Nanoseconds() <= firstDue+t.cfg.MaxOwnerWait.Nanoseconds() {
+			e.due = nowBoot + retry.Nanoseconds()
+			heap.Push(&t.due, e)
+			t.deferred++
+			t.mu.Unlock()
+			continue
+		}
 		if refresh != nil {
 			// Kept whatever was found: holders no longer found are not
 			// holders, and a later close must not name them.
-			refresh(ev)
 			e.inode, e.owners, e.ownerSource = ev.Inode, ev.Owners, ev.OwnerSource
 			if ev.ContainerID != "" || ev.PodUID != "" {
 				e.container = t.container(ev.ContainerID, ev.PodUID)
 			}
 		}
-		e.flags |= reportedStuck
+		if e.flags&reportedStuck == 0 {
+			e.flags |= reportedStuck
+			t.stuck++
+		}
 		if t.cfg.Repeat > 0 {
 			e.due += t.cfg.Repeat.Nanoseconds()
 			if e.due <= nowBoot {
 				// After a pause (suspend, a stalled loop) do not burst.
 				e.due = nowBoot + t.cfg.Repeat.Nanoseconds()
 			}
-			heap.Fix(&t.due, 0)
-		} else {
-			heap.Pop(&t.due)
+			heap.Push(&t.due, e)
 		}
+		t.mu.Unlock()
 		emit(ev)
 	}
-	return nil
 }
 
 // Has reports whether the socket with this id is tracked.
@@ -328,15 +396,38 @@ func (t *Tracker) Vanished() uint64 {
 	return t.vanished
 }
 
-// Snapshot returns a copy of every tracked socket.
-func (t *Tracker) Snapshot() []Entry {
+// Stuck returns the number of tracked sockets reported stuck.
+func (t *Tracker) Stuck() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]Entry, 0, len(t.byID))
-	for _, e := range t.byID {
-		out = append(out, Entry{Socket: e.socket(), FinBootNS: e.finBootNS, AgeKnown: e.flags&ageKnown != 0, Stuck: e.flags&reportedStuck != 0})
+	return t.stuck
+}
+
+// Deferred counts stuck reports held back for their owner (see Refresher).
+func (t *Tracker) Deferred() uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.deferred
+}
+
+// All iterates over the tracked sockets, holding the table's lock: the
+// loop body must be quick and must not call the Tracker.
+func (t *Tracker) All() iter.Seq[Info] {
+	return func(yield func(Info) bool) {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for _, e := range t.byID {
+			info := Info{
+				Sock: e.sock, Family: e.family, LocalAddr: e.addr(e.localAddr), RemoteAddr: e.addr(e.remoteAddr),
+				LocalPort: e.localPort, RemotePort: e.remotePort, NetNS: e.netns, CgroupID: e.cgroupID,
+				FinBootNS: e.finBootNS, AgeKnown: e.flags&ageKnown != 0, Stuck: e.flags&reportedStuck != 0,
+				Owners: e.owners,
+			}
+			if !yield(info) {
+				return
+			}
+		}
 	}
-	return out
 }
 
 // dueHeap orders entries by their next stuck report.

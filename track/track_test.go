@@ -59,8 +59,12 @@ func TestStuckOnceThenClose(t *testing.T) {
 	if st := out[1]; st.AgeNS != 250*ms || st.ThresholdNS != 200*ms || !st.AgeKnown || st.LocalPort != 80 {
 		t.Errorf("stuck = %+v", st)
 	}
-	if snap := tk.Snapshot(); len(snap) != 1 || !snap[0].Stuck {
-		t.Errorf("snapshot = %+v, want one stuck entry", snap)
+	var snap []Info
+	for info := range tk.All() {
+		snap = append(snap, info)
+	}
+	if len(snap) != 1 || !snap[0].Stuck || tk.Stuck() != 1 {
+		t.Errorf("All = %+v, Stuck = %d, want one stuck entry", snap, tk.Stuck())
 	}
 	// The kernel did not know the FIN time: the table supplies it.
 	tk.Observe(leave(events.KindAppClose, 1, 6000*ms), out.emit)
@@ -213,10 +217,11 @@ func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
 		t.Fatalf("Has(1)=%v Has(2)=%v", tk.Has(1), tk.Has(2))
 	}
 	// First report: the descriptor moved to another process.
-	moved := func(ev *events.Event) {
+	moved := func(ev *events.Event) time.Duration {
 		ev.Inode = 77
 		ev.Owners, ev.OwnerSource = []events.Owner{{Process: &events.Process{PID: 20, Comm: "receiver"}}}, events.OwnerProc
 		ev.ContainerID = "c1"
+		return 0
 	}
 	if err := tk.Expire(100*ms, nil, moved, out.emit); err != nil {
 		t.Fatal(err)
@@ -232,7 +237,10 @@ func TestRefreshKeepsOwnersForTheClose(t *testing.T) {
 
 	// A refresh that finds nobody clears the owners: the close names none.
 	tk.Observe(closeWait(2, 1000*ms), out.emit)
-	tk.Expire(1100*ms, nil, func(ev *events.Event) { ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved }, out.emit)
+	tk.Expire(1100*ms, nil, func(ev *events.Event) time.Duration {
+		ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved
+		return 0
+	}, out.emit)
 	tk.Observe(leave(events.KindAppClose, 2, 1200*ms), out.emit)
 	if ac := out[len(out)-1]; len(ac.Owners) != 0 || ac.OwnerSource == events.OwnerLastSeen {
 		t.Errorf("app_close after an empty refresh names %+v (%v)", ac.Owners, ac.OwnerSource)
@@ -295,10 +303,16 @@ func TestEntryRoundTrip(t *testing.T) {
 			t.Errorf("stuck report rebuilt\n%+v\nwant\n%+v", got, want)
 		}
 	}
-	for _, e := range tk.Snapshot() {
-		if e.Socket.Sock == v4.Sock && (e.Socket.LocalAddr != v4.LocalAddr || e.Socket.ContainerID != "abc" || !e.AgeKnown || !e.Stuck) {
-			t.Errorf("snapshot entry %+v", e)
+	n := 0
+	for e := range tk.All() {
+		n++
+		if e.Sock == v4.Sock && (e.LocalAddr != v4.LocalAddr || e.RemotePort != v4.RemotePort || e.CgroupID != 9 ||
+			!e.AgeKnown || !e.Stuck || len(e.Owners) != 1 || e.Owners[0].PID != 42) {
+			t.Errorf("All entry %+v", e)
 		}
+	}
+	if n != 2 {
+		t.Errorf("All gave %d entries, want 2", n)
 	}
 }
 
@@ -307,5 +321,58 @@ func TestEntryRoundTrip(t *testing.T) {
 func TestEntrySize(t *testing.T) {
 	if n := unsafe.Sizeof(entry{}); n > 128 {
 		t.Errorf("track entry is %d bytes, want at most 128", n)
+	}
+}
+
+// A first report whose owner cannot be looked up yet is held back, up to
+// MaxOwnerWait past its due time, then goes out as it is; repeats are
+// never held back.
+func TestStuckHeldBackForOwner(t *testing.T) {
+	cfg := Config{Threshold: 100 * time.Millisecond, Repeat: 100 * time.Millisecond, MaxSockets: 10, MaxOwnerWait: 50 * time.Millisecond}
+	tk := New(cfg, bootclock.New())
+	var out sink
+	tk.Observe(closeWait(1, 0), nil)
+	calls := 0
+	busy := func(ev *events.Event) time.Duration {
+		calls++
+		ev.Owners, ev.OwnerSource = nil, events.OwnerUnresolved
+		return 20 * time.Millisecond
+	}
+	tk.Expire(100*ms, nil, busy, out.emit)
+	if len(out) != 0 || tk.Deferred() != 1 {
+		t.Fatalf("report not held back: %v, deferred %d", out.kinds(), tk.Deferred())
+	}
+	tk.Expire(119*ms, nil, busy, out.emit) // not due again yet
+	if calls != 1 || len(out) != 0 {
+		t.Fatalf("refresh called %d times before the retry time, events %v", calls, out.kinds())
+	}
+	tk.Expire(120*ms, nil, busy, out.emit) // retry; 140 still within 150
+	if len(out) != 0 || tk.Deferred() != 2 {
+		t.Fatalf("second retry not held back: %v", out.kinds())
+	}
+	tk.Expire(140*ms, nil, busy, out.emit) // 160 would pass 150: out it goes
+	if len(out) != 1 || out[0].Kind != events.KindStuck || out[0].AgeNS != 140*ms {
+		t.Fatalf("events %v, want one stuck at 140ms after the bound", out.kinds())
+	}
+	tk.Expire(240*ms, nil, busy, out.emit) // the repeat: not held back
+	if len(out) != 2 || tk.Deferred() != 2 {
+		t.Fatalf("repeat held back: events %v deferred %d", out.kinds(), tk.Deferred())
+	}
+	// Found on the retry: the report names the owner.
+	tk.Observe(closeWait(2, 1000*ms), nil)
+	tries := 0
+	found := func(ev *events.Event) time.Duration {
+		tries++
+		if tries == 1 {
+			return 10 * time.Millisecond
+		}
+		ev.Owners, ev.OwnerSource = []events.Owner{{Process: &events.Process{PID: 7}}}, events.OwnerProc
+		return 0
+	}
+	tk.Expire(1100*ms, nil, found, out.emit)
+	tk.Expire(1110*ms, nil, found, out.emit)
+	last := out[len(out)-1]
+	if last.Sock != 2 || last.Kind != events.KindStuck || len(last.Owners) != 1 || last.Owners[0].PID != 7 {
+		t.Errorf("stuck after retry = %+v, want the owner found on the retry", last)
 	}
 }

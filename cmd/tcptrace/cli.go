@@ -8,12 +8,17 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcptrace/tcptrace/cgroup"
+	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/output"
+	"github.com/tcptrace/tcptrace/pipeline"
 	"github.com/tcptrace/tcptrace/tracer"
 	"github.com/tcptrace/tcptrace/track"
 )
@@ -26,7 +31,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Name:  "tcptrace",
 		Usage: "trace the Linux TCP state machine; find sockets stuck in CLOSE-WAIT",
 		Description: "Needs root (CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN) and Linux 5.8+ with BTF.\n" +
-			"Every flag can also be set with the environment variable shown.",
+			"Every flag can also be set with the environment variable shown; a flag given on the command line wins.",
 		Writer:          stdout,
 		ErrWriter:       stderr,
 		HideHelpCommand: true,
@@ -43,13 +48,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Commands: []*cli.Command{
 			{
 				Name:  "closewait",
-				Usage: "report the application close latency after the peer's FIN, and sockets stuck in CLOSE-WAIT",
-				Flags: append(commonFlags(),
-					&cli.DurationFlag{Name: "threshold", Value: 30 * time.Second, EnvVars: []string{"TCPTRACE_THRESHOLD"},
-						Usage: "report a socket as stuck once it has been in CLOSE-WAIT this long"},
-					&cli.DurationFlag{Name: "repeat", Value: 0, EnvVars: []string{"TCPTRACE_REPEAT"},
-						Usage: "report a stuck socket again at this interval; 0 reports it once"},
-				),
+				Usage: "report sockets stuck in CLOSE-WAIT, and slow closes after the peer's FIN",
+				Description: "By default only what needs attention is written: stuck sockets, their closes, aborts and\n" +
+					"lost events. Healthy sockets are only counted, in the kernel (see the status rows on a terminal).",
+				Flags:        append(closewaitFlags(), commonFlags()...),
 				OnUsageError: onUsageError,
 				Action: func(c *cli.Context) error {
 					return runTracer(c, tracer.ModeCloseWait)
@@ -84,23 +86,158 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 	return usageError{err}
 }
 
+// Flags carry no EnvVars: urfave/cli would parse a bad environment value
+// before the command line and fail even when the flag is given. envOf names
+// each flag's variable; options reads it only for flags not given.
+var envOf = map[string]string{
+	"threshold":        "TCPTRACE_THRESHOLD",
+	"repeat":           "TCPTRACE_REPEAT",
+	"all":              "TCPTRACE_ALL",
+	"events":           "TCPTRACE_EVENTS",
+	"min-latency":      "TCPTRACE_MIN_LATENCY",
+	"pid":              "TCPTRACE_PIDS",
+	"comm":             "TCPTRACE_COMMS",
+	"status-interval":  "TCPTRACE_STATUS_INTERVAL",
+	"max-aggregates":   "TCPTRACE_MAX_AGGREGATES",
+	"port":             "TCPTRACE_PORTS",
+	"netns":            "TCPTRACE_NETNS",
+	"cgroup":           "TCPTRACE_CGROUP",
+	"output":           "TCPTRACE_OUTPUT",
+	"attach":           "TCPTRACE_ATTACH",
+	"max-tracked":      "TCPTRACE_MAX_TRACKED",
+	"ring-buffer-size": "TCPTRACE_RING_BUFFER_SIZE",
+	"flush-interval":   "TCPTRACE_FLUSH_INTERVAL",
+	"log-level":        "TCPTRACE_LOG_LEVEL",
+}
+
+// usage appends the flag's environment variable, as urfave/cli shows it.
+func usage(name, text string) string {
+	return text + " [$" + envOf[name] + "]"
+}
+
+const (
+	catDetect = "Detection:"
+	catSelect = "What is written:"
+	catFilter = "Filters:"
+	catOutput = "Output:"
+	catKernel = "Kernel:"
+)
+
+func str(cat, name, value, text string, aliases ...string) *cli.StringFlag {
+	return &cli.StringFlag{Name: name, Aliases: aliases, Value: value, Category: cat, Usage: usage(name, text)}
+}
+
+func list(cat, name, text string, aliases ...string) *cli.StringSliceFlag {
+	return &cli.StringSliceFlag{Name: name, Aliases: aliases, Category: cat, Usage: usage(name, text)}
+}
+
+func closewaitFlags() []cli.Flag {
+	return []cli.Flag{
+		str(catDetect, "threshold", "30s", "report a socket as stuck once it has been in CLOSE-WAIT this long"),
+		str(catDetect, "repeat", "0s", "report a stuck socket again at this interval; 0 reports it once"),
+		&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Category: catSelect,
+			Usage: usage("all", "write every socket that enters CLOSE-WAIT: close_wait and app_close for each, not only stuck ones")},
+		str(catSelect, "events", "", "write only these event kinds, comma-separated: close_wait, stuck, app_close, abort, lost (default: all of them)"),
+		str(catSelect, "min-latency", "0s", "also write the app_close of sockets closed at least this long after the peer's FIN; 0 is off"),
+		list(catFilter, "pid", "only sockets held or closed by this process id (repeatable; in user space, on the owners found)"),
+		list(catFilter, "comm", "only sockets held or closed by a process of this name (repeatable; in user space)"),
+		str(catOutput, "status-interval", "5s", "on a table, write a status row (sockets in CLOSE-WAIT, closes/s, p99) this often; 0 is off"),
+		str(catKernel, "max-aggregates", strconv.Itoa(tracer.DefaultMaxAggregates),
+			"bound on the kernel's aggregate keys (cgroup, service port, direction); the excess is counted under one key"),
+	}
+}
+
 func commonFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.IntSliceFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"TCPTRACE_PORTS"},
-			Usage: "only sockets with this local or remote port (repeat, or comma-separate in the env var)"},
-		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: string(output.FormatAuto), EnvVars: []string{"TCPTRACE_OUTPUT"},
-			Usage: "json, table, or auto: a table on a terminal, JSON lines otherwise"},
-		&cli.StringFlag{Name: "attach", Value: string(tracer.AttachAuto), EnvVars: []string{"TCPTRACE_ATTACH"},
-			Usage: "kernel hook: auto, tp_btf or tracepoint (auto tries tp_btf, then the tracepoint)"},
-		&cli.UintFlag{Name: "max-tracked", Value: tracer.DefaultMaxTracked, EnvVars: []string{"TCPTRACE_MAX_TRACKED"},
-			Usage: "bound on sockets tracked at once, in the kernel and in tcptrace; excess is counted as lost"},
-		&cli.UintFlag{Name: "ring-buffer-size", Value: tracer.DefaultRingBufBytes, EnvVars: []string{"TCPTRACE_RING_BUFFER_SIZE"},
-			Usage: "kernel ring buffer size in bytes, a power of two"},
-		&cli.DurationFlag{Name: "flush-interval", Value: tracer.DefaultFlushInterval, EnvVars: []string{"TCPTRACE_FLUSH_INTERVAL"},
-			Usage: "longest an event waits in the kernel before tcptrace reads it"},
-		&cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"TCPTRACE_LOG_LEVEL"},
-			Usage: "stderr log level: debug, info, warn or error"},
+		list(catFilter, "port", "only sockets with this local or remote port (repeatable or comma-separated; in the kernel)", "p"),
+		str(catFilter, "netns", "", "only sockets of this network namespace, by inode (readlink /proc/PID/ns/net; in the kernel)"),
+		str(catFilter, "cgroup", "", "only sockets of this cgroup v2 (a path, or a container id) and below it (in the kernel)"),
+		str(catOutput, "output", string(output.FormatAuto), "json, table, or auto: a table on a terminal, JSON lines otherwise", "o"),
+		str(catOutput, "log-level", "info", "stderr log level: debug, info, warn or error"),
+		str(catKernel, "attach", string(tracer.AttachAuto), "kernel hook: auto, tp_btf or tracepoint (auto tries tp_btf, then the tracepoint)"),
+		str(catKernel, "max-tracked", strconv.Itoa(tracer.DefaultMaxTracked), "bound on sockets tracked at once, in the kernel and in tcptrace; excess is counted as lost"),
+		str(catKernel, "ring-buffer-size", strconv.Itoa(tracer.DefaultRingBufBytes), "kernel ring buffer size in bytes, a power of two"),
+		str(catKernel, "flush-interval", tracer.DefaultFlushInterval.String(), "longest an event waits in the kernel before tcptrace reads it"),
 	}
+}
+
+// flags reads flag values: the command line, else the flag's environment
+// variable, else the default. Every error names where the value came from.
+type flags struct {
+	c      *cli.Context
+	lookup func(string) (string, bool)
+}
+
+// get returns the raw value of a flag and where it came from.
+func (f flags) get(name string) (value, from string) {
+	if f.c.IsSet(name) {
+		return f.c.String(name), "--" + name
+	}
+	if v, ok := f.lookup(envOf[name]); ok {
+		return v, envOf[name]
+	}
+	return f.c.String(name), "--" + name
+}
+
+func (f flags) errorf(from, value, format string, args ...any) error {
+	return usagef("%s %q: %s", from, value, fmt.Sprintf(format, args...))
+}
+
+func (f flags) duration(name string, lo, hi time.Duration) (time.Duration, error) {
+	v, from := f.get(name)
+	d, err := time.ParseDuration(strings.TrimSpace(v))
+	if err != nil {
+		if _, numErr := strconv.ParseFloat(strings.TrimSpace(v), 64); numErr == nil && v != "0" {
+			return 0, f.errorf(from, v, "a duration needs a unit (use a unit, e.g. %ss)", strings.TrimSpace(v))
+		}
+		return 0, f.errorf(from, v, "not a duration (use a unit, e.g. 30s)")
+	}
+	if d < lo || d > hi {
+		return 0, f.errorf(from, v, "out of range %v-%v", lo, hi)
+	}
+	return d, nil
+}
+
+func (f flags) uint(name string, lo, hi uint64) (uint64, error) {
+	v, from := f.get(name)
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+	if err != nil {
+		return 0, f.errorf(from, v, "not a whole number")
+	}
+	if n < lo || n > hi {
+		return 0, f.errorf(from, v, "out of range %d-%d", lo, hi)
+	}
+	return n, nil
+}
+
+func (f flags) bool(name string) (bool, error) {
+	if f.c.IsSet(name) {
+		return f.c.Bool(name), nil
+	}
+	v, ok := f.lookup(envOf[name])
+	if !ok || v == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, f.errorf(envOf[name], v, "want true or false")
+	}
+	return b, nil
+}
+
+// list returns a repeatable flag's values, or the comma-separated
+// environment variable's.
+func (f flags) list(name string) (values []string, from string) {
+	if f.c.IsSet(name) {
+		for _, v := range f.c.StringSlice(name) {
+			values = append(values, strings.Split(v, ",")...)
+		}
+		return values, "--" + name
+	}
+	if v, ok := f.lookup(envOf[name]); ok && v != "" {
+		return strings.Split(v, ","), envOf[name]
+	}
+	return nil, "--" + name
 }
 
 // options are the validated flags.
@@ -108,7 +245,12 @@ type options struct {
 	tracer tracer.Config
 	track  track.Config
 	format output.Format
+	width  int // terminal width for a table, 0 when not a terminal
 	level  slog.Level
+
+	// closewait
+	selection      pipeline.Selection
+	statusInterval time.Duration
 }
 
 const maxTrackedLimit = 1 << 24
@@ -118,72 +260,178 @@ func parseOptions(c *cli.Context, mode tracer.Mode) (options, error) {
 	if c.Args().Len() > 0 {
 		return o, usagef("unexpected argument %q", c.Args().First())
 	}
-	var ports []uint16
-	for _, p := range c.IntSlice("port") {
-		if p < 1 || p > 65535 {
-			return o, usagef("--port %d is out of range 1-65535", p)
-		}
-		ports = append(ports, uint16(p))
+	f := flags{c: c, lookup: os.LookupEnv}
+	var err error
+	if o.tracer, err = tracerConfig(f, mode); err != nil {
+		return o, err
 	}
-	format, err := output.ParseFormat(c.String("output"))
+	out, from := f.get("output")
+	format, err := output.ParseFormat(out)
 	if err != nil {
-		return o, usagef("--output: %v", err)
+		return o, f.errorf(from, out, "want auto, json or table")
 	}
+	width, isTTY := terminalWidth(c.App.Writer)
 	if format == output.FormatAuto {
 		format = output.FormatJSON
-		if isTerminal(c.App.Writer) {
+		if isTTY {
 			format = output.FormatTable
 		}
 	}
-	attach := tracer.Attach(c.String("attach"))
-	if attach != tracer.AttachAuto && attach != tracer.AttachTPBTF && attach != tracer.AttachTracepoint {
-		return o, usagef("--attach %q: want auto, tp_btf or tracepoint", attach)
-	}
-	maxTracked := c.Uint("max-tracked")
-	if maxTracked < 1 || maxTracked > maxTrackedLimit {
-		return o, usagef("--max-tracked %d is out of range 1-%d", maxTracked, maxTrackedLimit)
-	}
-	ring := c.Uint("ring-buffer-size")
-	page := uint(os.Getpagesize())
-	if ring < page || ring > 1<<30 || ring&(ring-1) != 0 {
-		return o, usagef("--ring-buffer-size %d must be a power of two from %d to %d", ring, page, 1<<30)
-	}
-	flush := c.Duration("flush-interval")
-	if flush < time.Millisecond || flush > 10*time.Second {
-		return o, usagef("--flush-interval %v is out of range 1ms-10s", flush)
-	}
-	if err := o.level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return o, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
-	}
 	o.format = format
-	o.tracer = tracer.Config{
-		Mode:          mode,
-		Ports:         ports,
-		Attach:        attach,
-		MaxTracked:    uint32(maxTracked),
-		RingBufBytes:  uint32(ring),
-		FlushInterval: flush,
+	if format == output.FormatTable {
+		o.width = width
+	}
+	lvl, from := f.get("log-level")
+	if err := o.level.UnmarshalText([]byte(lvl)); err != nil {
+		return o, f.errorf(from, lvl, "want debug, info, warn or error")
 	}
 	if mode == tracer.ModeCloseWait {
-		o.track = track.Config{
-			Threshold:  c.Duration("threshold"),
-			Repeat:     c.Duration("repeat"),
-			MaxSockets: int(maxTracked),
-		}
-		if err := o.track.Validate(); err != nil {
-			return o, usageError{err}
+		if err := closewaitOptions(f, &o); err != nil {
+			return o, err
 		}
 	}
 	return o, nil
 }
 
-func isTerminal(w io.Writer) bool {
+func tracerConfig(f flags, mode tracer.Mode) (tracer.Config, error) {
+	cfg := tracer.Config{Mode: mode}
+	values, from := f.list("port")
+	for _, v := range values {
+		p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
+		if err != nil || p < 1 {
+			return cfg, f.errorf(from, v, "a port is a number from 1 to 65535")
+		}
+		cfg.Ports = append(cfg.Ports, uint16(p))
+	}
+	if len(cfg.Ports) > 64 {
+		return cfg, usagef("%s: at most 64 ports, got %d", from, len(cfg.Ports))
+	}
+	if v, from := f.get("netns"); v != "" {
+		n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSuffix(strings.TrimPrefix(v, "net:["), "]"), "net:"), 10, 32)
+		if err != nil || n == 0 {
+			return cfg, f.errorf(from, v, "want a network namespace inode, e.g. 4026531840 (readlink /proc/PID/ns/net)")
+		}
+		cfg.NetNS = uint32(n)
+	}
+	if v, from := f.get("cgroup"); v != "" {
+		root, err := cgroup.UnifiedRoot()
+		if err != nil {
+			return cfg, f.errorf(from, v, "no cgroup v2 hierarchy to find it in: %v", err)
+		}
+		sel, err := cgroup.Select(root, v)
+		if err != nil {
+			return cfg, f.errorf(from, v, "%v", err)
+		}
+		cfg.CgroupID, cfg.CgroupLevel = sel.ID, sel.Level
+	}
+	a, from := f.get("attach")
+	cfg.Attach = tracer.Attach(a)
+	if cfg.Attach != tracer.AttachAuto && cfg.Attach != tracer.AttachTPBTF && cfg.Attach != tracer.AttachTracepoint {
+		return cfg, f.errorf(from, a, "want auto, tp_btf or tracepoint")
+	}
+	maxTracked, err := f.uint("max-tracked", 1, maxTrackedLimit)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.MaxTracked = uint32(maxTracked)
+	page := uint64(os.Getpagesize())
+	ring, err := f.uint("ring-buffer-size", page, 1<<30)
+	if err != nil {
+		return cfg, err
+	}
+	if ring&(ring-1) != 0 {
+		v, from := f.get("ring-buffer-size")
+		return cfg, f.errorf(from, v, "want a power of two from %d to %d", page, 1<<30)
+	}
+	cfg.RingBufBytes = uint32(ring)
+	if cfg.FlushInterval, err = f.duration("flush-interval", time.Millisecond, 10*time.Second); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func closewaitOptions(f flags, o *options) error {
+	var err error
+	t := track.Config{MaxSockets: int(o.tracer.MaxTracked), MaxOwnerWait: pipeline.DefaultMaxOwnerWait}
+	if t.Threshold, err = f.duration("threshold", 10*time.Millisecond, 1000*time.Hour); err != nil {
+		return err
+	}
+	if t.Repeat, err = f.duration("repeat", 0, 1000*time.Hour); err != nil {
+		return err
+	}
+	if err := t.Validate(); err != nil {
+		return usageError{err}
+	}
+	o.track = t
+	sel := &o.selection
+	if sel.EverySocket, err = f.bool("all"); err != nil {
+		return err
+	}
+	if v, from := f.get("events"); v != "" {
+		if sel.Kinds, err = pipeline.ParseKinds(v); err != nil {
+			return f.errorf(from, v, "%v", err)
+		}
+		if sel.Kinds.Has(events.KindCloseWait) && !sel.EverySocket {
+			return f.errorf(from, v, "close_wait events are written for every socket only: add --all")
+		}
+	}
+	if sel.MinLatency, err = f.duration("min-latency", 0, 1000*time.Hour); err != nil {
+		return err
+	}
+	if sel.MinLatency > 0 && sel.EverySocket {
+		return usagef("--min-latency has no effect with --all, which writes every close")
+	}
+	values, from := f.list("pid")
+	for _, v := range values {
+		pid, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || pid < 1 {
+			return f.errorf(from, v, "want a process id")
+		}
+		sel.PIDs = append(sel.PIDs, pid)
+	}
+	values, from = f.list("comm")
+	for _, v := range values {
+		if v = strings.TrimSpace(v); v == "" || len(v) > 15 {
+			return f.errorf(from, v, "want a process name of 1 to 15 bytes, as in /proc/PID/comm")
+		}
+		sel.Comms = append(sel.Comms, v)
+	}
+	if o.statusInterval, err = f.duration("status-interval", 0, 24*time.Hour); err != nil {
+		return err
+	}
+	if o.statusInterval > 0 && o.statusInterval < time.Second {
+		v, from := f.get("status-interval")
+		return f.errorf(from, v, "want 0 (off) or at least 1s")
+	}
+	aggs, err := f.uint("max-aggregates", 2, 1<<20)
+	if err != nil {
+		return err
+	}
+	o.tracer.MaxAggregates = uint32(aggs)
+	o.tracer.EmitAll = sel.EverySocket
+	// The kernel sends the close of a socket that may have been reported
+	// stuck, and of one past the latency floor.
+	o.tracer.EmitFloor = t.Threshold
+	if sel.MinLatency > 0 {
+		o.tracer.EmitFloor = min(t.Threshold, sel.MinLatency)
+	}
+	return nil
+}
+
+// terminalWidth reports whether w is a terminal, and its width if known.
+func terminalWidth(w io.Writer) (int, bool) {
 	f, ok := w.(*os.File)
 	if !ok {
-		return false
+		return 0, false
 	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return 0, false
+	}
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil || ws.Col == 0 {
+		return 0, true
+	}
+	return int(ws.Col), true
 }
 
 func versionString() string {

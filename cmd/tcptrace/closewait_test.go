@@ -20,7 +20,7 @@ const eventTimeout = 5 * time.Second
 func TestCloseWaitAppCloseLatency(t *testing.T) {
 	attachModes(t, func(t *testing.T, attach string) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
-		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
+		p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
 		c := dial(t, ln)
 
 		const linger = 300 * time.Millisecond
@@ -75,7 +75,7 @@ func TestStuckThenClose(t *testing.T) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
 		// Stuck reports wait for the ring buffer to be read empty, so they
 		// come up to one flush interval late: keep it short.
-		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
+		p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln),
 			"--threshold", "200ms", "--repeat", "150ms", "--flush-interval", "20ms")
 		c := dial(t, ln)
 		c.client.Close()
@@ -115,7 +115,7 @@ func TestStuckThenClose(t *testing.T) {
 // rather than by what was read would fire in between.
 func TestCloseInRingIsNotOvertakenByStuck(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "300ms",
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "300ms",
 		"--flush-interval", "2s", "--ring-buffer-size", "4096")
 	target := dial(t, ln)
 	var fillers []conn
@@ -158,7 +158,7 @@ func TestCloseWaitIPv6(t *testing.T) {
 
 func testCloseWaitIPv6(t *testing.T, attach string) {
 	ln := listen(t, "tcp6", "[::1]:0")
-	p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
 	cw := p.closeWaitOf(c)
@@ -177,7 +177,7 @@ func testCloseWaitIPv6(t *testing.T, attach string) {
 // A dual-stack IPv6 socket carrying IPv4 reports IPv4 addresses.
 func TestCloseWaitV4MappedShownAsIPv4(t *testing.T) {
 	ln := listen(t, "tcp", "[::]:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
 	cl, err := net.Dial("tcp4", "127.0.0.1:"+portArg(ln))
 	if err != nil {
 		t.Skipf("no dual-stack listener here: %v", err)
@@ -200,7 +200,7 @@ func TestCloseWaitV4MappedShownAsIPv4(t *testing.T) {
 func TestAppCloseWithUnreadDataResets(t *testing.T) {
 	attachModes(t, func(t *testing.T, attach string) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
-		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
+		p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--threshold", "10s")
 		c := dial(t, ln)
 		if _, err := c.client.Write([]byte("never read")); err != nil {
 			t.Fatal(err)
@@ -222,7 +222,7 @@ func TestAppCloseWithUnreadDataResets(t *testing.T) {
 // the application's close.
 func TestAppCloseWithZeroLingerResets(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	if err := c.server.SetLinger(0); err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestProcessExitIsAppClose(t *testing.T) {
 		t.Fatal("helper printed no port")
 	}
 	port := strings.TrimSpace(lines.Text())
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "10s")
 	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
@@ -277,7 +277,7 @@ func TestProcessExitIsAppClose(t *testing.T) {
 // descriptor stays open: reported as the application's close.
 func TestShutdownWriteIsAppClose(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
 	cw := p.closeWaitOf(c)
@@ -294,7 +294,7 @@ func TestShutdownWriteIsAppClose(t *testing.T) {
 // the application never closed it, so this is an abort, not an app_close.
 func TestPeerResetIsAbort(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
 	cw := p.closeWaitOf(c)
@@ -321,7 +321,7 @@ func TestPeerResetIsAbort(t *testing.T) {
 func TestManySocketsNoneLost(t *testing.T) {
 	const n = 2000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m")
 	conns := make([]conn, 0, n)
 	for range n {
 		conns = append(conns, dial(t, ln))

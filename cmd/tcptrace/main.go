@@ -13,6 +13,9 @@ import (
 )
 
 func main() {
+	// A closed stdout pipe (tcptrace | head) then fails the write with EPIPE,
+	// which ends tcptrace cleanly with its summary, instead of killing it.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()

@@ -54,7 +54,7 @@ func checkOwners(t *testing.T, ev jsonEvent, want ...int) {
 // the kernel ran the FIN in: the owner is the server.
 func TestOwnerIsTheLeakingProcess(t *testing.T) {
 	h, port, cl, _ := leakFrom(t, "leak")
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	cl.Close()
 	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port }
 	cw := p.next(eventTimeout, "close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
@@ -88,7 +88,7 @@ func TestOwnerOfSocketAcceptedAfterFIN(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	h := startHelper(t, "leak-late", 0)
 	port := h.line(t)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "500ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "500ms")
 	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestSnapshotOfExistingCloseWait(t *testing.T) {
 	h, port, cl, _ := leakFrom(t, "leak")
 	cl.Close() // CLOSE-WAIT now, before the tracer runs
 	time.Sleep(50 * time.Millisecond)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port }
 	cw := p.next(eventTimeout, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
 	if *cw.AgeKnown {
@@ -159,7 +159,7 @@ func startNetnsLeak(t *testing.T) (*helper, string, uint64) {
 // namespace's inode and its owner.
 func TestLeakInOtherNetworkNamespace(t *testing.T) {
 	h, port, netns := startNetnsLeak(t)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	fmt.Fprintln(h.stdin)
 	h.line(t) // closed
 	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port && ev.NetNS == netns }
@@ -178,7 +178,7 @@ func TestSnapshotFindsEverySocket(t *testing.T) {
 	for range n {
 		dial(t, ln).client.Close()
 	}
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m")
 	found := map[string]bool{}
 	for len(found) < n {
 		ev := p.next(10*time.Second, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
@@ -203,7 +203,7 @@ func TestSnapshotInOtherNetworkNamespace(t *testing.T) {
 	h, port, netns := startNetnsLeak(t)
 	fmt.Fprintln(h.stdin)
 	h.line(t) // closed: in CLOSE-WAIT before the tracer starts
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	cw := p.next(eventTimeout, "snapshot close_wait in the namespace", func(ev jsonEvent) bool {
 		return ev.Event == "close_wait" && strconv.Itoa(ev.LocalPort) == port && ev.NetNS == netns
 	})
@@ -219,7 +219,7 @@ func TestSnapshotInOtherNetworkNamespace(t *testing.T) {
 // copy: the owner is the receiver alone.
 func TestOwnerAfterSCMRights(t *testing.T) {
 	_, port, cl, receiver := leakFrom(t, "leak-pass")
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	cl.Close()
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
 	checkOwners(t, stuck, receiver)
@@ -228,7 +228,7 @@ func TestOwnerAfterSCMRights(t *testing.T) {
 // After fork both processes hold the descriptor: both are listed.
 func TestOwnersSharedAfterFork(t *testing.T) {
 	h, port, cl, child := leakFrom(t, "leak-fork")
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	cl.Close()
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
 	checkOwners(t, stuck, h.cmd.Process.Pid, child)
@@ -282,7 +282,7 @@ func TestContainerContext(t *testing.T) {
 	})
 	h := &helper{cmd: cmd, lines: bufio.NewScanner(stdout)}
 	port := h.line(t)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "300ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)

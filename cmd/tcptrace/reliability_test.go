@@ -174,7 +174,7 @@ func TestEveryTransitionEmittedOrCounted(t *testing.T) {
 func TestTrackingIsBounded(t *testing.T) {
 	const bound, leaked = 100, 3000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "1m", "--max-tracked", strconv.Itoa(bound))
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m", "--max-tracked", strconv.Itoa(bound))
 	// Both ends stay open and referenced, so no socket leaves CLOSE-WAIT to
 	// make room in the tables: the client only shuts down its sending side
 	// (a closed client would be an orphan, and a small VM's kernel resets
@@ -212,7 +212,7 @@ func TestTrackingIsBounded(t *testing.T) {
 // SIGTERM, like SIGINT, detaches, drains, flushes and exits 0 quickly.
 func TestSIGTERMExitsCleanlyAndFast(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	p := startTracer(t, "closewait", "--port", portArg(ln))
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln))
 	c := dial(t, ln)
 	c.client.Close()
 	p.closeWaitOf(c)
@@ -260,7 +260,7 @@ func programsOf(t *testing.T, pid int) []ebpf.ProgramID {
 // SIGKILL gives no chance to clean up, and none is needed: links belong to
 // file descriptors, nothing is pinned, so the kernel detaches and frees it all.
 func TestSIGKILLLeavesNothingAttached(t *testing.T) {
-	p := startTracer(t, "closewait")
+	p := startTracer(t, "closewait", "--all")
 	ids := programsOf(t, p.cmd.Process.Pid)
 	if len(ids) == 0 {
 		t.Fatal("found no eBPF program held by tcptrace")
@@ -291,8 +291,8 @@ func TestSIGKILLLeavesNothingAttached(t *testing.T) {
 // Two tracers at once each see everything, independently.
 func TestTwoTracersAtOnce(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	a := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
-	b := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s")
+	a := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
+	b := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
 	c := dial(t, ln)
 	c.client.Close()
 	time.Sleep(100 * time.Millisecond)
@@ -317,7 +317,7 @@ func TestHostileProcessNames(t *testing.T) {
 
 	// JSON: every line parses and passes the schema (startTracer checks);
 	// the names come back as the process set them, invalid bytes replaced.
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "200ms")
+	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "200ms")
 	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
 	if err != nil {
 		t.Fatal(err)
@@ -339,7 +339,7 @@ func TestHostileProcessNames(t *testing.T) {
 
 	// Table: nothing a terminal would act on.
 	var out bytes.Buffer
-	cmd := tcptraceCmd(nil, "closewait", "--port", port, "--threshold", "100ms", "--output", "table")
+	cmd := tcptraceCmd(nil, "closewait", "--all", "--port", port, "--threshold", "100ms", "--output", "table")
 	cmd.Stdout = &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -395,7 +395,7 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	h, port, cl, _ := leakFrom(t, "leak")
 	p := startTracerWith(t, tracerOpts{wrap: setpriv(caps)},
-		"closewait", "--port", port, "--threshold", "200ms")
+		"closewait", "--all", "--port", port, "--threshold", "200ms")
 	cl.Close()
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
 	checkOwners(t, stuck, h.cmd.Process.Pid)

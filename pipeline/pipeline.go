@@ -1,0 +1,487 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"syscall"
+	"time"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/oneline"
+	"github.com/tcptrace/tcptrace/track"
+)
+
+// Source is where events come from: the tracer, or a fake in tests.
+type Source interface {
+	// Events delivers batches of events, in order; hand each back with
+	// Recycle. It is closed after Stop once drained, or on a read error.
+	Events() <-chan []events.Event
+	Recycle(batch []events.Event)
+	// Stop ends production; Events is closed once drained.
+	Stop()
+	// Err says why Events was closed, nil after Stop.
+	Err() error
+	// Lost returns cumulative drop counts by cause.
+	Lost() (events.LostCounts, error)
+	// Clock converts CLOCK_BOOTTIME to wall time.
+	Clock() bootclock.Clock
+
+	// The rest is used in closewait mode only.
+
+	// ScanCloseWait calls due with each socket in the kernel's CLOSE-WAIT
+	// table whose FIN is at or before dueBoot, as a close_wait event, and
+	// returns how many sockets the table holds.
+	ScanCloseWait(dueBoot int64, due func(ev *events.Event)) (int, error)
+	// InCloseWait reports whether a kernel-tracked socket is still in the
+	// table for the same episode.
+	InCloseWait(ev *events.Event) (bool, error)
+	// Snapshot lists the sockets already in CLOSE-WAIT at start-up and
+	// calls found with those not tracked before.
+	Snapshot(found func(ev *events.Event)) error
+	// Inodes returns the current inode of each socket in CLOSE-WAIT in a
+	// network namespace, by sock id.
+	Inodes(netns uint32) (map[uint64]uint64, error)
+	// Aggregates calls fn with each of the kernel's aggregates.
+	Aggregates(fn func(a *events.Aggregate)) error
+}
+
+// Attributor fills in who holds a socket and which container it is in
+// (package attribute).
+type Attributor interface {
+	// Socket sets the container context from the socket's cgroup.
+	Socket(ev *events.Event)
+	// CachedOwners sets owners known without scanning /proc.
+	CachedOwners(ev *events.Event)
+	// Owners sets owners, scanning /proc within its budget; retry > 0
+	// says none was found and a scan may run after retry.
+	Owners(ev *events.Event) (retry time.Duration)
+	// Closed forgets a socket that left CLOSE-WAIT.
+	Closed(ev *events.Event)
+}
+
+// Sink consumes events. Write and Flush are called from the loop's
+// goroutine; ev is reused after Write returns.
+type Sink interface {
+	Write(ev *events.Event) error
+	// Flush pushes out what is buffered: called when the loop is idle.
+	Flush() error
+}
+
+// StatusSink is a Sink that also shows the periodic Status.
+type StatusSink interface {
+	WriteStatus(st *Status) error
+}
+
+// Status says that tcptrace is working when nothing is reported.
+type Status struct {
+	// InCloseWait is the number of sockets in CLOSE-WAIT now.
+	InCloseWait uint64
+	// Stuck is the number of them reported stuck.
+	Stuck int
+	// Closes is how many sockets the applications closed after the peer's
+	// FIN during Interval.
+	Closes   uint64
+	Interval time.Duration
+	// P99 is the 99th percentile FIN-to-close latency over Interval (the
+	// upper bound of its log2 bucket); valid when HasP99.
+	P99    time.Duration
+	HasP99 bool
+}
+
+// Config sets up a Pipeline.
+type Config struct {
+	// CloseWait selects closewait mode; otherwise events go straight to
+	// the sinks (trace mode).
+	CloseWait bool
+	// Track configures the tracker (closewait mode).
+	Track track.Config
+	// EverySocket says the source sends a record for every socket entering
+	// and leaving CLOSE-WAIT.
+	EverySocket bool
+	// StatusInterval is how often StatusSinks get a Status; 0: never.
+	StatusInterval time.Duration
+	Logger         *slog.Logger
+}
+
+// Intervals of the loop's housekeeping.
+const (
+	// tickInterval is how often buffered output is flushed when events
+	// keep arriving, and the granularity of the other intervals.
+	tickInterval = 100 * time.Millisecond
+	// lostInterval is how often drop counters are read and reported.
+	lostInterval = time.Second
+	// rescanMaxAge is how long a listing of a namespace's sockets answers
+	// for all the stuck reports that need it.
+	rescanMaxAge = time.Second
+	// Bounds of the CLOSE-WAIT table scan interval (see doc.go).
+	minScanInterval = 50 * time.Millisecond
+	maxScanInterval = 5 * time.Second
+	scanCostShare   = 20
+	// DefaultMaxOwnerWait is the default Track.MaxOwnerWait.
+	DefaultMaxOwnerWait = 5 * time.Second
+)
+
+// Pipeline is the event loop. Run it once.
+type Pipeline struct {
+	cfg   Config
+	src   Source
+	attr  Attributor
+	track *track.Tracker // nil in trace mode
+	sinks []Sink
+	log   *slog.Logger
+
+	lost    events.LostCounts // cumulative, as last reported
+	sinkErr error             // a sink failed: stop writing
+	fatal   error
+
+	// The kernel's CLOSE-WAIT table, as last read.
+	lastScan  time.Time
+	scanEvery time.Duration
+	inTable   int
+	scans     uint64
+	scanCost  time.Duration // the longest read
+
+	// Aggregate totals at the last status, for rates.
+	lastStatus time.Time
+	prevCloses uint64
+	prevHist   [events.HistBuckets]uint64
+
+	// Recent socket listings by network namespace.
+	rescans map[uint32]rescan
+}
+
+type rescan struct {
+	at     time.Time
+	inodes map[uint64]uint64
+}
+
+// New returns a pipeline. cfg.Track must be valid in closewait mode.
+func New(cfg Config, src Source, attr Attributor, sinks ...Sink) *Pipeline {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Pipeline{cfg: cfg, src: src, attr: attr, sinks: sinks, log: cfg.Logger, scanEvery: minScanInterval}
+	if cfg.CloseWait {
+		p.track = track.New(cfg.Track, src.Clock())
+	}
+	return p
+}
+
+// Tracker gives read access to the sockets in CLOSE-WAIT that user space
+// tracks (closewait mode; nil otherwise): those reported stuck, and with
+// EverySocket all of them.
+func (p *Pipeline) Tracker() *track.Tracker { return p.track }
+
+// ScanInterval is the current interval between reads of the kernel's
+// CLOSE-WAIT table.
+func (p *Pipeline) ScanInterval() time.Duration { return p.scanEvery }
+
+// Snapshot takes in the sockets that were in CLOSE-WAIT before tcptrace
+// started, in every network namespace (closewait mode). With EverySocket
+// each is reported as a close_wait with age_known false; otherwise the
+// kernel table now holds them, and they are reported once stuck like any
+// other. It returns how many it found.
+func (p *Pipeline) Snapshot() (int, error) {
+	n := 0
+	err := p.src.Snapshot(func(ev *events.Event) {
+		n++
+		if !p.cfg.EverySocket && ev.KernelTracked {
+			return // the table scan finds it once it is due
+		}
+		if p.track.Has(ev.Sock) {
+			return // its close_wait event got here first
+		}
+		p.attr.Socket(ev)
+		p.attr.Owners(ev) // one scan answers for all of them
+		p.track.Observe(ev, p.emit)
+	})
+	return n, err
+}
+
+// Run moves events from the source to the sinks until ctx is done or a
+// sink's output is closed, then drains what the source still holds.
+func (p *Pipeline) Run(ctx context.Context) error {
+	tick := time.NewTicker(tickInterval)
+	defer tick.Stop()
+	now := time.Now()
+	lastLost := now
+	p.lastStatus = now
+	if p.track != nil {
+		p.scan()
+		p.resetStatus()
+	}
+	done := ctx.Done()
+	evs := p.src.Events()
+	var stoppedAt int64
+	stop := func() {
+		// Detach, then deliver what the ring buffer still holds.
+		stoppedAt = bootclock.Now()
+		p.src.Stop()
+		done = nil
+	}
+	for p.fatal == nil {
+		if p.sinkErr != nil && stoppedAt == 0 {
+			stop()
+		}
+		select {
+		case <-done:
+			stop()
+		case batch, ok := <-evs:
+			if !ok {
+				// Everything the kernel produced before the detach has been
+				// handled; after it, nothing is known.
+				if stoppedAt != 0 {
+					p.expire(stoppedAt)
+				}
+				p.reportLost()
+				p.flush()
+				return oneline.Join(p.fatal, p.src.Err(), p.runErr())
+			}
+			for i := range batch {
+				p.handle(&batch[i])
+			}
+			p.src.Recycle(batch)
+			if len(evs) == 0 {
+				p.flush()
+			}
+		case <-tick.C:
+			now := time.Now()
+			if p.track != nil && now.Sub(p.lastScan) >= p.scanEvery {
+				p.scan()
+			}
+			if now.Sub(lastLost) >= lostInterval {
+				p.reportLost()
+				lastLost = now
+			}
+			if p.cfg.StatusInterval > 0 && now.Sub(p.lastStatus) >= p.cfg.StatusInterval {
+				p.status(now)
+			}
+			p.flush()
+		}
+	}
+	return p.fatal
+}
+
+// runErr is the sinks' error, nil for a closed pipe: the reader left,
+// which ends tcptrace as a signal does.
+func (p *Pipeline) runErr() error {
+	if p.sinkErr == nil || OutputClosed(p.sinkErr) {
+		return nil
+	}
+	return p.sinkErr
+}
+
+// OutputClosed reports whether err says the reader of an output went away.
+func OutputClosed(err error) bool {
+	return errors.Is(err, syscall.EPIPE)
+}
+
+// Err says why the sinks stopped being written to, nil if they were not.
+func (p *Pipeline) Err() error { return p.sinkErr }
+
+func (p *Pipeline) handle(ev *events.Event) {
+	if ev.Kind == events.KindProgress {
+		// Every event before ev.BootNS has been handled: stuck reports up
+		// to then cannot overtake a close.
+		p.expire(ev.BootNS)
+		return
+	}
+	p.attr.Socket(ev)
+	if p.track == nil {
+		p.emit(ev)
+		return
+	}
+	switch ev.Kind {
+	case events.KindCloseWait:
+		p.attr.CachedOwners(ev)
+	case events.KindAppClose, events.KindAbort:
+		p.attr.Closed(ev)
+	}
+	p.track.Observe(ev, p.emit)
+}
+
+// scan reads the kernel's CLOSE-WAIT table and tracks the sockets past the
+// threshold that the tracker does not know yet: they are due, and the
+// next progress mark reports them.
+func (p *Pipeline) scan() {
+	start := time.Now()
+	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
+	n, err := p.src.ScanCloseWait(dueBoot, func(ev *events.Event) {
+		if p.track.Has(ev.Sock) {
+			return
+		}
+		p.attr.Socket(ev)
+		p.track.Insert(ev)
+	})
+	if err != nil {
+		p.log.Warn("read the kernel's CLOSE-WAIT table", "error", err)
+	}
+	cost := time.Since(start)
+	p.scans++
+	p.scanCost = max(p.scanCost, cost)
+	p.inTable = n
+	p.lastScan = start
+	p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval, scanCostShare*cost), maxScanInterval)
+}
+
+func (p *Pipeline) expire(nowBoot int64) {
+	if p.track == nil {
+		return
+	}
+	if err := p.track.Expire(nowBoot, p.stillInCloseWait, p.refreshOwners, p.emit); err != nil {
+		p.fatal = err
+	}
+}
+
+// stillInCloseWait checks a socket due for a stuck report against the
+// kernel's table, when the kernel tracks it.
+func (p *Pipeline) stillInCloseWait(socket *events.Event) (bool, error) {
+	if !socket.KernelTracked {
+		return true, nil
+	}
+	return p.src.InCloseWait(socket)
+}
+
+// refreshOwners brings a stuck report's owners up to date. A socket that
+// was still in its listener's accept queue when the FIN arrived had no
+// file, hence no inode: list the namespace's sockets for its current one.
+func (p *Pipeline) refreshOwners(ev *events.Event) time.Duration {
+	if ev.Inode == 0 {
+		ev.Inode = p.currentInode(ev)
+	}
+	return p.attr.Owners(ev)
+}
+
+func (p *Pipeline) currentInode(ev *events.Event) uint64 {
+	r, ok := p.rescans[ev.NetNS]
+	if !ok || time.Since(r.at) > rescanMaxAge {
+		inodes, err := p.src.Inodes(ev.NetNS)
+		if err != nil {
+			p.log.Debug("list sockets for their inodes", "netns", ev.NetNS, "error", err)
+		}
+		if p.rescans == nil {
+			p.rescans = make(map[uint32]rescan)
+		}
+		for ns, old := range p.rescans {
+			if time.Since(old.at) > rescanMaxAge {
+				delete(p.rescans, ns)
+			}
+		}
+		r = rescan{at: time.Now(), inodes: inodes}
+		p.rescans[ev.NetNS] = r
+	}
+	return r.inodes[ev.Sock]
+}
+
+func (p *Pipeline) emit(ev *events.Event) {
+	if p.sinkErr != nil {
+		return
+	}
+	for _, s := range p.sinks {
+		if err := s.Write(ev); err != nil {
+			p.sinkErr = fmt.Errorf("write output: %w", err)
+			return
+		}
+	}
+}
+
+func (p *Pipeline) flush() {
+	if p.sinkErr != nil {
+		return
+	}
+	for _, s := range p.sinks {
+		if err := s.Flush(); err != nil {
+			p.sinkErr = fmt.Errorf("write output: %w", err)
+			return
+		}
+	}
+}
+
+// reportLost emits a lost event with what was dropped since the last one.
+func (p *Pipeline) reportLost() {
+	now, err := p.src.Lost()
+	if err != nil {
+		p.log.Warn("read drop counters", "error", err)
+		return
+	}
+	if p.track != nil {
+		now[events.LostTableFull] = p.track.TableFull()
+	}
+	delta := now.Sub(p.lost)
+	if delta.Total() == 0 {
+		return
+	}
+	p.lost = now
+	p.emit(&events.Event{Kind: events.KindLost, Time: time.Now(), Lost: delta})
+}
+
+// Lost returns the drop counts reported so far.
+func (p *Pipeline) Lost() events.LostCounts { return p.lost }
+
+// totals sums the kernel's aggregates.
+func (p *Pipeline) totals() (inCW, closes uint64, hist [events.HistBuckets]uint64, err error) {
+	err = p.src.Aggregates(func(a *events.Aggregate) {
+		inCW += a.InCloseWait()
+		closes += a.Closed
+		for i, n := range a.Hist {
+			hist[i] += n
+		}
+	})
+	return inCW, closes, hist, err
+}
+
+func (p *Pipeline) resetStatus() {
+	if _, closes, hist, err := p.totals(); err == nil {
+		p.prevCloses, p.prevHist = closes, hist
+	}
+}
+
+// status gives the StatusSinks the counts since the last status.
+func (p *Pipeline) status(now time.Time) {
+	inCW, closes, hist, err := p.totals()
+	if err != nil {
+		p.log.Warn("read the kernel's aggregates", "error", err)
+		return
+	}
+	st := Status{InCloseWait: inCW, Closes: closes - p.prevCloses, Interval: now.Sub(p.lastStatus)}
+	if p.track != nil {
+		st.Stuck = p.track.Stuck()
+	}
+	var delta [events.HistBuckets]uint64
+	for i := range hist {
+		delta[i] = hist[i] - p.prevHist[i]
+	}
+	st.P99, st.HasP99 = events.Quantile(&delta, 0.99)
+	p.prevCloses, p.prevHist, p.lastStatus = closes, hist, now
+	for _, s := range p.sinks {
+		if ss, ok := s.(StatusSink); ok && p.sinkErr == nil {
+			if err := ss.WriteStatus(&st); err != nil {
+				p.sinkErr = fmt.Errorf("write output: %w", err)
+			}
+		}
+	}
+}
+
+// Summary returns the closing figures as slog attributes.
+func (p *Pipeline) Summary() []any {
+	attrs := []any{"lost", p.lost.Total()}
+	for cause, n := range p.lost {
+		if n > 0 {
+			attrs = append(attrs, events.LostCause(cause).String(), n)
+		}
+	}
+	if p.track != nil {
+		attrs = append(attrs, "still_in_close_wait", p.inTable, "tracked", p.track.Len(), "stuck", p.track.Stuck(),
+			"table_scans", p.scans, "table_scan_max", p.scanCost.Round(time.Microsecond))
+		if n := p.track.Vanished(); n > 0 {
+			attrs = append(attrs, "close_wait_exits_missed", n)
+		}
+		if n := p.track.Deferred(); n > 0 {
+			attrs = append(attrs, "stuck_reports_held_for_owner", n)
+		}
+	}
+	return attrs
+}

@@ -1,0 +1,137 @@
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// batchSize is how many entries one batch lookup reads. Large enough for
+// any hash bucket (a smaller batch fails with ENOSPC), small enough that
+// the buffers stay small: 80-byte entries make a 320 KiB read.
+const batchSize = 4096
+
+// Values of enum cw_flag (bpf/tcptrace.h).
+const (
+	cwfAgeUnknown = 1 << 0
+	cwfCookie     = 1 << 1
+)
+
+// ScanCloseWait reads the kernel's table of sockets in CLOSE-WAIT and
+// calls due with each whose FIN (or first sight, for sockets found at
+// start-up) is at or before dueBoot (CLOCK_BOOTTIME ns), as a close_wait
+// event: KernelTracked, with its FIN time and the inode it had then. ev is
+// reused after due returns. It returns how many sockets the table holds.
+//
+// A socket in the table has not left CLOSE-WAIT yet: the programs delete
+// its entry before they report its exit. So a stuck report made from this
+// table never overtakes a close, and a socket that closes later sends its
+// record (its latency is past the threshold), which finds the report.
+func (t *Tracer) ScanCloseWait(dueBoot int64, due func(ev *events.Event)) (int, error) {
+	if t.cfg.Mode != ModeCloseWait {
+		return 0, errors.New("no CLOSE-WAIT table in trace mode")
+	}
+	if t.scanKeys == nil {
+		t.scanKeys = make([]uint64, batchSize)
+		t.scanVals = make([]tcptraceCwEntry, batchSize)
+	}
+	m := t.coll.Maps["closewait"]
+	var cursor ebpf.MapBatchCursor
+	var ev events.Event
+	total := 0
+	for {
+		n, err := m.BatchLookup(&cursor, t.scanKeys, t.scanVals, nil)
+		done := errors.Is(err, ebpf.ErrKeyNotExist)
+		if err != nil && !done {
+			return total, fmt.Errorf("read CLOSE-WAIT table: %w", err)
+		}
+		total += n
+		for i := range n {
+			e := &t.scanVals[i]
+			if int64(e.FinNs) > dueBoot {
+				continue
+			}
+			t.entryEvent(t.scanKeys[i], e, &ev)
+			due(&ev)
+		}
+		if done {
+			return total, nil
+		}
+	}
+}
+
+// entryEvent builds the close_wait event of a table entry.
+func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
+	fin := int64(e.FinNs)
+	*ev = events.Event{
+		Kind: events.KindCloseWait, Time: t.clock.Wall(fin), BootNS: fin, FinBootNS: fin,
+		Key: key, NetNS: e.Netns, Inode: e.Ino, CgroupID: e.CgroupId,
+		LocalPort: e.Sport, RemotePort: e.Dport, OldState: events.StateEstablished, NewState: events.StateCloseWait,
+		AgeKnown: e.Flags&cwfAgeUnknown == 0, KernelTracked: true,
+	}
+	if e.Flags&cwfCookie != 0 {
+		ev.Sock = e.Cookie
+	} else {
+		ev.Sock = maphash.Comparable(t.dec.seed, key)
+	}
+	if e.Family == afInet6 {
+		ev.Family = events.FamilyIPv6
+		ev.LocalAddr, ev.RemoteAddr = netip.AddrFrom16(e.Saddr), netip.AddrFrom16(e.Daddr)
+		unmapIPv4(ev)
+	} else {
+		ev.Family = events.FamilyIPv4
+		ev.LocalAddr = netip.AddrFrom4([4]byte(e.Saddr[:4]))
+		ev.RemoteAddr = netip.AddrFrom4([4]byte(e.Daddr[:4]))
+	}
+}
+
+// Aggregates calls fn with each of the kernel's aggregates (closewait
+// mode): counts and FIN-to-close histograms by socket cgroup, service port
+// and direction, since New. a is reused after fn returns.
+func (t *Tracer) Aggregates(fn func(a *events.Aggregate)) error {
+	if t.cfg.Mode != ModeCloseWait {
+		return errors.New("no aggregates in trace mode")
+	}
+	keys := make([]tcptraceAggKey, 256)
+	vals := make([]tcptraceAggVal, 256)
+	m := t.coll.Maps["aggregates"]
+	var cursor ebpf.MapBatchCursor
+	var a events.Aggregate
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		done := errors.Is(err, ebpf.ErrKeyNotExist)
+		if err != nil && !done {
+			return fmt.Errorf("read aggregates: %w", err)
+		}
+		for i := range n {
+			k, v := &keys[i], &vals[i]
+			if k.Dir == uint8(tcptraceDirectionDIR_OVERFLOW) && v.Entered == 0 {
+				continue // the overflow key, never used
+			}
+			a = events.Aggregate{
+				AggregateKey: events.AggregateKey{CgroupID: k.CgroupId, Port: k.Port, Dir: events.Direction(k.Dir)},
+				Entered:      v.Entered, Closed: v.Closed, Aborted: v.Aborted, Hist: v.Hist,
+			}
+			fn(&a)
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+// insertOverflowKey creates the aggregate that counts keys with no room
+// of their own, so that it always exists.
+func insertOverflowKey(m *ebpf.Map) error {
+	k := tcptraceAggKey{Dir: uint8(tcptraceDirectionDIR_OVERFLOW)}
+	var v tcptraceAggVal
+	if err := m.Update(&k, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		return fmt.Errorf("create the overflow aggregate: %w", err)
+	}
+	return nil
+}
