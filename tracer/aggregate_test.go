@@ -1,0 +1,265 @@
+package tracer_test
+
+import (
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// ownCgroupID is the cgroup v2 id of this process's cgroup: the inode of
+// its directory, which is what the kernel records for its sockets.
+func ownCgroupID(t *testing.T) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			var st syscall.Stat_t
+			if err := syscall.Stat("/sys/fs/cgroup"+path, &st); err != nil {
+				t.Skipf("cgroup v2 directory of this process: %v", err)
+			}
+			return st.Ino
+		}
+	}
+	t.Skip("no cgroup v2 line in /proc/self/cgroup")
+	return 0
+}
+
+// collect drains a tracer's events until it is closed, keeping the
+// records (not the progress marks).
+func collect(tr *tracer.Tracer) (wait func() []events.Event) {
+	var mu sync.Mutex
+	var got []events.Event
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for batch := range tr.Events() {
+			mu.Lock()
+			for _, ev := range batch {
+				if ev.Kind != events.KindProgress {
+					got = append(got, ev)
+				}
+			}
+			mu.Unlock()
+			tr.Recycle(batch)
+		}
+	}()
+	return func() []events.Event {
+		tr.Stop()
+		<-done
+		return got
+	}
+}
+
+// aggregates reads the tracer's aggregates by key.
+func aggregates(t *testing.T, tr *tracer.Tracer) map[events.AggregateKey]events.Aggregate {
+	t.Helper()
+	m := make(map[events.AggregateKey]events.Aggregate)
+	if err := tr.Aggregates(func(a *events.Aggregate) { m[a.AggregateKey] = *a }); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// By default healthy sockets never reach user space: the kernel counts
+// them, by cgroup, service port and direction, with their FIN-to-close
+// latency in log2 buckets. Only a close past the floor sends a record.
+func TestAggregatesCountWithoutRecords(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	for _, attach := range []tracer.Attach{tracer.AttachTPBTF, tracer.AttachTracepoint} {
+		t.Run(string(attach), func(t *testing.T) { testAggregates(t, attach) })
+	}
+}
+
+func testAggregates(t *testing.T, attach tracer.Attach) {
+	ln, port := listenLoopback(t)
+	cg := ownCgroupID(t)
+	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait, Attach: attach, Ports: []uint16{port}, EmitFloor: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	wait := collect(tr)
+
+	// Healthy: the client closes, the server reads EOF and closes at once.
+	const healthy = 2000
+	closeAfter := func(delay time.Duration) {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if _, err := s.Read(make([]byte, 1)); err == nil {
+			t.Fatal("read data, want EOF")
+		}
+		time.Sleep(delay)
+		s.Close()
+	}
+	for range healthy {
+		closeAfter(0)
+	}
+	// Known delays, in buckets [4.096, 8.192) ms, [131, 262) ms, [1.05, 2.10) s.
+	delays := map[time.Duration]int{5 * time.Millisecond: 12, 200 * time.Millisecond: 17, 1500 * time.Millisecond: 20}
+	for d := range delays {
+		closeAfter(d)
+	}
+
+	// A client whose server closes first: the client's socket enters
+	// CLOSE-WAIT. Fifty of them from fifty ephemeral ports are one key,
+	// the server's port, outbound.
+	const pool = 50
+	var clients []net.Conn
+	for range pool {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		clients = append(clients, c)
+	}
+	time.Sleep(50 * time.Millisecond) // the FINs are processed
+
+	in := events.AggregateKey{CgroupID: cg, Port: port, Dir: events.DirInbound}
+	out := events.AggregateKey{CgroupID: cg, Port: port, Dir: events.DirOutbound}
+	aggs := aggregates(t, tr)
+	if len(aggs) != 2 {
+		t.Errorf("aggregates %+v, want exactly the keys %+v and %+v", aggs, in, out)
+	}
+	a := aggs[in]
+	if want := uint64(healthy + len(delays)); a.Entered != want || a.Closed != want || a.Aborted != 0 || a.InCloseWait() != 0 {
+		t.Errorf("inbound: entered %d closed %d aborted %d, want %d %d 0", a.Entered, a.Closed, a.Aborted, want, want)
+	}
+	var histTotal uint64
+	for _, n := range a.Hist {
+		histTotal += n
+	}
+	if histTotal != a.Closed {
+		t.Errorf("histogram holds %d closes, want %d", histTotal, a.Closed)
+	}
+	for d, bucket := range delays {
+		if events.HistBucket(d) != bucket {
+			t.Errorf("HistBucket(%v) = %d, want %d", d, events.HistBucket(d), bucket)
+		}
+		if a.Hist[bucket] < 1 {
+			t.Errorf("bucket %d (< %v) is empty: the %v close is not in it; histogram %v", bucket, events.HistUpperBound(bucket), d, a.Hist)
+		}
+	}
+	if a.Hist[17] != 1 || a.Hist[20] != 1 {
+		t.Errorf("buckets 17 and 20 hold %d and %d closes, want 1 each (the 200ms and 1.5s ones)", a.Hist[17], a.Hist[20])
+	}
+	if q, ok := events.Quantile(&a.Hist, 0.5); !ok || q > 4*time.Millisecond {
+		t.Errorf("median FIN-to-close %v, want the healthy closes' (well under 4ms)", q)
+	}
+	o := aggs[out]
+	if o.Entered != pool || o.InCloseWait() != pool {
+		t.Errorf("outbound: entered %d, in CLOSE-WAIT %d, want %d", o.Entered, o.InCloseWait(), pool)
+	}
+
+	// The client sockets are in the kernel's CLOSE-WAIT table, with all a
+	// report needs; none is due before its FIN.
+	clientPorts := make(map[uint16]bool)
+	for _, c := range clients {
+		clientPorts[uint16(c.LocalAddr().(*net.TCPAddr).Port)] = true
+	}
+	now := bootclock.Now()
+	var found []events.Event
+	total, err := tr.ScanCloseWait(now, func(ev *events.Event) { found = append(found, *ev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total != pool || len(found) != pool {
+		t.Fatalf("table holds %d, %d due, want %d", total, len(found), pool)
+	}
+	for _, ev := range found {
+		if !clientPorts[ev.LocalPort] || ev.RemotePort != port || ev.LocalAddr.String() != "127.0.0.1" ||
+			ev.Family != events.FamilyIPv4 || ev.CgroupID != cg || ev.Inode == 0 || !ev.AgeKnown || !ev.KernelTracked ||
+			ev.FinBootNS <= 0 || ev.FinBootNS > now || ev.Sock == 0 {
+			t.Errorf("table entry %+v", ev)
+		}
+		if in, err := tr.InCloseWait(&ev); err != nil || !in {
+			t.Errorf("InCloseWait(%x) = %v, %v, want true", ev.Sock, in, err)
+		}
+	}
+	earliest := found[0].FinBootNS
+	for _, ev := range found {
+		earliest = min(earliest, ev.FinBootNS)
+	}
+	if _, err := tr.ScanCloseWait(earliest-1, func(ev *events.Event) { t.Errorf("due before its FIN: %+v", ev) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	if o := aggregates(t, tr)[out]; o.Closed != pool || o.InCloseWait() != 0 {
+		t.Errorf("outbound after close: closed %d, in CLOSE-WAIT %d, want %d, 0", o.Closed, o.InCloseWait(), pool)
+	}
+
+	// Records: only the close past the 1 s floor.
+	got := wait()
+	if len(got) != 1 || got[0].Kind != events.KindAppClose || got[0].AgeNS < int64(1500*time.Millisecond) {
+		var kinds []string
+		for _, ev := range got {
+			kinds = append(kinds, ev.Kind.String())
+		}
+		t.Errorf("records %v, want one app_close (the 1.5s close)", kinds)
+	}
+}
+
+// With EmitAll every socket sends its close_wait and app_close, and the
+// aggregates still count it.
+func TestEmitAllSendsEverySocket(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ln, port := listenLoopback(t)
+	tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait, Ports: []uint16{port}, EmitAll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	wait := collect(tr)
+	const n = 200
+	for range n {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		s.Read(make([]byte, 1))
+		s.Close()
+	}
+	time.Sleep(20 * time.Millisecond)
+	var entered uint64
+	for _, a := range aggregates(t, tr) {
+		entered += a.Entered
+	}
+	kinds := make(map[events.Kind]int)
+	for _, ev := range wait() {
+		kinds[ev.Kind]++
+	}
+	if kinds[events.KindCloseWait] != n || kinds[events.KindAppClose] != n || len(kinds) != 2 || entered != n {
+		t.Errorf("records %v, aggregates entered %d; want %d close_wait and %d app_close, %d entered", kinds, entered, n, n, n)
+	}
+}
