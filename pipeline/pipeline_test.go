@@ -97,7 +97,9 @@ func (f *fakeSource) Aggregates(fn func(*events.Aggregate)) error {
 func (f *fakeSource) send(evs ...events.Event) { f.ch <- evs }
 
 // progress says every record before now has been delivered.
-func (f *fakeSource) progress() { f.send(events.Event{Kind: events.KindProgress, BootNS: bootclock.Now()}) }
+func (f *fakeSource) progress() {
+	f.send(events.Event{Kind: events.KindProgress, BootNS: bootclock.Now()})
+}
 
 // closeSocket removes a socket from the kernel table, as the kernel does
 // before it sends the close.

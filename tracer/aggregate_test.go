@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/testenv"
 	"github.com/tcptrace/tcptrace/tracer"
@@ -25,14 +26,18 @@ func ownCgroupID(t *testing.T) uint64 {
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if path, ok := strings.CutPrefix(line, "0::"); ok {
+			root, err := cgroup.UnifiedRoot()
+			if err != nil {
+				t.Fatalf("no cgroup v2 hierarchy: %v", err)
+			}
 			var st syscall.Stat_t
-			if err := syscall.Stat("/sys/fs/cgroup"+path, &st); err != nil {
-				t.Skipf("cgroup v2 directory of this process: %v", err)
+			if err := syscall.Stat(root+path, &st); err != nil {
+				t.Fatalf("cgroup v2 directory of this process: %v", err)
 			}
 			return st.Ino
 		}
 	}
-	t.Skip("no cgroup v2 line in /proc/self/cgroup")
+	t.Fatal("no cgroup v2 line in /proc/self/cgroup")
 	return 0
 }
 

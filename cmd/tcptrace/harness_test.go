@@ -29,6 +29,13 @@ const runMainEnv = "TCPTRACE_TEST_RUN_MAIN"
 // helperEnv makes the test binary act as a helper process instead.
 const helperEnv = "TCPTRACE_TEST_HELPER"
 
+// helperCgroupEnv names a cgroup v2 directory the helper joins first, and
+// helperCommEnv the command name it takes.
+const (
+	helperCgroupEnv = "TCPTRACE_TEST_CGROUP"
+	helperCommEnv   = "TCPTRACE_TEST_COMM"
+)
+
 func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
 		main()
@@ -47,6 +54,18 @@ func runHelper(role string) {
 	fail := func(err error) {
 		fmt.Println("error", err)
 		os.Exit(1)
+	}
+	if name := os.Getenv(helperCommEnv); name != "" {
+		if err := os.WriteFile("/proc/self/comm", []byte(name), 0); err != nil {
+			fail(err)
+		}
+	}
+	if dir := os.Getenv(helperCgroupEnv); dir != "" {
+		// Join the cgroup before making sockets: a socket belongs to the
+		// cgroup of the process that creates it.
+		if err := os.WriteFile(dir+"/cgroup.procs", []byte(fmt.Sprint(os.Getpid())), 0); err != nil {
+			fail(err)
+		}
 	}
 	if role == "hostile" {
 		// A leaking server with a name made to break parsers and terminals;

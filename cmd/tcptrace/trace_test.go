@@ -257,6 +257,21 @@ func TestBadInvocation(t *testing.T) {
 		{"trace", "--log-level", "loud"},
 		{"trace", "extra-argument"},
 		{"version", "extra"},
+		{"closewait", "--events", "stuck,bogus"},
+		{"closewait", "--events", "close_wait"},
+		{"closewait", "--events", "transition"},
+		{"closewait", "--all", "--min-latency", "1s"},
+		{"closewait", "--min-latency", "fast"},
+		{"closewait", "--pid", "nginx"},
+		{"closewait", "--pid", "0"},
+		{"closewait", "--comm", "a-name-longer-than-15"},
+		{"closewait", "--netns", "self"},
+		{"closewait", "--cgroup", "/no/such/cgroup"},
+		{"closewait", "--cgroup", "abcdef"},
+		{"closewait", "--status-interval", "10ms"},
+		{"closewait", "--max-aggregates", "1"},
+		{"closewait", "--threshold", "30"},
+		{"trace", "--netns", "-1"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(context.Background(), append([]string{"tcptrace"}, args...), &stdout, &stderr)
@@ -278,6 +293,36 @@ func TestBadEnvironmentVariable(t *testing.T) {
 	err := run(context.Background(), []string{"tcptrace", "closewait"}, &stdout, &stderr)
 	if code := exitCode(err, &stderr); code != 2 || !strings.Contains(stderr.String(), "TCPTRACE_THRESHOLD") {
 		t.Errorf("bad TCPTRACE_THRESHOLD: exit %d, stderr %q; want 2 naming the variable", code, stderr.String())
+	}
+	t.Setenv("TCPTRACE_PORTS", "80,http")
+	stderr.Reset()
+	err = run(context.Background(), []string{"tcptrace", "trace"}, &stdout, &stderr)
+	if code := exitCode(err, &stderr); code != 2 || !strings.Contains(stderr.String(), `TCPTRACE_PORTS "http"`) {
+		t.Errorf("bad TCPTRACE_PORTS: exit %d, stderr %q; want 2 naming the variable and the value", code, stderr.String())
+	}
+}
+
+// A duration without a unit is refused with a hint.
+func TestDurationNeedsUnit(t *testing.T) {
+	for _, args := range [][]string{{"closewait", "--threshold", "30"}, {"trace", "--flush-interval", "100"}} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append([]string{"tcptrace"}, args...), &stdout, &stderr)
+		if code := exitCode(err, &stderr); code != 2 || !strings.Contains(stderr.String(), "use a unit, e.g. "+args[2]+"s") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 with the hint %q", args, code, stderr.String(), "use a unit, e.g. "+args[2]+"s")
+		}
+	}
+}
+
+// A bad environment variable does not override a valid flag: the
+// command line wins, as the README says.
+func TestFlagWinsOverBadEnvironment(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	t.Setenv("TCPTRACE_THRESHOLD", "banana")
+	t.Setenv("TCPTRACE_PORTS", "http")
+	p := startTracer(t, "closewait", "--threshold", "2s", "--port", "1")
+	p.stop()
+	if !strings.Contains(p.stderr.String(), "threshold=2s") {
+		t.Errorf("stderr does not show the flag's threshold:\n%s", p.stderr.String())
 	}
 }
 

@@ -1,0 +1,351 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/cgroup"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+// healthyChurn makes n healthy connections to ln: the client closes, the server
+// reads EOF and closes at once.
+func healthyChurn(t *testing.T, ln *net.TCPListener, n int) {
+	t.Helper()
+	for range n {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		s.Read(make([]byte, 1))
+		s.Close()
+	}
+}
+
+// By default only the leaks are written: thousands of healthy sockets
+// leave no line, the leaked ones are reported stuck and their late close
+// is written as the resolution. --all writes both events of every socket.
+func TestDefaultWritesOnlyLeaks(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln), "--threshold", "300ms", "--flush-interval", "20ms")
+		const healthy, leaked = 3000, 3
+		var leaks []conn
+		for i := range healthy + leaked {
+			if i%1000 == 500 {
+				c := dial(t, ln)
+				c.client.Close()
+				leaks = append(leaks, c)
+				continue
+			}
+			healthyChurn(t, ln, 1)
+		}
+		stuck := map[string]bool{}
+		for len(stuck) < leaked {
+			ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
+			if ev.LocalPort != listenerPort(ln) || *ev.AgeNS < int64(300*time.Millisecond) || ev.OwnerSource != "proc" ||
+				len(ev.Owner) != 1 || ev.Owner[0].PID != os.Getpid() {
+				t.Errorf("stuck %v, want a leaked server socket held by this process", ev)
+			}
+			stuck[ev.Sock] = true
+		}
+		for _, c := range leaks {
+			c.server.Close()
+		}
+		for range leaked {
+			ac := p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" })
+			if !stuck[ac.Sock] || !*ac.WasStuck || ac.OwnerSource != "last_seen" {
+				t.Errorf("app_close %v, want the resolution of a stuck socket", ac)
+			}
+		}
+		all := p.drain()
+		if len(all) != 2*leaked {
+			for _, ev := range all {
+				if !stuck[ev.Sock] {
+					t.Errorf("written about a healthy socket: %v", ev)
+				}
+			}
+			t.Errorf("%d events written, want %d", len(all), 2*leaked)
+		}
+		if !strings.Contains(p.stderr.String(), fmt.Sprintf("events=%d ", 2*leaked)) {
+			t.Errorf("exit summary does not count %d events:\n%s", 2*leaked, p.stderr.String())
+		}
+	})
+}
+
+func TestAllWritesEverySocket(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m")
+	const n = 500
+	healthyChurn(t, ln, n)
+	time.Sleep(200 * time.Millisecond)
+	counts := map[string]int{}
+	socks := map[string]bool{}
+	for _, ev := range p.drain() {
+		counts[ev.Event]++
+		socks[ev.Sock] = true
+	}
+	if counts["close_wait"] != n || counts["app_close"] != n || len(counts) != 2 || len(socks) != n {
+		t.Errorf("events %v over %d sockets, want %d close_wait and %d app_close", counts, len(socks), n, n)
+	}
+}
+
+// --min-latency also writes closes slower than the floor, and no other.
+func TestMinLatencyWritesSlowCloses(t *testing.T) {
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	p := startTracer(t, "closewait", "--port", portArg(ln), "--threshold", "10s", "--min-latency", "150ms")
+	healthyChurn(t, ln, 200)
+	slow := dial(t, ln)
+	slow.client.Close()
+	time.Sleep(250 * time.Millisecond)
+	slow.server.Close()
+	ac := p.next(eventTimeout, "slow app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" })
+	if !slow.isServer(ac) || *ac.FinToCloseNS < int64(250*time.Millisecond) || *ac.WasStuck {
+		t.Errorf("app_close %v, want the 250ms close, not stuck", ac)
+	}
+	healthyChurn(t, ln, 200)
+	if rest := p.drain(); len(rest) != 1 {
+		t.Errorf("wrote %d events, want only the slow close", len(rest))
+	}
+}
+
+// Many network namespaces, one per pod on a Kubernetes node, each with a
+// leak older than tcptrace: every first stuck report names its holder,
+// although the node-wide scan budget allows few scans.
+func TestOwnersInManyNamespaces(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	const namespaces = 24
+	holder := map[uint64]int{} // netns -> helper pid
+	for range namespaces {
+		h, _, netns := startNetnsLeak(t)
+		fmt.Fprintln(h.stdin)
+		h.line(t) // closed: in CLOSE-WAIT before the tracer starts
+		holder[netns] = h.cmd.Process.Pid
+	}
+	p := startTracer(t, "closewait", "--threshold", "1s")
+	reported := map[uint64]bool{}
+	for len(reported) < namespaces {
+		ev := p.next(15*time.Second, "stuck in a test namespace", func(ev jsonEvent) bool {
+			_, ours := holder[ev.NetNS]
+			return ev.Event == "stuck" && ours
+		})
+		if reported[ev.NetNS] {
+			t.Errorf("second stuck report in netns %d: %v", ev.NetNS, ev)
+			continue
+		}
+		reported[ev.NetNS] = true
+		if ev.OwnerSource != "proc" || len(ev.Owner) != 1 || ev.Owner[0].PID != holder[ev.NetNS] {
+			t.Errorf("netns %d: stuck owner %v (%s), want pid %d", ev.NetNS, ev.ownerPIDs(), ev.OwnerSource, holder[ev.NetNS])
+		}
+		if *ev.AgeKnown {
+			t.Errorf("a socket older than tcptrace says age_known: %v", ev)
+		}
+	}
+	p.stop()
+	m := regexp.MustCompile(`owner_scans=(\d+)`).FindStringSubmatch(p.stderr.String())
+	if m == nil {
+		t.Fatalf("no owner_scans in the summary:\n%s", p.stderr.String())
+	}
+	if n, _ := strconv.Atoi(m[1]); n >= namespaces {
+		t.Errorf("%d owner scans for %d namespaces: one node-wide scan should answer for all", n, namespaces)
+	}
+}
+
+// --netns keeps one namespace's sockets, in the kernel.
+func TestNetnsFilter(t *testing.T) {
+	a, portA, nsA := startNetnsLeak(t)
+	b, _, nsB := startNetnsLeak(t)
+	for _, h := range []*helper{a, b} {
+		fmt.Fprintln(h.stdin)
+		h.line(t)
+	}
+	p := startTracer(t, "closewait", "--threshold", "300ms", "--netns", strconv.FormatUint(nsA, 10))
+	ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
+	if ev.NetNS != nsA || strconv.Itoa(ev.LocalPort) != portA {
+		t.Errorf("stuck %v, want the leak in netns %d", ev, nsA)
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, ev := range p.drain() {
+		if ev.NetNS != nsA && ev.Event != "lost" {
+			t.Errorf("--netns %d wrote an event of netns %d (the other is %d): %v", nsA, ev.NetNS, nsB, ev)
+		}
+	}
+}
+
+// --cgroup keeps the sockets of one cgroup and those below it, given by
+// path or by container id; --pid and --comm keep those of one process.
+func TestCgroupAndProcessFilters(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	root, err := cgroup.UnifiedRoot()
+	if err != nil {
+		t.Fatalf("no cgroup v2 hierarchy: %v", err)
+	}
+	// A cgroup named like a container's, with a child the leak runs in.
+	id := fmt.Sprintf("%016x", time.Now().UnixNano()) + strings.Repeat("ab", 24)
+	dir := filepath.Join(root, "tcptrace-test-"+strconv.Itoa(os.Getpid()), "docker-"+id+".scope")
+	if err := os.MkdirAll(filepath.Join(dir, "child"), 0o755); err != nil {
+		t.Fatalf("create a test cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		os.Remove(filepath.Join(dir, "child"))
+		os.Remove(dir)
+		os.Remove(filepath.Dir(dir))
+	})
+	t.Setenv(helperCgroupEnv, filepath.Join(dir, "child"))
+	t.Setenv(helperCommEnv, "leaky-in")
+	in, portIn, clIn, _ := leakFrom(t, "leak")
+	os.Unsetenv(helperCgroupEnv)
+	os.Unsetenv(helperCommEnv)
+	out, portOut, clOut, _ := leakFrom(t, "leak")
+	clIn.Close()
+	clOut.Close()
+	ports := []string{"--port", portIn, "--port", portOut}
+	check := func(what string, args []string, wantPort string, wantPID int) {
+		t.Helper()
+		p := startTracer(t, append(append([]string{"closewait", "--threshold", "300ms"}, ports...), args...)...)
+		ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
+		if strconv.Itoa(ev.LocalPort) != wantPort || len(ev.Owner) != 1 || ev.Owner[0].PID != wantPID {
+			t.Errorf("%s: stuck %v, want port %s held by %d", what, ev, wantPort, wantPID)
+		}
+		time.Sleep(500 * time.Millisecond)
+		for _, ev := range p.drain() {
+			if ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) != wantPort {
+				t.Errorf("%s: reported the other leak: %v", what, ev)
+			}
+		}
+	}
+	check("--cgroup path", []string{"--cgroup", dir}, portIn, in.cmd.Process.Pid)
+	check("--cgroup container id", []string{"--cgroup", id[:12]}, portIn, in.cmd.Process.Pid)
+	check("--pid", []string{"--pid", strconv.Itoa(out.cmd.Process.Pid)}, portOut, out.cmd.Process.Pid)
+	check("--comm", []string{"--comm", "leaky-in"}, portIn, in.cmd.Process.Pid)
+	// Either filter keeps a socket: --pid and --comm add up.
+	p := startTracer(t, append(append([]string{"closewait", "--threshold", "300ms"}, ports...),
+		"--comm", "leaky-in", "--pid", strconv.Itoa(out.cmd.Process.Pid))...)
+	got := map[string]bool{}
+	for len(got) < 2 {
+		got[strconv.Itoa(p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" }).LocalPort)] = true
+	}
+	if !got[portIn] || !got[portOut] {
+		t.Errorf("--comm and --pid reported ports %v, want %s and %s", got, portIn, portOut)
+	}
+}
+
+// Output that cannot be written whole: the exit summary counts only the
+// lines that reached the file whole.
+func TestSummaryCountsLinesWritten(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	dir := t.TempDir()
+	// A file system with room for a few dozen lines.
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=16k"); err != nil {
+		t.Fatalf("mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	f, err := os.Create(filepath.Join(dir, "out.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	cmd := tcptraceCmd(nil, "closewait", "--all", "--port", portArg(ln), "--output", "json")
+	var stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = f, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitAttached(t, &stderr)
+	healthyChurn(t, ln, 300)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Errorf("tcptrace exited 0 with its output failing")
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Signal(syscall.SIGINT)
+		<-done
+		t.Fatalf("tcptrace went on with a full disk; stderr:\n%s", stderr.String())
+	}
+	data, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := bytes.Count(data, []byte("\n"))
+	if whole == 0 || whole >= 600 {
+		t.Fatalf("%d lines reached the file, want some but not all 600", whole)
+	}
+	if !strings.Contains(stderr.String(), fmt.Sprintf("events=%d ", whole)) || !strings.Contains(stderr.String(), "no space left") {
+		t.Errorf("summary does not count the %d whole lines, or the error is not said:\n%s", whole, stderr.String())
+	}
+}
+
+// A reader that goes away (tcptrace | head) ends tcptrace cleanly, exit 0,
+// with its summary.
+func TestBrokenPipeEndsCleanly(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	cmd := tcptraceCmd(nil, "closewait", "--all", "--port", portArg(ln), "--output", "json")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitAttached(t, &stderr)
+	healthyChurn(t, ln, 5)
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.Contains(line, `"close_wait"`) {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	stdout.Close() // as head does after its lines
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.After(10 * time.Second)
+	for {
+		healthyChurn(t, ln, 20)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("tcptrace exited with %v after its reader left; stderr:\n%s", err, stderr.String())
+			}
+			if !strings.Contains(stderr.String(), "msg=stopped") || !strings.Contains(stderr.String(), "output closed") {
+				t.Errorf("no summary, or no word of the closed output:\n%s", stderr.String())
+			}
+			return
+		case <-deadline:
+			t.Fatalf("tcptrace still running after its reader left; stderr:\n%s", stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func waitAttached(t *testing.T, stderr *syncBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(stderr.String(), "msg=attached") {
+		if time.Now().After(deadline) {
+			t.Fatalf("tcptrace did not attach; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
