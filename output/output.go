@@ -2,7 +2,6 @@
 package output
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -39,6 +38,7 @@ func ParseFormat(s string) (Format, error) {
 type Writer struct {
 	w       io.Writer
 	pending []byte // whole lines not yet written
+	ends    []int  // where each event line of pending ends (not headers, not status)
 	buf     []byte
 	table   bool
 	width   int // terminal width to fit table rows in; 0: no limit
@@ -64,17 +64,21 @@ func New(w io.Writer, format Format, width int) *Writer {
 
 // Write writes one event.
 func (w *Writer) Write(e *events.Event) error {
-	b := w.buf[:0]
 	if w.table {
-		grew := w.fit(e)
-		if w.rows%40 == 0 || grew {
-			b = w.appendHeader(b)
+		if w.fit(e) || w.rows%40 == 0 {
+			if err := w.line(w.appendHeader(w.buf[:0])); err != nil {
+				return err
+			}
 		}
 		w.rows++
-		b = w.appendRow(b, e)
-	} else {
-		b = events.AppendJSON(b, e)
+		return w.event(w.appendRow(w.buf[:0], e))
 	}
+	return w.event(events.AppendJSON(w.buf[:0], e))
+}
+
+// event queues the line of an event, which Written counts.
+func (w *Writer) event(b []byte) error {
+	w.ends = append(w.ends, len(w.pending)+len(cut(b, w.width))+1)
 	return w.line(b)
 }
 
@@ -84,21 +88,22 @@ func (w *Writer) WriteStatus(st *pipeline.Status) error {
 	if !w.table {
 		return nil
 	}
-	b := w.buf[:0]
 	if w.rows%40 == 0 {
-		b = w.appendHeader(b)
+		if err := w.line(w.appendHeader(w.buf[:0])); err != nil {
+			return err
+		}
 	}
 	w.rows++
-	start := len(b)
+	b := w.buf[:0]
 	b = time.Now().AppendFormat(b, "15:04:05")
-	b = pad(b, start, colTime)
-	start = len(b)
+	b = pad(b, 0, colTime)
+	start := len(b)
 	b = append(b, "status"...)
 	b = pad(b, start, colEvent)
-	b = fmt.Appendf(b, "in CLOSE-WAIT %d, stuck %d, %.1f closes/s", st.InCloseWait, st.Stuck,
+	b = fmt.Appendf(b, "close-wait=%d stuck=%d closes/s=%.0f", st.InCloseWait, st.Stuck,
 		float64(st.Closes)/max(st.Interval.Seconds(), 1e-3))
 	if st.HasP99 {
-		b = append(b, ", p99 FIN->close <"...)
+		b = append(b, " p99<"...)
 		b = appendCompact(b, st.P99)
 	}
 	return w.line(b)
@@ -106,7 +111,7 @@ func (w *Writer) WriteStatus(st *pipeline.Status) error {
 
 // line queues one line, cut to the terminal width.
 func (w *Writer) line(b []byte) error {
-	if w.table && w.width > 0 {
+	if w.table {
 		b = cut(b, w.width)
 	}
 	b = append(b, '\n')
@@ -124,20 +129,21 @@ func (w *Writer) Flush() error {
 		return nil
 	}
 	n, err := w.w.Write(w.pending)
-	w.written += uint64(bytes.Count(w.pending[:n], []byte{'\n'}))
+	for _, end := range w.ends {
+		if end <= n {
+			w.written++
+		}
+	}
 	if err == nil && n < len(w.pending) {
 		err = io.ErrShortWrite
 	}
-	if err != nil {
-		// What is left would be a torn line: drop it, writing has failed.
-		w.pending = w.pending[:0]
-		return err
-	}
-	w.pending = w.pending[:0]
-	return nil
+	// On error what is left would be a torn line: drop it, writing has
+	// failed.
+	w.pending, w.ends = w.pending[:0], w.ends[:0]
+	return err
 }
 
-// Written is the number of lines written out whole.
+// Written is the number of events written out whole.
 func (w *Writer) Written() uint64 { return w.written }
 
 // Column widths of the table; DETAIL takes the rest of the line. The
@@ -167,7 +173,7 @@ func endpointLen(addr netip.Addr, port uint16) int {
 }
 
 func (w *Writer) appendHeader(b []byte) []byte {
-	return fmt.Appendf(b, "%-*s %-*s %-*s %-*s %s\n",
+	return fmt.Appendf(b, "%-*s %-*s %-*s %-*s %s",
 		colTime, "TIME", colEvent, "EVENT", w.colLocal, "LOCAL", w.colRemote, "REMOTE", "DETAIL")
 }
 
@@ -192,7 +198,8 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 	start = len(b)
 	b = appendEndpoint(b, e.RemoteAddr, e.RemotePort)
 	b = pad(b, start, w.colRemote)
-	// The most telling value first: a row cut to the terminal keeps it.
+	// The most telling value first, then who: a row cut to the terminal
+	// keeps what matters most.
 	switch e.Kind {
 	case events.KindTransition:
 		b = fmt.Appendf(b, "%s -> %s", e.OldState, e.NewState)
@@ -200,47 +207,45 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, " after "...)
 			b = appendCompact(b, time.Duration(e.PrevStateNS))
 		}
-		b = appendTask(b, " task=", &e.Task)
-		return b
+		return appendTask(b, " task=", &e.Task)
 	case events.KindCloseWait:
 		b = append(b, "peer closed"...)
 		if !e.AgeKnown {
 			b = append(b, " before start"...)
 		}
-	case events.KindStuck:
+		b = appendOwners(b, e)
+	case events.KindStuck, events.KindAbort:
 		if !e.AgeKnown {
 			b = append(b, '>')
 		}
 		b = appendCompact(b, time.Duration(e.AgeNS))
+		b = appendOwners(b, e)
 	case events.KindAppClose:
 		if e.AgeKnown {
 			b = appendCompact(b, time.Duration(e.AgeNS))
 		} else {
-			b = append(b, "closed"...)
+			b = append(b, '?')
 		}
+		// Who closed it; the holders it had otherwise.
 		if e.HasCloser {
-			b = appendTask(b, " by ", &e.Closer)
+			b = appendTask(b, " ", &e.Closer)
+		} else {
+			b = appendOwners(b, e)
 		}
 		if e.NewState == events.StateClose {
 			b = append(b, " reset"...)
 		}
 		if e.WasStuck {
-			b = append(b, " was-stuck"...)
+			b = append(b, " stuck"...)
 		}
-	case events.KindAbort:
-		if e.AgeKnown {
-			b = appendCompact(b, time.Duration(e.AgeNS))
-			b = append(b, ' ')
-		}
-		b = append(b, "no close"...)
 	}
-	return appendOwners(b, e)
+	return b
 }
 
 // cut shortens a line to width columns (runes, as every escape is already
 // visible text), marking the cut.
 func cut(b []byte, width int) []byte {
-	if len(b) <= width {
+	if width <= 0 || len(b) <= width {
 		return b
 	}
 	cols := 0
@@ -291,7 +296,7 @@ func appendSig(b []byte, v float64, unit string) []byte {
 func appendOwners(b []byte, e *events.Event) []byte {
 	switch {
 	case len(e.Owners) > 0:
-		b = append(b, " owner="...)
+		b = append(b, ' ')
 		b = strconv.AppendInt(b, int64(e.Owners[0].PID), 10)
 		b = append(b, '/')
 		b = AppendPrintable(b, []byte(e.Owners[0].Comm))
@@ -299,7 +304,7 @@ func appendOwners(b []byte, e *events.Event) []byte {
 			b = fmt.Appendf(b, "+%d", n)
 		}
 	case e.OwnerSource == events.OwnerNoFile:
-		b = append(b, " owner=none(no file)"...)
+		b = append(b, " no-file"...)
 	}
 	return b
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -347,5 +348,42 @@ func waitAttached(t *testing.T, stderr *syncBuffer) {
 			t.Fatalf("tcptrace did not attach; stderr:\n%s", stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// On a terminal, a table, with a status row every --status-interval that
+// shows tcptrace at work when nothing leaks.
+func TestStatusRowsOnATerminal(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Fatalf("script (util-linux) runs tcptrace on a pseudo-terminal: %v", err)
+	}
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	// script gives tcptrace a pseudo-terminal as stdout; timeout stops it
+	// as Ctrl-C would.
+	inner := fmt.Sprintf("timeout --preserve-status -s INT 3 %s closewait --port %s --status-interval 1s", os.Args[0], portArg(ln))
+	cmd := exec.Command(script, "-qfec", inner, "/dev/null")
+	cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stop := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(stop) {
+		healthyChurn(t, ln, 20)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("tcptrace on a terminal: %v\n%s", err, out.String())
+	}
+	text := strings.ReplaceAll(out.String(), "\r", "")
+	status := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d status +close-wait=0 stuck=0 closes/s=([1-9]\d*) p99<\S+$`)
+	if !strings.Contains(text, "TIME     EVENT") || len(status.FindAllString(text, -1)) < 2 {
+		t.Errorf("want a table header and two status rows with closes/s > 0, got:\n%s", text)
+	}
+	if strings.Contains(text, `{"time"`) || strings.Contains(text, "app_close") {
+		t.Errorf("healthy sockets written on the terminal:\n%s", text)
 	}
 }
