@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
 
-.PHONY: all build generate test vet check-generated soak bench vmtest clean
+.PHONY: all build generate test vet check-generated soak bench bigleak vmtest clean
 
 all: build
 
@@ -37,11 +37,17 @@ check-generated: generate
 soak:
 	scripts/soak.sh
 
-# Not in CI: connection churn with no tracer, tcptrace closewait and trace,
-# and libbpf-tools tcpstates and bpftrace when they install; medians of
-# alternating rounds (BENCH_ROUNDS, BENCH_N). Needs root.
+# Not in CI: connection churn with no tracer, tcptrace closewait (quiet and
+# --all) and trace, and libbpf-tools tcpstates and bpftrace when they
+# install; medians of alternating rounds (BENCH_ROUNDS, BENCH_N), for each
+# workload shape (BENCH_SHAPES). Needs root.
 bench:
 	scripts/bench.sh
+
+# Not in CI: LEAK_N (100,000) sockets held in CLOSE-WAIT under closewait:
+# time to report them all, CPU then and idle, peak RSS, table scan cost.
+bigleak:
+	scripts/bigleak.sh
 
 # The kernel matrix: the tests, real-kernel ones included, on Debian's
 # kernels under qemu (downloaded with apt, cached). KERNELS picks the series.

@@ -32,9 +32,10 @@ type Source interface {
 	// The rest is used in closewait mode only.
 
 	// ScanCloseWait calls due with each socket in the kernel's CLOSE-WAIT
-	// table whose FIN is at or before dueBoot, as a close_wait event, and
-	// returns how many sockets the table holds.
-	ScanCloseWait(dueBoot int64, due func(ev *events.Event)) (int, error)
+	// table whose FIN is at or before dueBoot, as a close_wait event,
+	// unless known says it is known already, and returns how many sockets
+	// the table holds.
+	ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due func(ev *events.Event)) (int, error)
 	// InCloseWait reports whether a kernel-tracked socket is still in the
 	// table for the same episode.
 	InCloseWait(ev *events.Event) (bool, error)
@@ -309,10 +310,7 @@ func (p *Pipeline) handle(ev *events.Event) {
 func (p *Pipeline) scan() {
 	start := time.Now()
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
-	n, err := p.src.ScanCloseWait(dueBoot, func(ev *events.Event) {
-		if p.track.Has(ev.Sock) {
-			return
-		}
+	n, err := p.src.ScanCloseWait(dueBoot, p.track.Has, func(ev *events.Event) {
 		p.attr.Socket(ev)
 		p.track.Insert(ev)
 	})

@@ -50,11 +50,11 @@ func (f *fakeSource) Lost() (events.LostCounts, error) {
 	return f.lost, nil
 }
 
-func (f *fakeSource) ScanCloseWait(dueBoot int64, due func(*events.Event)) (int, error) {
+func (f *fakeSource) ScanCloseWait(dueBoot int64, known func(uint64) bool, due func(*events.Event)) (int, error) {
 	f.mu.Lock()
 	var list []events.Event
 	for _, ev := range f.table {
-		if ev.FinBootNS <= dueBoot {
+		if ev.FinBootNS <= dueBoot && (known == nil || !known(ev.Sock)) {
 			list = append(list, ev)
 		}
 	}

@@ -10,7 +10,14 @@
 #   BENCH_N        connections per run (default 30000)
 #   BENCH_WORKERS  churn client workers (default 4)
 #   BENCH_PORT     first port to try; each run takes a fresh one (default 47101)
-#   BENCH_CONFIGS  configurations (default "none closewait trace tcpstates bpftrace")
+#   BENCH_CONFIGS  configurations (default "none closewait closewait-all trace tcpstates bpftrace");
+#                  closewait is the default, quiet mode, closewait-all the
+#                  every-socket stream (--all)
+#   BENCH_SHAPES   workload shapes, each a whole benchmark (default "server-first client-first"):
+#                  server-first: the server closes on accept, the client reads
+#                  to EOF and closes (the client's socket passes CLOSE-WAIT);
+#                  client-first: the client closes, the server reads EOF and
+#                  closes (the server's socket passes CLOSE-WAIT)
 #   BENCH_PEERS    0: neither install nor run the peers (default 1)
 #   BENCH_JSON     JSON report (default bench.json in the run's temp dir)
 #   BENCH_KEEP_EVENTS  1: keep every run's whole output (default: its last
@@ -34,7 +41,8 @@ ROUNDS=${BENCH_ROUNDS:-5}
 N=${BENCH_N:-30000}
 WORKERS=${BENCH_WORKERS:-4}
 BASE_PORT=${BENCH_PORT:-47101}
-CONFIGS=${BENCH_CONFIGS:-none closewait trace tcpstates bpftrace}
+CONFIGS=${BENCH_CONFIGS:-none closewait closewait-all trace tcpstates bpftrace}
+SHAPES=${BENCH_SHAPES:-server-first client-first}
 PEERS=${BENCH_PEERS:-1}
 ATTACH_TIMEOUT=60
 STOP_TIMEOUT=20
@@ -134,7 +142,7 @@ ensure time /usr/bin/time || { have_time=false; warn "no GNU time: CPU and RSS a
 configs=()
 for c in $CONFIGS; do
 	case $c in
-	none | closewait | trace) configs+=("$c") ;;
+	none | closewait | closewait-all | trace) configs+=("$c") ;;
 	tcpstates)
 		if [[ $PEERS == 1 ]] && ensure libbpf-tools tcpstates; then
 			configs+=("$c")
@@ -212,12 +220,11 @@ attached_peer() {
 }
 
 ticks=$(getconf CLK_TCK)
-runs=$dir/runs.jsonl
-: >"$runs"
 failed=false
+shape_args=()
 
 "$bin/benchreport" machine
-echo "$N connections per run, $WORKERS workers, $ROUNDS rounds of: ${configs[*]}"
+echo "$N connections per run, $WORKERS workers, $ROUNDS rounds of: ${configs[*]}; shapes: $SHAPES"
 echo "bpftool: $($have_bpftool && bpftool version 2>/dev/null | head -n 1 || echo none)"
 command -v tcpstates >/dev/null && echo "tcpstates: $(tcpstates -V 2>&1 | head -n 1)"
 command -v bpftrace >/dev/null && echo "bpftrace: $(bpftrace --version 2>&1 | head -n 1)"
@@ -241,6 +248,7 @@ run_one() {
 	case $config in
 	none) ;;
 	closewait | trace) tracer=("$bin/tcptrace" "$config" --port "$port" --output json --log-level info) ;;
+	closewait-all) tracer=("$bin/tcptrace" closewait --all --port "$port" --output json --log-level info) ;;
 	tcpstates) tracer=(tcpstates) ;;
 	bpftrace)
 		bt_script "$port" >"$d/tcpstates.bt"
@@ -270,7 +278,7 @@ run_one() {
 		for ((i = 0; i < ATTACH_TIMEOUT * 10; i++)); do
 			kill -0 "$tracer_pid" 2>/dev/null || break
 			case $config in
-			closewait | trace) grep -q 'msg=attached' "$d/stderr" && attached=true ;;
+			closewait | closewait-all | trace) grep -q 'msg=attached' "$d/stderr" && attached=true ;;
 			*)
 				if $have_bpftool; then
 					attached_peer "$tracer_pid" && attached=true
@@ -296,7 +304,7 @@ run_one() {
 	local cpu0=0 peak=0
 	[[ -n $tracer_pid ]] && cpu0=$(cpu_ticks "$tracer_pid")
 	local churn_rc=0
-	"$bin/churn" -n "$N" -c "$WORKERS" -addr "127.0.0.1:$port" -json >"$d/churn.json" 2>"$d/churn.err" || churn_rc=$?
+	"$bin/churn" -n "$N" -c "$WORKERS" -addr "127.0.0.1:$port" -json "${shape_args[@]}" >"$d/churn.json" 2>"$d/churn.err" || churn_rc=$?
 	settle "$port"
 
 	local completed errors rate
@@ -355,9 +363,16 @@ run_one() {
 		local expected emitted lost stopped=""
 		expected=$(json_int transitions_expected "$d/churn.json")
 		case $config in
-		closewait)
+		closewait-all)
 			expected=$(json_int closewait_events_expected "$d/churn.json")
 			emitted=$(grep -cE '"event":"(close_wait|app_close)"' "$d/events.out" || true)
+			;;
+		closewait)
+			# Quiet: a healthy socket is only counted in the kernel. Nothing
+			# is expected on the output; the aggregates must count every
+			# connection (checked below).
+			expected=0
+			emitted=$(grep -c '"event"' "$d/events.out" || true)
 			;;
 		trace)
 			emitted=$(grep -c '"event":"transition"' "$d/events.out" || true)
@@ -372,7 +387,7 @@ run_one() {
 			;;
 		esac
 		case $config in
-		closewait | trace)
+		closewait | closewait-all | trace)
 			stopped=$(grep 'msg=stopped' "$d/stderr" | tail -n 1 || true)
 			if [[ -z $stopped ]]; then
 				warn "$config: no msg=stopped line"
@@ -402,6 +417,15 @@ run_one() {
 			rm -f "$d/events.out"
 		fi
 		local unaccounted=$((expected - emitted - lost))
+		if [[ $config == closewait ]]; then
+			# Every connection passed CLOSE-WAIT once: the aggregates count it.
+			local counted
+			counted=$(sfield closes_counted "$stopped")
+			if [[ -z $counted ]] || ((counted != completed)); then
+				warn "closewait: the kernel counted ${counted:-no} closes for $completed connections"
+				unaccounted=$((completed - ${counted:-0}))
+			fi
+		fi
 		extra=$(printf ',"expected":%d,"emitted":%d,"lost":%d,"unaccounted":%d,"cpu_seconds":%s,"startup_cpu_seconds":%s,"peak_rss_kib":%d' \
 			"$expected" "$emitted" "$lost" "$unaccounted" "$cpu" "$start_cpu" "${peak:-0}")
 		if [[ -n $run_cnt ]]; then
@@ -419,39 +443,54 @@ run_one() {
 	$ok
 }
 
-for ((round = 1; round <= ROUNDS; round++)); do
-	for config in "${configs[@]}"; do
-		if ! run_one "$config" "$round"; then
-			case $config in
-			none | closewait | trace) failed=true ;;
-			esac
-		fi
+for shape in $SHAPES; do
+	case $shape in
+	server-first) shape_args=() ;;
+	client-first) shape_args=(-client-closes-first) ;;
+	*) die "unknown shape $shape (want server-first or client-first)" ;;
+	esac
+	runs=$dir/runs-$shape.jsonl
+	: >"$runs"
+	echo "== shape $shape" >&2
+	stats_round=false
+	for ((round = 1; round <= ROUNDS; round++)); do
+		for config in "${configs[@]}"; do
+			if ! run_one "$config" "$round"; then
+				case $config in
+				none | closewait | closewait-all | trace) failed=true ;;
+				esac
+			fi
+		done
 	done
+
+	if [[ -n $stats_prev ]]; then
+		sysctl -qw kernel.bpf_stats_enabled=1
+		stats_round=true
+		echo "== run-time statistics round (kernel.bpf_stats_enabled=1): ns/run only" >&2
+		for config in "${configs[@]}"; do
+			[[ $config == none ]] && continue
+			run_one "$config" $((ROUNDS + 1)) || warn "$config: statistics round failed"
+		done
+		sysctl -qw kernel.bpf_stats_enabled=0
+	else
+		warn "kernel.bpf_stats_enabled unavailable: no ns/run"
+	fi
+
+	echo
+	echo "shape: $shape"
+	"$bin/benchreport" report -runs "$runs" -json "${JSON%.json}-$shape.json" -n "$N" -workers "$WORKERS" -rounds "$ROUNDS"
+	echo
 done
-
-if [[ -n $stats_prev ]]; then
-	sysctl -qw kernel.bpf_stats_enabled=1
-	stats_round=true
-	echo "== run-time statistics round (kernel.bpf_stats_enabled=1): ns/run only" >&2
-	for config in "${configs[@]}"; do
-		[[ $config == none ]] && continue
-		run_one "$config" $((ROUNDS + 1)) || warn "$config: statistics round failed"
-	done
-	sysctl -qw kernel.bpf_stats_enabled=0
-else
-	warn "kernel.bpf_stats_enabled unavailable: no ns/run"
-fi
-
-echo
-"$bin/benchreport" report -runs "$runs" -json "$JSON" -n "$N" -workers "$WORKERS" -rounds "$ROUNDS"
-echo
-echo "JSON: $JSON"
+echo "JSON: ${JSON%.json}-<shape>.json"
 echo "runs: $dir (per run: churn.json, events.out or events.tail, stderr, time, progs.json)"
 cat <<'EOF'
 conn/s: churn's connections per second; vs none: ratio to the no-tracer median.
 cpu s: tracer CPU from the start of the churn to its exit; peak RSS over its life.
-emitted/expected: events for the run's port (tcptrace closewait: close_wait and
-app_close; the others: state transitions, 10 per connection + 2 for the listener).
+cpu/100k: that CPU per 100,000 connections.
+emitted/expected: events for the run's port (tcptrace closewait-all: close_wait
+and app_close; closewait: nothing is expected for healthy sockets, and the
+kernel's aggregates must count every close; the others: state transitions,
+10 per connection + 2 for the listener).
 lost: counted by the tracer (tcptrace: per-cause sum; peers: perf-buffer losses
 they print + the kernel's recursion misses of their program, host-wide).
 ns/run: run_time_ns / run_cnt of the programs on inet_sock_set_state, from an

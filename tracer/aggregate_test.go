@@ -187,7 +187,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	}
 	now := bootclock.Now()
 	var found []events.Event
-	total, err := tr.ScanCloseWait(now, func(ev *events.Event) { found = append(found, *ev) })
+	total, err := tr.ScanCloseWait(now, nil, func(ev *events.Event) { found = append(found, *ev) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	for _, ev := range found {
 		earliest = min(earliest, ev.FinBootNS)
 	}
-	if _, err := tr.ScanCloseWait(earliest-1, func(ev *events.Event) { t.Errorf("due before its FIN: %+v", ev) }); err != nil {
+	if _, err := tr.ScanCloseWait(earliest-1, nil, func(ev *events.Event) { t.Errorf("due before its FIN: %+v", ev) }); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range clients {

@@ -279,3 +279,23 @@ func TestKernelWithoutBTF(t *testing.T) {
 		t.Errorf("old kernel: %v; want the minimum named", err)
 	}
 }
+
+// decodeEntry reads struct cw_entry as the generated type lays it out.
+func TestDecodeEntryMatchesGeneratedLayout(t *testing.T) {
+	if n := binary.Size(tcptraceCwEntry{}); n != cwEntrySize {
+		t.Fatalf("struct cw_entry is %d bytes, cwEntrySize %d", n, cwEntrySize)
+	}
+	want := tcptraceCwEntry{FinNs: 1, Cookie: 2, Ino: 3, CgroupId: 4, Netns: 5, Family: 10, Sport: 6, Dport: 7, Dir: 2, Flags: 3}
+	for i := range want.Saddr {
+		want.Saddr[i], want.Daddr[i] = byte(i+1), byte(100+i)
+	}
+	b, err := binary.Append(nil, binary.LittleEndian, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got tcptraceCwEntry
+	decodeEntry(b, &got)
+	if got != want {
+		t.Errorf("decodeEntry = %+v, want %+v", got, want)
+	}
+}

@@ -1,6 +1,7 @@
 package tracer
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -25,24 +26,29 @@ const (
 // ScanCloseWait reads the kernel's table of sockets in CLOSE-WAIT and
 // calls due with each whose FIN (or first sight, for sockets found at
 // start-up) is at or before dueBoot (CLOCK_BOOTTIME ns), as a close_wait
-// event: KernelTracked, with its FIN time and the inode it had then. ev is
-// reused after due returns. It returns how many sockets the table holds.
+// event: KernelTracked, with its FIN time and the inode it had then,
+// unless known (if not nil) says the caller has it already. ev is reused
+// after due returns. It returns how many sockets the table holds.
 //
 // A socket in the table has not left CLOSE-WAIT yet: the programs delete
 // its entry before they report its exit. So a stuck report made from this
 // table never overtakes a close, and a socket that closes later sends its
 // record (its latency is past the threshold), which finds the report.
-func (t *Tracer) ScanCloseWait(dueBoot int64, due func(ev *events.Event)) (int, error) {
+func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due func(ev *events.Event)) (int, error) {
 	if t.cfg.Mode != ModeCloseWait {
 		return 0, errors.New("no CLOSE-WAIT table in trace mode")
 	}
 	if t.scanKeys == nil {
+		// Raw bytes: cilium/ebpf then copies them as they are, where a
+		// struct slice would be unmarshalled field by field. Only due
+		// entries are decoded.
 		t.scanKeys = make([]uint64, batchSize)
-		t.scanVals = make([]tcptraceCwEntry, batchSize)
+		t.scanVals = make([][cwEntrySize]byte, batchSize)
 	}
 	m := t.coll.Maps["closewait"]
 	var cursor ebpf.MapBatchCursor
 	var ev events.Event
+	var e tcptraceCwEntry
 	total := 0
 	for {
 		n, err := m.BatchLookup(&cursor, t.scanKeys, t.scanVals, nil)
@@ -52,17 +58,43 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, due func(ev *events.Event)) (int, 
 		}
 		total += n
 		for i := range n {
-			e := &t.scanVals[i]
-			if int64(e.FinNs) > dueBoot {
+			raw := t.scanVals[i][:]
+			if int64(binary.LittleEndian.Uint64(raw)) > dueBoot {
 				continue
 			}
-			t.entryEvent(t.scanKeys[i], e, &ev)
+			if known != nil && known(t.sockID(t.scanKeys[i], raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:]))) {
+				continue
+			}
+			decodeEntry(raw, &e)
+			t.entryEvent(t.scanKeys[i], &e, &ev)
 			due(&ev)
 		}
 		if done {
 			return total, nil
 		}
 	}
+}
+
+// cwEntrySize is the size of struct cw_entry; decode_test.go checks it.
+const cwEntrySize = 80
+
+// decodeEntry decodes a struct cw_entry (bpf/tcptrace.h).
+func decodeEntry(b []byte, e *tcptraceCwEntry) {
+	le := binary.LittleEndian
+	e.FinNs, e.Cookie, e.Ino, e.CgroupId = le.Uint64(b[0:]), le.Uint64(b[8:]), le.Uint64(b[16:]), le.Uint64(b[24:])
+	copy(e.Saddr[:], b[32:48])
+	copy(e.Daddr[:], b[48:64])
+	e.Netns, e.Family, e.Sport, e.Dport = le.Uint32(b[64:]), le.Uint16(b[68:]), le.Uint16(b[70:]), le.Uint16(b[72:])
+	e.Dir, e.Flags = b[74], b[75]
+}
+
+// sockID is the id events give the socket: its cookie, or a keyed hash of
+// its kernel address, as the decoder makes it.
+func (t *Tracer) sockID(key uint64, hasCookie bool, cookie uint64) uint64 {
+	if hasCookie {
+		return cookie
+	}
+	return maphash.Comparable(t.dec.seed, key)
 }
 
 // entryEvent builds the close_wait event of a table entry.
@@ -74,11 +106,7 @@ func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
 		LocalPort: e.Sport, RemotePort: e.Dport, OldState: events.StateEstablished, NewState: events.StateCloseWait,
 		AgeKnown: e.Flags&cwfAgeUnknown == 0, KernelTracked: true,
 	}
-	if e.Flags&cwfCookie != 0 {
-		ev.Sock = e.Cookie
-	} else {
-		ev.Sock = maphash.Comparable(t.dec.seed, key)
-	}
+	ev.Sock = t.sockID(key, e.Flags&cwfCookie != 0, e.Cookie)
 	if e.Family == afInet6 {
 		ev.Family = events.FamilyIPv6
 		ev.LocalAddr, ev.RemoteAddr = netip.AddrFrom16(e.Saddr), netip.AddrFrom16(e.Daddr)

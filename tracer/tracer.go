@@ -181,7 +181,7 @@ type Tracer struct {
 
 	// Buffers of ScanCloseWait, reused: a leak can fill the table.
 	scanKeys []uint64
-	scanVals []tcptraceCwEntry
+	scanVals [][cwEntrySize]byte
 
 	detachOnce sync.Once
 	detachErr  error

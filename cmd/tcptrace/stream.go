@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
@@ -65,6 +66,13 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	if mode == tracer.ModeCloseWait {
 		st := attr.Stats()
 		attrs = append(attrs, "owner_scans", st.FullScans, "owner_cache_hits", st.CacheHits)
+		// What the kernel counted, healthy sockets included.
+		var entered, closed, aborted uint64
+		if err := tr.Aggregates(func(a *events.Aggregate) {
+			entered, closed, aborted = entered+a.Entered, closed+a.Closed, aborted+a.Aborted
+		}); err == nil {
+			attrs = append(attrs, "close_wait_counted", entered, "closes_counted", closed, "aborts_counted", aborted)
+		}
 		if n, err := tr.AggregateOverflows(); err == nil && n > 0 {
 			attrs = append(attrs, "aggregate_overflows", n)
 		}

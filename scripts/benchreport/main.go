@@ -235,6 +235,7 @@ type Summary struct {
 	// the same round: drift of the host between rounds cancels out.
 	PairedPct       *float64 `json:"median_paired_pct_of_no_tracer,omitempty"`
 	CPUSeconds      *float64 `json:"median_cpu_seconds,omitempty"`
+	CPUPer100k      *float64 `json:"median_cpu_seconds_per_100k_connections,omitempty"`
 	MaxRSSMiB       *float64 `json:"max_peak_rss_mib,omitempty"`
 	Expected        *float64 `json:"median_expected,omitempty"`
 	Emitted         *float64 `json:"median_emitted,omitempty"`
@@ -278,7 +279,7 @@ func maxOf(xs []float64, abs bool) *float64 {
 // summarize makes config's row; baseline holds the untraced rate by round.
 func summarize(config string, runs []Run, baseline map[int]float64) Summary {
 	s := Summary{Config: config}
-	var rate, paired, cpu, rss, exp, emit, lost, unacc, nsRun, cnt, rec []float64
+	var rate, paired, cpu, cpu100k, rss, exp, emit, lost, unacc, nsRun, cnt, rec []float64
 	for _, r := range runs {
 		if r.StatsRound {
 			if r.OK && r.RunTimeNs != nil && r.RunCnt != nil && *r.RunCnt > 0 {
@@ -301,6 +302,9 @@ func summarize(config string, runs []Run, baseline map[int]float64) Summary {
 		}
 		if r.CPUSeconds != nil {
 			cpu = append(cpu, *r.CPUSeconds)
+			if r.Completed > 0 {
+				cpu100k = append(cpu100k, *r.CPUSeconds*1e5/float64(r.Completed))
+			}
 		}
 		if r.PeakRSSKiB != nil {
 			rss = append(rss, float64(*r.PeakRSSKiB)/1024)
@@ -326,6 +330,7 @@ func summarize(config string, runs []Run, baseline map[int]float64) Summary {
 	}
 	s.PairedPct = median(paired)
 	s.CPUSeconds = median(cpu)
+	s.CPUPer100k = median(cpu100k)
 	s.MaxRSSMiB = maxOf(rss, false)
 	s.Expected, s.Emitted = median(exp), median(emit)
 	s.Lost, s.MaxLost = median(lost), maxOf(lost, false)
@@ -413,7 +418,7 @@ func reportCmd(args []string) error {
 	fmt.Println(m.String())
 	fmt.Printf("%d connections per run, %d churn workers, %d rounds, configurations alternating; medians over rounds (paired: of each round against its own untraced run)\n\n", *n, *workers, *rounds)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "config\truns\tconn/s\tvs none\tpaired\tcpu s\tpeak RSS MiB\temitted/expected\tlost\tunaccounted\tns/run\trun_cnt\t")
+	fmt.Fprintln(tw, "config\truns\tconn/s\tvs none\tpaired\tcpu s\tcpu/100k\tpeak RSS MiB\temitted/expected\tlost\tunaccounted\tns/run\trun_cnt\t")
 	for _, s := range sums {
 		runsCol := strconv.Itoa(s.Runs)
 		if s.FailedRuns > 0 {
@@ -429,8 +434,8 @@ func reportCmd(args []string) error {
 		if s.Expected != nil {
 			ee = fmt.Sprintf("%.0f/%.0f", *s.Emitted, *s.Expected)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-			s.Config, runsCol, rate, pct, paired, num(s.CPUSeconds, "%.2f"), num(s.MaxRSSMiB, "%.1f"),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
+			s.Config, runsCol, rate, pct, paired, num(s.CPUSeconds, "%.2f"), num(s.CPUPer100k, "%.3f"), num(s.MaxRSSMiB, "%.1f"),
 			ee, num(s.Lost, "%.0f"), num(s.Unaccounted, "%.0f"), num(s.NsPerRun, "%.0f"), num(s.RunCnt, "%.0f"))
 	}
 	tw.Flush()

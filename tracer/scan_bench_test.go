@@ -1,0 +1,67 @@
+package tracer_test
+
+import (
+	"net"
+	"testing"
+
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// BenchmarkScanCloseWait reads the kernel's CLOSE-WAIT table, as the
+// pipeline does every scan interval, with the default table size and none,
+// a few or many sockets in it.
+func BenchmarkScanCloseWait(b *testing.B) {
+	testenv.RequirePrivileged(b)
+	for _, held := range []int{0, 100, 10000} {
+		b.Run(map[int]string{0: "empty", 100: "100", 10000: "10000"}[held], func(b *testing.B) {
+			ln, err := net.Listen("tcp4", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			port := uint16(ln.Addr().(*net.TCPAddr).Port)
+			tr, err := tracer.New(tracer.Config{Mode: tracer.ModeCloseWait, Ports: []uint16{port}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer tr.Close()
+			go func() {
+				for batch := range tr.Events() {
+					tr.Recycle(batch)
+				}
+			}()
+			var conns []net.Conn
+			for range held {
+				c, err := net.Dial("tcp4", ln.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				s, err := ln.Accept()
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.Close() // the client's socket enters CLOSE-WAIT
+				conns = append(conns, c)
+			}
+			defer func() {
+				for _, c := range conns {
+					c.Close()
+				}
+			}()
+			due := 0
+			b.ResetTimer()
+			for b.Loop() {
+				n, err := tr.ScanCloseWait(bootclock.Now(), nil, func(*events.Event) { due++ })
+				if err != nil {
+					b.Fatal(err)
+				}
+				if n < held {
+					b.Fatalf("table holds %d, want %d", n, held)
+				}
+			}
+		})
+	}
+}
