@@ -100,8 +100,12 @@ func (w *Writer) WriteStatus(st *pipeline.Status) error {
 	start := len(b)
 	b = append(b, "status"...)
 	b = pad(b, start, colEvent)
-	b = fmt.Appendf(b, "close-wait=%d stuck=%d closes/s=%.0f", st.InCloseWait, st.Stuck,
-		float64(st.Closes)/max(st.Interval.Seconds(), 1e-3))
+	rate := float64(st.Closes) / max(st.Interval.Seconds(), 1e-3)
+	prec := 0
+	if rate < 10 {
+		prec = 1
+	}
+	b = fmt.Appendf(b, "close-wait=%d stuck=%d closes/s=%.*f", st.InCloseWait, st.Stuck, prec, rate)
 	if st.HasP99 {
 		b = append(b, " p99<"...)
 		b = appendCompact(b, st.P99)
