@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: loopback connection churn with no tracer, under tcptrace
 # (closewait and trace) and under the peers that are installed (libbpf-tools
-# tcpstates, a tcpstates-style bpftrace script). Configurations alternate round
+# tcpstates, a tcpstates-style bpftrace script). Configurations alternate, in an order rotated round
 # by round so that drift of the host hits them alike. Prints the machine, one
 # table of medians, and writes the same as JSON. Needs root. Meant for
 # `make bench`.
@@ -454,7 +454,13 @@ for shape in $SHAPES; do
 	echo "== shape $shape" >&2
 	stats_round=false
 	for ((round = 1; round <= ROUNDS; round++)); do
-		for config in "${configs[@]}"; do
+		# Each round starts one configuration later: a run is slowed by the
+		# TIME_WAIT sockets of the runs before it, and rotating the order
+		# spreads that over the configurations instead of always charging
+		# the last ones.
+		k=${#configs[@]} order=()
+		for ((i = 0; i < k; i++)); do order+=("${configs[(i + round - 1) % k]}"); done
+		for config in "${order[@]}"; do
 			if ! run_one "$config" "$round"; then
 				case $config in
 				none | closewait | closewait-all | trace) failed=true ;;

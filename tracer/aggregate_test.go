@@ -67,6 +67,20 @@ func collect(tr *tracer.Tracer) (wait func() []events.Event) {
 	}
 }
 
+// connect makes a loopback connection to ln and returns both ends.
+func connect(tb testing.TB, ln net.Listener) (client, server net.Conn) {
+	tb.Helper()
+	c, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c, s
+}
+
 // aggregates reads the tracer's aggregates by key.
 func aggregates(t *testing.T, tr *tracer.Tracer) map[events.AggregateKey]events.Aggregate {
 	t.Helper()
@@ -100,14 +114,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	// Healthy: the client closes, the server reads EOF and closes at once.
 	const healthy = 2000
 	closeAfter := func(delay time.Duration) {
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, s := connect(t, ln)
 		c.Close()
 		if _, err := s.Read(make([]byte, 1)); err == nil {
 			t.Fatal("read data, want EOF")
@@ -130,14 +137,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	const pool = 50
 	var clients []net.Conn
 	for range pool {
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, s := connect(t, ln)
 		s.Close()
 		clients = append(clients, c)
 	}
@@ -243,14 +243,7 @@ func TestEmitAllSendsEverySocket(t *testing.T) {
 	wait := collect(tr)
 	const n = 200
 	for range n {
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, s := connect(t, ln)
 		c.Close()
 		s.Read(make([]byte, 1))
 		s.Close()

@@ -35,14 +35,7 @@ func BenchmarkScanCloseWait(b *testing.B) {
 			}()
 			var conns []net.Conn
 			for range held {
-				c, err := net.Dial("tcp4", ln.Addr().String())
-				if err != nil {
-					b.Fatal(err)
-				}
-				s, err := ln.Accept()
-				if err != nil {
-					b.Fatal(err)
-				}
+				c, s := connect(b, ln)
 				s.Close() // the client's socket enters CLOSE-WAIT
 				conns = append(conns, c)
 			}

@@ -24,17 +24,10 @@ import (
 func healthyChurn(t *testing.T, ln *net.TCPListener, n int) {
 	t.Helper()
 	for range n {
-		c, err := net.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Close()
-		s.Read(make([]byte, 1))
-		s.Close()
+		c := dial(t, ln)
+		c.client.Close()
+		c.server.Read(make([]byte, 1))
+		c.server.Close()
 	}
 }
 
