@@ -109,9 +109,12 @@ type Config struct {
 
 // Intervals of the loop's housekeeping.
 const (
-	// tickInterval is how often buffered output is flushed when events
-	// keep arriving, and the granularity of the other intervals.
-	tickInterval = 100 * time.Millisecond
+	// The loop's housekeeping runs on a tick of the scan interval, within
+	// these bounds: output is flushed whenever the queue is empty, so the
+	// tick matters only for a stream that never lets it empty, and a quiet
+	// tcptrace wakes up rarely.
+	minTick = 100 * time.Millisecond
+	maxTick = time.Second
 	// lostInterval is how often drop counters are read and reported.
 	lostInterval = time.Second
 	// rescanMaxAge is how long a listing of a namespace's sockets answers
@@ -205,15 +208,16 @@ func (p *Pipeline) Snapshot() (int, error) {
 // Run moves events from the source to the sinks until ctx is done or a
 // sink's output is closed, then drains what the source still holds.
 func (p *Pipeline) Run(ctx context.Context) error {
-	tick := time.NewTicker(tickInterval)
-	defer tick.Stop()
-	now := time.Now()
-	lastLost := now
-	p.lastStatus = now
 	if p.track != nil {
 		p.scan()
 		p.resetStatus()
 	}
+	tickEvery := p.tickInterval()
+	tick := time.NewTicker(tickEvery)
+	defer tick.Stop()
+	now := time.Now()
+	lastLost := now
+	p.lastStatus = now
 	done := ctx.Done()
 	evs := p.src.Events()
 	var stoppedAt int64
@@ -250,8 +254,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			now := time.Now()
-			if p.track != nil && now.Sub(p.lastScan) >= p.scanEvery {
+			if p.track != nil && now.Sub(p.lastScan) >= p.scanEvery-minTick/2 {
 				p.scan()
+				if t := p.tickInterval(); t != tickEvery {
+					tickEvery = t
+					tick.Reset(t)
+				}
 			}
 			if now.Sub(lastLost) >= lostInterval {
 				p.reportLost()
@@ -264,6 +272,19 @@ func (p *Pipeline) Run(ctx context.Context) error {
 		}
 	}
 	return p.fatal
+}
+
+// tickInterval is the scan interval within [minTick, maxTick], and no
+// longer than the status interval.
+func (p *Pipeline) tickInterval() time.Duration {
+	t := min(max(p.scanEvery, minTick), maxTick)
+	if p.cfg.StatusInterval > 0 {
+		t = min(t, max(p.cfg.StatusInterval, minTick))
+	}
+	if p.track == nil {
+		t = minTick
+	}
+	return t
 }
 
 // runErr is the sinks' error, nil for a closed pipe: the reader left,
