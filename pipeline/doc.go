@@ -11,9 +11,9 @@
 // histogram, by socket cgroup, service port and direction) and keeps it in
 // its CLOSE-WAIT table only while it is there. The pipeline learns of
 // sockets that stay by reading that table (Source.ScanCloseWait) every scan
-// interval: a tenth of the threshold, at least 50 ms, and at least 20 times
+// interval: a tenth of the threshold, at least 50 ms, and at least 50 times
 // what the last read took (so that reading a table of 100,000 leaked
-// sockets costs at most about 5 % of a CPU), at most 5 s. A socket read
+// sockets costs at most about 2 % of a CPU), at most 5 s. A socket read
 // there past the threshold joins the tracker and is reported stuck at the
 // next progress mark, after a check that it is still in the table. So every
 // socket in CLOSE-WAIT past the threshold is reported at most one scan

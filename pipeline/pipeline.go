@@ -123,7 +123,7 @@ const (
 	// Bounds of the CLOSE-WAIT table scan interval (see doc.go).
 	minScanInterval = 50 * time.Millisecond
 	maxScanInterval = 5 * time.Second
-	scanCostShare   = 20
+	scanCostShare   = 50
 	// DefaultMaxOwnerWait is the default Track.MaxOwnerWait.
 	DefaultMaxOwnerWait = 5 * time.Second
 )
@@ -155,6 +155,11 @@ type Pipeline struct {
 
 	// Recent socket listings by network namespace.
 	rescans map[uint32]rescan
+
+	// Tracked sockets the last scan did not find in the kernel table, to
+	// check once every record up to sweepAt has been handled.
+	sweep   []uint64
+	sweepAt int64
 }
 
 type rescan struct {
@@ -309,6 +314,7 @@ func (p *Pipeline) handle(ev *events.Event) {
 		// Every event before ev.BootNS has been handled: stuck reports up
 		// to then cannot overtake a close.
 		p.expire(ev.BootNS)
+		p.recheck(ev.BootNS)
 		return
 	}
 	p.attr.Socket(ev)
@@ -331,12 +337,18 @@ func (p *Pipeline) handle(ev *events.Event) {
 func (p *Pipeline) scan() {
 	start := time.Now()
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
-	n, err := p.src.ScanCloseWait(dueBoot, p.track.Has, func(ev *events.Event) {
+	p.track.NewScan()
+	n, err := p.src.ScanCloseWait(dueBoot, p.track.Seen, func(ev *events.Event) {
 		p.attr.Socket(ev)
 		p.track.Insert(ev)
 	})
 	if err != nil {
 		p.log.Warn("read the kernel's CLOSE-WAIT table", "error", err)
+	} else if len(p.sweep) == 0 {
+		// Gone from the table: closed, with the close record on its way,
+		// or lost (ring buffer full). Which one is known once every record
+		// up to now has been handled.
+		p.sweep, p.sweepAt = p.track.Unseen(dueBoot), bootclock.Now()
 	}
 	cost := time.Since(start)
 	p.scans++
@@ -353,6 +365,23 @@ func (p *Pipeline) expire(nowBoot int64) {
 	if err := p.track.Expire(nowBoot, p.stillInCloseWait, p.refreshOwners, p.emit); err != nil {
 		p.fatal = err
 	}
+}
+
+// recheck drops the tracked sockets that the last scan did not find in the
+// kernel table and whose close has not arrived by the progress mark at
+// nowBoot: their close record was lost. Without this a stuck socket whose
+// close was lost would count as stuck for ever.
+func (p *Pipeline) recheck(nowBoot int64) {
+	if len(p.sweep) == 0 || nowBoot < p.sweepAt {
+		return
+	}
+	for _, sock := range p.sweep {
+		if err := p.track.Recheck(sock, p.stillInCloseWait); err != nil {
+			p.fatal = err
+			break
+		}
+	}
+	p.sweep = p.sweep[:0]
 }
 
 // stillInCloseWait checks a socket due for a stuck report against the

@@ -7,7 +7,8 @@
 # For each: seconds until every socket is reported stuck (after the
 # threshold), tcptrace's CPU until then, its CPU over LEAK_IDLE seconds after
 # (the periodic table scans), its peak RSS, and the longest table scan.
-# Needs root. Meant for `make bigleak`; not in CI.
+# Needs root. Meant for `make bigleak`; not in CI. LEAK_TCPTRACE measures
+# another build instead.
 set -euo pipefail
 N=${LEAK_N:-100000}
 IDLE=${LEAK_IDLE:-30}
@@ -19,25 +20,38 @@ source "$repo/scripts/lib.sh"
 [[ $(id -u) == 0 ]] || die "needs root"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/tcptrace-bigleak.XXXXXX")
 (cd "$repo" && go build -o "$dir/tcptrace" ./cmd/tcptrace && go build -o "$dir/leaker" ./scripts/leaker)
+# LEAK_TCPTRACE: another tcptrace binary to measure, e.g. an older build.
+[[ -n ${LEAK_TCPTRACE:-} ]] && cp "$LEAK_TCPTRACE" "$dir/tcptrace"
 ticks=$(getconf CLK_TCK)
 cpu() { awk -v hz="$ticks" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 leaker_pid= tracer_pid=
 cleanup() {
 	[[ -n $tracer_pid ]] && kill -INT "$tracer_pid" 2>/dev/null || true
-	[[ -n $leaker_pid ]] && kill "$leaker_pid" 2>/dev/null || true
+	[[ -n $leaker_pid ]] && kill $leaker_pid 2>/dev/null || true
 	wait 2>/dev/null || true
 }
 trap cleanup EXIT
 
+# One leaker holds at most what RLIMIT_NOFILE's hard limit allows.
+per=$((($(ulimit -Hn) - 1000) / 2))
+procs=$(((N + per - 1) / per))
 start_leak() {
-	"$dir/leaker" -n "$N" >"$dir/leaker.out" 2>&1 &
-	leaker_pid=$!
+	local i left=$N
+	leaker_pid=
+	for ((i = 0; i < procs; i++)); do
+		local n=$(((left + procs - i - 1) / (procs - i)))
+		left=$((left - n))
+		"$dir/leaker" -n "$n" >"$dir/leaker$i.out" 2>&1 &
+		leaker_pid+=" $!"
+	done
 	for _ in $(seq 1200); do
-		grep -q '^ready' "$dir/leaker.out" && return 0
-		kill -0 "$leaker_pid" 2>/dev/null || die "leaker: $(cat "$dir/leaker.out")"
+		(($(cat "$dir"/leaker*.out | grep -c '^ready') == procs)) && return 0
+		for p in $leaker_pid; do
+			kill -0 "$p" 2>/dev/null || die "leaker: $(cat "$dir"/leaker*.out)"
+		done
 		sleep 0.1
 	done
-	die "leaker not ready after 120 s"
+	die "leakers not ready after 120 s"
 }
 start_tracer() {
 	"$dir/tcptrace" closewait --threshold "$THRESHOLD" --output json >"$dir/$1.out" 2>"$dir/$1.err" &
@@ -54,6 +68,7 @@ stop_tracer() {
 	tracer_pid=
 }
 
+echo "$N sockets held in CLOSE-WAIT by $procs processes; threshold $THRESHOLD"
 printf '%-8s %10s %12s %14s %14s %10s %s\n' case sockets "all stuck s" "cpu to then s" "idle cpu s/${IDLE}s" "peak MiB" summary
 for c in none live startup; do
 	[[ $c == startup ]] && start_leak
@@ -79,8 +94,8 @@ for c in none live startup; do
 	printf '%-8s %10s %12s %14s %14s %10s %s\n' "$c" "$([[ $c == none ]] && echo 0 || echo "$N")" "$took" "$cpu1" \
 		"$(awk -v a="$cpu1" -v b="$cpu2" 'BEGIN { printf "%.2f", b - a }')" "$peak" "$summary"
 	if [[ -n $leaker_pid ]]; then
-		kill "$leaker_pid"
-		wait "$leaker_pid" 2>/dev/null || true
+		kill $leaker_pid
+		wait $leaker_pid 2>/dev/null || true
 		leaker_pid=
 		sleep 2 # the kernel frees the sockets
 	fi

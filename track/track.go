@@ -103,6 +103,9 @@ type entry struct {
 	family                events.Family
 	ownerSource           events.OwnerSource
 	flags                 entryFlags
+	// seen is the number of the last scan of the kernel table that found
+	// the socket (see NewScan).
+	seen uint8
 }
 
 type entryFlags uint8
@@ -167,6 +170,7 @@ type Tracker struct {
 	vanished  uint64
 	stuck     int    // entries reported stuck
 	deferred  uint64 // stuck reports held back for their owner
+	scan      uint8  // number of the current scan of the kernel table
 	// Entries of closed sockets, reused so that steady churn allocates
 	// nothing; never more than the table holds.
 	free []*entry
@@ -245,6 +249,7 @@ func (t *Tracker) insert(ev *events.Event) bool {
 	}
 	e.keep(ev, t.container(ev.ContainerID, ev.PodUID))
 	e.due = ev.FinBootNS + t.cfg.Threshold.Nanoseconds()
+	e.seen = t.scan
 	t.byID[ev.Sock] = e
 	heap.Push(&t.due, e)
 	return true
@@ -364,6 +369,67 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 		t.mu.Unlock()
 		emit(ev)
 	}
+}
+
+// NewScan starts a scan of the kernel's CLOSE-WAIT table: Seen marks the
+// tracked sockets it finds, and Unseen then lists those it did not.
+func (t *Tracker) NewScan() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.scan++
+}
+
+// Seen marks the socket as found by the current scan and reports whether
+// it is tracked.
+func (t *Tracker) Seen(sock uint64) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.byID[sock]
+	if ok {
+		e.seen = t.scan
+	}
+	return ok
+}
+
+// Unseen lists the tracked sockets that the kernel table tracks, with a
+// FIN at or before dueBoot, that the current scan did not find: their exit
+// happened, and its record is on the way or was lost (see Recheck).
+func (t *Tracker) Unseen(dueBoot int64) []uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []uint64
+	for sock, e := range t.byID {
+		if e.flags&kernelTracked != 0 && e.finBootNS <= dueBoot && e.seen != t.scan {
+			out = append(out, sock)
+		}
+	}
+	return out
+}
+
+// Recheck asks verify whether a tracked socket is still in CLOSE-WAIT and
+// drops it, counted in Vanished, if not: its exit record was lost. Call it
+// only once every record up to the time its absence was seen has been
+// observed. It runs verify with the table unlocked.
+func (t *Tracker) Recheck(sock uint64, verify Verifier) error {
+	t.mu.Lock()
+	e, ok := t.byID[sock]
+	if !ok {
+		t.mu.Unlock()
+		return nil // its exit arrived
+	}
+	ev := e.socket()
+	t.mu.Unlock()
+	still, err := verify(&ev)
+	if err != nil || still {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if cur, ok := t.byID[sock]; ok && cur == e {
+		t.vanished++
+		t.remove(e)
+	}
+	return nil
 }
 
 // Has reports whether the socket with this id is tracked.

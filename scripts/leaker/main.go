@@ -1,9 +1,10 @@
 //go:build linux
 
 // Command leaker holds many server sockets in CLOSE-WAIT, for measuring
-// tcptrace under a large leak (scripts/bigleak.sh). It listens on loopback,
+// tcptrace under a large leak (scripts/bigleak.sh runs several, as one
+// process may hold only RLIMIT_NOFILE's hard limit). It listens on loopback,
 // connects -n clients from rotating source addresses, accepts each, closes
-// the client and never closes the server side. It prints "ready N" once N
+// the client's sending side and never closes the server side. It prints "ready N" once N
 // sockets are in CLOSE-WAIT, then holds them until killed.
 package main
 
@@ -23,10 +24,17 @@ const ipBindAddressNoPort = 24
 func main() {
 	n := flag.Int("n", 100000, "sockets to leak")
 	flag.Parse()
+	// Each leaked socket is a descriptor; the closed clients are not.
 	var lim syscall.Rlimit
-	lim.Cur, lim.Max = uint64(*n)*2+1024, uint64(*n)*2+1024
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		fail(err)
+	}
+	lim.Cur = lim.Max
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		fail(fmt.Errorf("raise RLIMIT_NOFILE to %d: %w", lim.Cur, err))
+	}
+	if need := 2*uint64(*n) + 64; need > lim.Cur {
+		fail(fmt.Errorf("%d sockets need %d descriptors, the limit is %d: run more leakers", *n, need, lim.Cur))
 	}
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -57,11 +65,16 @@ func main() {
 		if err != nil {
 			fail(fmt.Errorf("connection %d: %w", i, err))
 		}
-		held = append(held, <-accepted)
-		c.Close()
+		// Shut down, not close: a closed client would be an orphan in
+		// FIN_WAIT2, and past tcp_max_orphans the kernel resets orphans,
+		// which aborts their servers' CLOSE-WAIT.
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			fail(err)
+		}
+		held = append(held, <-accepted, c)
 	}
 	time.Sleep(200 * time.Millisecond) // the last FINs
-	fmt.Println("ready", len(held))
+	fmt.Println("ready", len(held)/2)
 	for {
 		time.Sleep(time.Hour)
 	}
