@@ -144,7 +144,6 @@ type Pipeline struct {
 	// The kernel's CLOSE-WAIT table, as last read.
 	lastScan  time.Time
 	scanEvery time.Duration
-	inTable   int
 	scans     uint64
 	scanCost  time.Duration // the longest read
 
@@ -259,18 +258,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 			now := time.Now()
-			if p.track != nil && now.Sub(p.lastScan) >= p.scanEvery-minTick/2 {
+			// Half a tick early rather than a whole tick late: the tick and
+			// the intervals drift against each other.
+			due := func(last time.Time, every time.Duration) bool { return now.Sub(last) >= every-tickEvery/2 }
+			if p.track != nil && due(p.lastScan, p.scanEvery) {
 				p.scan()
 				if t := p.tickInterval(); t != tickEvery {
 					tickEvery = t
 					tick.Reset(t)
 				}
 			}
-			if now.Sub(lastLost) >= lostInterval {
+			if due(lastLost, lostInterval) {
 				p.reportLost()
 				lastLost = now
 			}
-			if p.cfg.StatusInterval > 0 && now.Sub(p.lastStatus) >= p.cfg.StatusInterval {
+			if p.cfg.StatusInterval > 0 && due(p.lastStatus, p.cfg.StatusInterval) {
 				p.status(now)
 			}
 			p.flush()
@@ -338,9 +340,12 @@ func (p *Pipeline) scan() {
 	start := time.Now()
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
 	p.track.NewScan()
-	n, err := p.src.ScanCloseWait(dueBoot, p.track.Seen, func(ev *events.Event) {
+	var adopting time.Duration // work that a record would have cost too
+	_, err := p.src.ScanCloseWait(dueBoot, p.track.Seen, func(ev *events.Event) {
+		t0 := time.Now()
 		p.attr.Socket(ev)
 		p.track.Insert(ev)
+		adopting += time.Since(t0)
 	})
 	if err != nil {
 		p.log.Warn("read the kernel's CLOSE-WAIT table", "error", err)
@@ -350,10 +355,11 @@ func (p *Pipeline) scan() {
 		// up to now has been handled.
 		p.sweep, p.sweepAt = p.track.Unseen(dueBoot), bootclock.Now()
 	}
-	cost := time.Since(start)
+	// The interval follows what reading the table costs, not what taking in
+	// a burst of new sockets did: that would delay the next ones.
+	cost := time.Since(start) - adopting
 	p.scans++
 	p.scanCost = max(p.scanCost, cost)
-	p.inTable = n
 	p.lastScan = start
 	p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval, scanCostShare*cost), maxScanInterval)
 }
@@ -513,7 +519,8 @@ func (p *Pipeline) status(now time.Time) {
 	}
 }
 
-// Summary returns the closing figures as slog attributes.
+// Summary returns the closing figures as slog attributes. Call it before
+// the source is closed: it reads the kernel's aggregates.
 func (p *Pipeline) Summary() []any {
 	attrs := []any{"lost", p.lost.Total()}
 	for cause, n := range p.lost {
@@ -522,7 +529,11 @@ func (p *Pipeline) Summary() []any {
 		}
 	}
 	if p.track != nil {
-		attrs = append(attrs, "still_in_close_wait", p.inTable, "tracked", p.track.Len(), "stuck", p.track.Stuck(),
+		// The kernel counts every socket, tracked in user space or not.
+		if inCW, _, _, err := p.totals(); err == nil {
+			attrs = append(attrs, "still_in_close_wait", inCW)
+		}
+		attrs = append(attrs, "tracked", p.track.Len(), "stuck", p.track.Stuck(),
 			"table_scans", p.scans, "table_scan_max", p.scanCost.Round(time.Microsecond))
 		if n := p.track.Vanished(); n > 0 {
 			attrs = append(attrs, "close_wait_exits_missed", n)
