@@ -85,6 +85,14 @@ struct {
 	__type(value, __u8);
 } cw_overflow SEC(".maps");
 
+/* Parameters and results of the scan iterator; one entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scan_ctl);
+} scan_control SEC(".maps");
+
 /* --port filter: bit p set for each port p wanted as local or remote port.
  * Read-only data, so a test is two loads where a hash lookup is a helper call. */
 const volatile __u64 port_bits[65536 / 64] = {};
@@ -100,6 +108,7 @@ struct {
 const struct event *unused_event __attribute__((unused));
 const struct agg_key *unused_agg_key __attribute__((unused));
 const struct agg_val *unused_agg_val __attribute__((unused));
+const struct scan_rec *unused_scan_rec __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
 
@@ -661,5 +670,38 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	 * count the same sockets again; user space counts them once. */
 	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, true);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
+	return 0;
+}
+
+/* Scan: walks the CLOSE_WAIT table in the kernel and hands user space the
+ * entries past the threshold (fin_ns at or before scan_ctl.due_ns) that no
+ * earlier scan handed over, marking them so: with 100,000 sockets stuck and
+ * reported, a scan then copies nothing to user space. An entry marked by a
+ * scan whose record user space never read is not handed over again; user
+ * space reads every record of a scan it starts. */
+SEC("iter/bpf_map_elem")
+int tcptrace_scan(struct bpf_iter__bpf_map_elem *ctx)
+{
+	struct cw_entry *e = ctx->value;
+	__u64 *key = ctx->key;
+	struct scan_ctl *ctl;
+	struct scan_rec rec;
+	__u32 zero = 0;
+
+	ctl = bpf_map_lookup_elem(&scan_control, &zero);
+	if (!ctl || !key || !e)
+		return 0;
+	/* One reader at a time runs the program: no atomics needed. */
+	ctl->total++;
+	if (e->flags & CWF_REPORTED) {
+		ctl->reported++;
+		return 0;
+	}
+	if (e->fin_ns > ctl->due_ns)
+		return 0;
+	e->flags |= CWF_REPORTED;
+	rec.key = *key;
+	__builtin_memcpy(&rec.entry, e, sizeof(rec.entry));
+	bpf_seq_write(ctx->meta->seq, &rec, sizeof(rec));
 	return 0;
 }

@@ -27,6 +27,7 @@ enum event_flag {
 enum cw_flag {
 	CWF_AGE_UNKNOWN = 1 << 0, /* found by the start-up snapshot: fin_ns is first sight */
 	CWF_COOKIE = 1 << 1,      /* cookie holds the kernel's socket cookie */
+	CWF_REPORTED = 1 << 2,    /* the scan iterator has handed it to user space */
 };
 
 /* Which side opened the connection, for the aggregates' service port. */
@@ -109,6 +110,19 @@ struct agg_val {
 	__u64 closed;  /* left it by the application's close or shutdown */
 	__u64 aborted; /* left it otherwise: reset, timeout, destroyed */
 	__u64 hist[HIST_BUCKETS]; /* FIN-to-close of closes whose FIN time is known */
+};
+
+/* The scan iterator's parameters and results (map scan_control). */
+struct scan_ctl {
+	__u64 due_ns;   /* in: hand over entries with fin_ns at or before this */
+	__u64 total;    /* out: entries in the table */
+	__u64 reported; /* out: entries skipped as handed over by an earlier scan */
+};
+
+/* What the scan iterator writes per entry handed over. */
+struct scan_rec {
+	__u64 key;
+	struct cw_entry entry;
 };
 
 #endif

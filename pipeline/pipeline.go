@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,6 +37,9 @@ type Source interface {
 	// unless known says it is known already, and returns how many sockets
 	// the table holds.
 	ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due func(ev *events.Event)) (int, error)
+	// ListCloseWait calls each with the sock id of every socket in the
+	// kernel's CLOSE-WAIT table.
+	ListCloseWait(each func(sock uint64)) error
 	// InCloseWait reports whether a kernel-tracked socket is still in the
 	// table for the same episode.
 	InCloseWait(ev *events.Event) (bool, error)
@@ -142,10 +146,11 @@ type Pipeline struct {
 	fatal   error
 
 	// The kernel's CLOSE-WAIT table, as last read.
-	lastScan  time.Time
-	scanEvery time.Duration
-	scans     uint64
-	scanCost  time.Duration // the longest read
+	lastScan     time.Time
+	scanEvery    time.Duration
+	scans        atomic.Uint64
+	scansSkipped atomic.Uint64 // nothing in CLOSE-WAIT was untracked
+	scanCost     time.Duration // the longest read
 
 	// Aggregate totals at the last status, for rates.
 	lastStatus time.Time
@@ -155,10 +160,13 @@ type Pipeline struct {
 	// Recent socket listings by network namespace.
 	rescans map[uint32]rescan
 
-	// Tracked sockets the last scan did not find in the kernel table, to
-	// check once every record up to sweepAt has been handled.
-	sweep   []uint64
-	sweepAt int64
+	// Reconciling with the kernel table after records were dropped:
+	// needSweep asks for a whole read of the table; sweep holds the tracked
+	// sockets it did not find, to check once every record up to sweepAt
+	// has been handled.
+	needSweep bool
+	sweep     []uint64
+	sweepAt   int64
 }
 
 type rescan struct {
@@ -261,6 +269,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			// Half a tick early rather than a whole tick late: the tick and
 			// the intervals drift against each other.
 			due := func(last time.Time, every time.Duration) bool { return now.Sub(last) >= every-tickEvery/2 }
+			if p.track != nil && p.needSweep && len(p.sweep) == 0 {
+				p.reconcile()
+			}
 			if p.track != nil && due(p.lastScan, p.scanEvery) {
 				p.scan()
 				if t := p.tickInterval(); t != tickEvery {
@@ -338,10 +349,18 @@ func (p *Pipeline) handle(ev *events.Event) {
 // next progress mark reports them.
 func (p *Pipeline) scan() {
 	start := time.Now()
+	p.lastScan = start
+	// The aggregates count the sockets in CLOSE-WAIT: when the tracker has
+	// them all (none, or only those already reported), the table holds
+	// nothing to take in, and reading it would cost a walk of all its
+	// buckets for nothing.
+	if inCW, _, _, err := p.totals(); err == nil && inCW == uint64(p.track.Len()) {
+		p.scansSkipped.Add(1)
+		return
+	}
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
-	p.track.NewScan()
 	var adopting time.Duration // work that a record would have cost too
-	_, err := p.src.ScanCloseWait(dueBoot, p.track.Seen, func(ev *events.Event) {
+	_, err := p.src.ScanCloseWait(dueBoot, p.track.Has, func(ev *events.Event) {
 		t0 := time.Now()
 		p.attr.Socket(ev)
 		p.track.Insert(ev)
@@ -349,18 +368,12 @@ func (p *Pipeline) scan() {
 	})
 	if err != nil {
 		p.log.Warn("read the kernel's CLOSE-WAIT table", "error", err)
-	} else if len(p.sweep) == 0 {
-		// Gone from the table: closed, with the close record on its way,
-		// or lost (ring buffer full). Which one is known once every record
-		// up to now has been handled.
-		p.sweep, p.sweepAt = p.track.Unseen(dueBoot), bootclock.Now()
 	}
 	// The interval follows what reading the table costs, not what taking in
 	// a burst of new sockets did: that would delay the next ones.
 	cost := time.Since(start) - adopting
-	p.scans++
+	p.scans.Add(1)
 	p.scanCost = max(p.scanCost, cost)
-	p.lastScan = start
 	p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval, scanCostShare*cost), maxScanInterval)
 }
 
@@ -373,10 +386,25 @@ func (p *Pipeline) expire(nowBoot int64) {
 	}
 }
 
-// recheck drops the tracked sockets that the last scan did not find in the
+// reconcile reads the whole kernel table after records were dropped: a
+// tracked socket missing from it has left CLOSE-WAIT, and its close record
+// is on the way or was among those dropped. Which one is known once every
+// record up to now has been handled (recheck).
+func (p *Pipeline) reconcile() {
+	p.needSweep = false
+	p.track.NewScan()
+	now := bootclock.Now()
+	if err := p.src.ListCloseWait(func(sock uint64) { p.track.Seen(sock) }); err != nil {
+		p.log.Warn("read the kernel's CLOSE-WAIT table", "error", err)
+		return
+	}
+	p.sweep, p.sweepAt = p.track.Unseen(now), now
+}
+
+// recheck drops the tracked sockets that reconcile did not find in the
 // kernel table and whose close has not arrived by the progress mark at
-// nowBoot: their close record was lost. Without this a stuck socket whose
-// close was lost would count as stuck for ever.
+// nowBoot: their close record was dropped. Without this a stuck socket
+// whose close was dropped would count as stuck for ever.
 func (p *Pipeline) recheck(nowBoot int64) {
 	if len(p.sweep) == 0 || nowBoot < p.sweepAt {
 		return
@@ -468,6 +496,10 @@ func (p *Pipeline) reportLost() {
 	if delta.Total() == 0 {
 		return
 	}
+	if delta[events.LostRingbufFull]+delta[events.LostDecode] > 0 {
+		// A dropped record may be the close of a socket we track.
+		p.needSweep = true
+	}
 	p.lost = now
 	p.emit(&events.Event{Kind: events.KindLost, Time: time.Now(), Lost: delta})
 }
@@ -534,7 +566,7 @@ func (p *Pipeline) Summary() []any {
 			attrs = append(attrs, "still_in_close_wait", inCW)
 		}
 		attrs = append(attrs, "tracked", p.track.Len(), "stuck", p.track.Stuck(),
-			"table_scans", p.scans, "table_scan_max", p.scanCost.Round(time.Microsecond))
+			"table_scans", p.scans.Load(), "table_scans_skipped", p.scansSkipped.Load(), "table_scan_max", p.scanCost.Round(time.Microsecond))
 		if n := p.track.Vanished(); n > 0 {
 			attrs = append(attrs, "close_wait_exits_missed", n)
 		}

@@ -66,6 +66,19 @@ func (f *fakeSource) ScanCloseWait(dueBoot int64, known func(uint64) bool, due f
 	return n, nil
 }
 
+func (f *fakeSource) ListCloseWait(each func(uint64)) error {
+	f.mu.Lock()
+	var socks []uint64
+	for sock := range f.table {
+		socks = append(socks, sock)
+	}
+	f.mu.Unlock()
+	for _, sock := range socks {
+		each(sock)
+	}
+	return nil
+}
+
 func (f *fakeSource) InCloseWait(ev *events.Event) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -83,12 +96,17 @@ func (f *fakeSource) Snapshot(found func(*events.Event)) error {
 
 func (f *fakeSource) Inodes(uint32) (map[uint64]uint64, error) { return nil, nil }
 
+// Aggregates gives the configured aggregates, and one that counts the
+// sockets in the table as in CLOSE-WAIT, as the kernel's do.
 func (f *fakeSource) Aggregates(fn func(*events.Aggregate)) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range f.aggs {
 		a := f.aggs[i]
 		fn(&a)
+	}
+	if len(f.table) > 0 {
+		fn(&events.Aggregate{AggregateKey: events.AggregateKey{Port: 5984, Dir: events.DirInbound}, Entered: uint64(len(f.table))})
 	}
 	return nil
 }
@@ -538,9 +556,10 @@ func TestTrackerReadableDuringSlowSink(t *testing.T) {
 }
 
 // A stuck socket whose close record was lost (the ring buffer was full)
-// leaves the kernel table without a close: the next scan misses it, and
-// once every record up to then has been handled it is dropped, counted as
-// an exit missed, not counted stuck for ever.
+// leaves the kernel table without a close. Once the drop is counted, a
+// whole read of the table misses it, and once every record up to then has
+// been handled it is dropped, counted as an exit missed, not counted stuck
+// for ever.
 func TestLostCloseIsSweptAfterProgress(t *testing.T) {
 	h := start(t, Config{}, Selection{}, func(h *harness) {
 		h.src.put(socket(1, 2*threshold))
@@ -554,6 +573,13 @@ func TestLostCloseIsSweptAfterProgress(t *testing.T) {
 	h.src.closeSocket(1) // its close record is lost
 	h.src.closeSocket(2)
 	h.src.send(closeOf(2, fin)) // this one arrives
+	time.Sleep(300 * time.Millisecond)
+	if h.p.Tracker().Len() != 1 {
+		t.Fatalf("tracker holds %d before any drop is known, want 1: only a drop makes it check", h.p.Tracker().Len())
+	}
+	h.src.mu.Lock()
+	h.src.lost[events.LostRingbufFull]++ // the kernel counted the drop
+	h.src.mu.Unlock()
 	deadline := time.Now().Add(5 * time.Second)
 	for h.p.Tracker().Len() != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -562,4 +588,20 @@ func TestLostCloseIsSweptAfterProgress(t *testing.T) {
 		t.Errorf("tracker holds %d (%d stuck), %d vanished; want 0, 0, 1", h.p.Tracker().Len(), h.p.Tracker().Stuck(), h.p.Tracker().Vanished())
 	}
 	h.out.waitFor(t, "app_close of sock 2", func(ev events.Event) bool { return ev.Kind == events.KindAppClose && ev.Sock == 2 && ev.WasStuck })
+}
+
+// A scan is skipped while the kernel counts no socket in CLOSE-WAIT that
+// the tracker does not have: nothing in the table to take in.
+func TestScanSkippedWhenAllTracked(t *testing.T) {
+	h := start(t, Config{}, Selection{}, nil)
+	h.ticker(t)
+	time.Sleep(300 * time.Millisecond)
+	if h.p.scans.Load() != 0 || h.p.scansSkipped.Load() == 0 {
+		t.Errorf("%d scans, %d skipped with nothing in CLOSE-WAIT; want none, some", h.p.scans.Load(), h.p.scansSkipped.Load())
+	}
+	h.src.put(socket(1, 2*threshold))
+	h.out.waitFor(t, "stuck", func(ev events.Event) bool { return ev.Kind == events.KindStuck })
+	if h.p.scans.Load() == 0 {
+		t.Error("no scan with a socket in CLOSE-WAIT")
+	}
 }

@@ -138,8 +138,12 @@ func (t *Tracer) loadAndAttach() error {
 // record (a power of two, as the programs mask with it).
 const wakeupStepMin = 256
 
-// snapshotProg is the iter/tcp program of the start-up snapshot.
-const snapshotProg = "tcptrace_snapshot"
+// The iterator programs: the start-up snapshot (iter/tcp) and the scan of
+// the CLOSE-WAIT table (iter/bpf_map_elem).
+const (
+	snapshotProg = "tcptrace_snapshot"
+	scanProg     = "tcptrace_scan"
+)
 
 // Bounds of the cw_overflow LRU map (see bpf/tcptrace.bpf.c).
 const (
@@ -209,6 +213,7 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	t.coll, t.prog, t.link = coll, coll.Programs[c.prog], l
 	if t.cfg.Mode == ModeCloseWait {
 		t.loadSnapshot(spec)
+		t.loadScan(spec)
 	}
 	return nil
 }
@@ -224,11 +229,10 @@ func onlyProgram(spec *ebpf.CollectionSpec, name string) *ebpf.CollectionSpec {
 	return spec
 }
 
-// loadSnapshot loads the snapshot iterator on the maps already loaded. It
-// needs Linux 5.9 (iter/tcp); without it tcptrace only misses the sockets
-// that were in CLOSE-WAIT before it started, so failure is logged, not fatal.
-func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
-	spec = onlyProgram(spec, snapshotProg)
+// loadIter loads an iterator program on the maps already loaded and
+// attaches it, to map m when not nil.
+func (t *Tracer) loadIter(spec *ebpf.CollectionSpec, prog string, m *ebpf.Map) (*ebpf.Collection, *link.Iter, error) {
+	spec = onlyProgram(spec, prog)
 	replacements := make(map[string]*ebpf.Map)
 	for name := range spec.Maps {
 		if m, ok := t.coll.Maps[name]; ok {
@@ -237,18 +241,37 @@ func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
 	if err != nil {
-		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported",
-			"error", shortVerifierError(err))
-		return
+		return nil, nil, shortVerifierError(err)
 	}
-	iter, err := link.AttachIter(link.IterOptions{Program: coll.Programs[snapshotProg]})
+	iter, err := link.AttachIter(link.IterOptions{Program: coll.Programs[prog], Map: m})
 	if err != nil {
 		coll.Close()
-		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported",
-			"error", fmt.Errorf("attach iter/tcp: %w", err))
+		return nil, nil, fmt.Errorf("attach %s: %w", spec.Programs[prog].SectionName, err)
+	}
+	return coll, iter, nil
+}
+
+// loadSnapshot loads the snapshot iterator. It needs Linux 5.9 (iter/tcp);
+// without it tcptrace only misses the sockets that were in CLOSE-WAIT before
+// it started, so failure is logged, not fatal.
+func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
+	coll, iter, err := t.loadIter(spec, snapshotProg, nil)
+	if err != nil {
+		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported", "error", err)
 		return
 	}
 	t.snapshotColl, t.snapshotIter = coll, iter
+}
+
+// loadScan loads the iterator that reads the CLOSE-WAIT table in the kernel
+// (Linux 5.9). Without it ScanCloseWait reads the whole table.
+func (t *Tracer) loadScan(spec *ebpf.CollectionSpec) {
+	coll, iter, err := t.loadIter(spec, scanProg, t.coll.Maps["closewait"])
+	if err != nil {
+		t.cfg.Logger.Info("in-kernel table scan unavailable: the table is read whole", "error", err)
+		return
+	}
+	t.scanColl, t.scanIter = coll, iter
 }
 
 // shortVerifierError keeps the last lines of a verifier log, which say why

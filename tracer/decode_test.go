@@ -285,6 +285,9 @@ func TestDecodeEntryMatchesGeneratedLayout(t *testing.T) {
 	if n := binary.Size(tcptraceCwEntry{}); n != cwEntrySize {
 		t.Fatalf("struct cw_entry is %d bytes, cwEntrySize %d", n, cwEntrySize)
 	}
+	if n := binary.Size(tcptraceScanRec{}); n != scanRecSize {
+		t.Fatalf("struct scan_rec is %d bytes, scanRecSize %d", n, scanRecSize)
+	}
 	want := tcptraceCwEntry{FinNs: 1, Cookie: 2, Ino: 3, CgroupId: 4, Netns: 5, Family: 10, Sport: 6, Dport: 7, Dir: 2, Flags: 3}
 	for i := range want.Saddr {
 		want.Saddr[i], want.Daddr[i] = byte(i+1), byte(100+i)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -25,10 +26,17 @@ const (
 
 // ScanCloseWait reads the kernel's table of sockets in CLOSE-WAIT and
 // calls due with each whose FIN (or first sight, for sockets found at
-// start-up) is at or before dueBoot (CLOCK_BOOTTIME ns), as a close_wait
-// event: KernelTracked, with its FIN time and the inode it had then,
-// unless known (if not nil) says the caller has it already. ev is reused
-// after due returns. It returns how many sockets the table holds.
+// start-up) is at or before dueBoot, as a close_wait event: KernelTracked,
+// with its FIN time and the inode it had then, unless known (if not nil)
+// says the caller has it already. ev is reused after due returns. It
+// returns how many sockets the table holds.
+//
+// From Linux 5.9 an iterator walks the table in the kernel and hands over
+// each entry once: an entry handed over is marked, and later scans skip it
+// without copying it out, so 100,000 sockets stuck and reported cost a scan
+// little. Older kernels read the whole table and hand over every due entry
+// each time. Every record of a scan is read: a marked entry is not offered
+// again.
 //
 // A socket in the table has not left CLOSE-WAIT yet: the programs delete
 // its entry before they report its exit. So a stuck report made from this
@@ -38,17 +46,85 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due 
 	if t.cfg.Mode != ModeCloseWait {
 		return 0, errors.New("no CLOSE-WAIT table in trace mode")
 	}
+	var ev events.Event
+	var e tcptraceCwEntry
+	hand := func(key uint64, raw []byte) {
+		if int64(binary.LittleEndian.Uint64(raw)) > dueBoot {
+			return
+		}
+		if known != nil && known(t.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:]))) {
+			return
+		}
+		decodeEntry(raw, &e)
+		t.entryEvent(key, &e, &ev)
+		due(&ev)
+	}
+	if t.scanIter == nil {
+		return t.readTable(hand)
+	}
+	ctl := tcptraceScanCtl{DueNs: uint64(max(dueBoot, 0))}
+	m := t.coll.Maps["scan_control"]
+	if err := m.Put(uint32(0), &ctl); err != nil {
+		return 0, fmt.Errorf("set up the table scan: %w", err)
+	}
+	rc, err := t.scanIter.Open()
+	if err != nil {
+		return 0, fmt.Errorf("open the table scan: %w", err)
+	}
+	defer rc.Close()
+	if t.scanBuf == nil {
+		t.scanBuf = make([]byte, 256*scanRecSize)
+	}
+	buf, n := t.scanBuf, 0
+	for {
+		m, err := rc.Read(buf[n:])
+		n += m
+		whole := n - n%scanRecSize
+		for off := 0; off < whole; off += scanRecSize {
+			rec := buf[off : off+scanRecSize]
+			hand(binary.LittleEndian.Uint64(rec), rec[8:])
+		}
+		n = copy(buf, buf[whole:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read the table scan: %w", err)
+		}
+	}
+	if n != 0 {
+		t.decodeErrs.Add(1) // a partial record: counted, as any undecodable one
+	}
+	if err := m.Lookup(uint32(0), &ctl); err != nil {
+		return 0, fmt.Errorf("read the table scan's counts: %w", err)
+	}
+	return int(ctl.Total), nil
+}
+
+// ListCloseWait calls each with the sock id of every socket in the kernel's
+// CLOSE-WAIT table: a whole read, to reconcile with what the caller tracks
+// after records were lost.
+func (t *Tracer) ListCloseWait(each func(sock uint64)) error {
+	if t.cfg.Mode != ModeCloseWait {
+		return errors.New("no CLOSE-WAIT table in trace mode")
+	}
+	_, err := t.readTable(func(key uint64, raw []byte) {
+		each(t.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:])))
+	})
+	return err
+}
+
+// readTable reads the whole CLOSE-WAIT table with batch lookups and calls
+// visit with each entry's key and raw struct cw_entry.
+func (t *Tracer) readTable(visit func(key uint64, raw []byte)) (int, error) {
 	if t.scanKeys == nil {
 		// Raw bytes: cilium/ebpf then copies them as they are, where a
-		// struct slice would be unmarshalled field by field. Only due
-		// entries are decoded.
+		// struct slice would be unmarshalled field by field.
 		t.scanKeys = make([]uint64, batchSize)
 		t.scanVals = make([][cwEntrySize]byte, batchSize)
 	}
 	m := t.coll.Maps["closewait"]
 	var cursor ebpf.MapBatchCursor
-	var ev events.Event
-	var e tcptraceCwEntry
 	total := 0
 	for {
 		n, err := m.BatchLookup(&cursor, t.scanKeys, t.scanVals, nil)
@@ -58,16 +134,7 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due 
 		}
 		total += n
 		for i := range n {
-			raw := t.scanVals[i][:]
-			if int64(binary.LittleEndian.Uint64(raw)) > dueBoot {
-				continue
-			}
-			if known != nil && known(t.sockID(t.scanKeys[i], raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:]))) {
-				continue
-			}
-			decodeEntry(raw, &e)
-			t.entryEvent(t.scanKeys[i], &e, &ev)
-			due(&ev)
+			visit(t.scanKeys[i], t.scanVals[i][:])
 		}
 		if done {
 			return total, nil
@@ -75,8 +142,11 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due 
 	}
 }
 
-// cwEntrySize is the size of struct cw_entry; decode_test.go checks it.
-const cwEntrySize = 80
+// Sizes of struct cw_entry and struct scan_rec; decode_test.go checks them.
+const (
+	cwEntrySize = 80
+	scanRecSize = 8 + cwEntrySize
+)
 
 // decodeEntry decodes a struct cw_entry (bpf/tcptrace.h).
 func decodeEntry(b []byte, e *tcptraceCwEntry) {

@@ -86,6 +86,19 @@ type tcptraceEvent struct {
 	CgroupId uint64
 }
 
+type tcptraceScanCtl struct {
+	_        structs.HostLayout
+	DueNs    uint64
+	Total    uint64
+	Reported uint64
+}
+
+type tcptraceScanRec struct {
+	_     structs.HostLayout
+	Key   uint64
+	Entry tcptraceCwEntry
+}
+
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
 func loadTcptrace() (*ebpf.CollectionSpec, error) {
 	reader := bytes.NewReader(_TcptraceBytes)
@@ -128,6 +141,7 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	TcptraceScan        *ebpf.ProgramSpec `ebpf:"tcptrace_scan"`
 	TcptraceSetStateBtf *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_tp"`
 	TcptraceSnapshot    *ebpf.ProgramSpec `ebpf:"tcptrace_snapshot"`
@@ -137,11 +151,12 @@ type tcptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
-	Aggregates *ebpf.MapSpec `ebpf:"aggregates"`
-	Closewait  *ebpf.MapSpec `ebpf:"closewait"`
-	Counters   *ebpf.MapSpec `ebpf:"counters"`
-	CwOverflow *ebpf.MapSpec `ebpf:"cw_overflow"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
+	Aggregates  *ebpf.MapSpec `ebpf:"aggregates"`
+	Closewait   *ebpf.MapSpec `ebpf:"closewait"`
+	Counters    *ebpf.MapSpec `ebpf:"counters"`
+	CwOverflow  *ebpf.MapSpec `ebpf:"cw_overflow"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	ScanControl *ebpf.MapSpec `ebpf:"scan_control"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -161,6 +176,7 @@ type tcptraceVariableSpecs struct {
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedScanRec     *ebpf.VariableSpec `ebpf:"unused_scan_rec"`
 	UseCookie         *ebpf.VariableSpec `ebpf:"use_cookie"`
 	UseTaskBtf        *ebpf.VariableSpec `ebpf:"use_task_btf"`
 	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -187,11 +203,12 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
-	Aggregates *ebpf.Map `ebpf:"aggregates"`
-	Closewait  *ebpf.Map `ebpf:"closewait"`
-	Counters   *ebpf.Map `ebpf:"counters"`
-	CwOverflow *ebpf.Map `ebpf:"cw_overflow"`
-	Events     *ebpf.Map `ebpf:"events"`
+	Aggregates  *ebpf.Map `ebpf:"aggregates"`
+	Closewait   *ebpf.Map `ebpf:"closewait"`
+	Counters    *ebpf.Map `ebpf:"counters"`
+	CwOverflow  *ebpf.Map `ebpf:"cw_overflow"`
+	Events      *ebpf.Map `ebpf:"events"`
+	ScanControl *ebpf.Map `ebpf:"scan_control"`
 }
 
 func (m *tcptraceMaps) Close() error {
@@ -201,6 +218,7 @@ func (m *tcptraceMaps) Close() error {
 		m.Counters,
 		m.CwOverflow,
 		m.Events,
+		m.ScanControl,
 	)
 }
 
@@ -221,6 +239,7 @@ type tcptraceVariables struct {
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedScanRec     *ebpf.Variable `ebpf:"unused_scan_rec"`
 	UseCookie         *ebpf.Variable `ebpf:"use_cookie"`
 	UseTaskBtf        *ebpf.Variable `ebpf:"use_task_btf"`
 	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -231,6 +250,7 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	TcptraceScan        *ebpf.Program `ebpf:"tcptrace_scan"`
 	TcptraceSetStateBtf *ebpf.Program `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.Program `ebpf:"tcptrace_set_state_tp"`
 	TcptraceSnapshot    *ebpf.Program `ebpf:"tcptrace_snapshot"`
@@ -238,6 +258,7 @@ type tcptracePrograms struct {
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.TcptraceScan,
 		p.TcptraceSetStateBtf,
 		p.TcptraceSetStateTp,
 		p.TcptraceSnapshot,

@@ -157,7 +157,11 @@ type Tracer struct {
 	// Start-up snapshot (closewait mode, Linux 5.9+); nil when unavailable.
 	snapshotColl *ebpf.Collection
 	snapshotIter *link.Iter
-	cookie       bool // sock ids are socket cookies
+	// Scan of the CLOSE-WAIT table in the kernel (Linux 5.9); nil when
+	// unavailable.
+	scanColl *ebpf.Collection
+	scanIter *link.Iter
+	cookie   bool // sock ids are socket cookies
 
 	// Time in the previous state, for trace mode; nil in closewait mode.
 	states *stateClock
@@ -182,6 +186,7 @@ type Tracer struct {
 	// Buffers of ScanCloseWait, reused: a leak can fill the table.
 	scanKeys []uint64
 	scanVals [][cwEntrySize]byte
+	scanBuf  []byte
 
 	detachOnce sync.Once
 	detachErr  error
@@ -248,6 +253,10 @@ func (t *Tracer) AttachPoint() string { return t.point }
 // socket cookie (tp_btf from Linux 5.12) rather than a hash of the socket's
 // address.
 func (t *Tracer) SocketCookie() bool { return t.cookie }
+
+// ScansInKernel reports whether ScanCloseWait walks the table in the kernel
+// and hands each entry over once (Linux 5.9), rather than reading it whole.
+func (t *Tracer) ScansInKernel() bool { return t.scanIter != nil }
 
 // CanList reports whether the kernel can list sockets (iter/tcp, Linux
 // 5.9), for Snapshot and Rescan; false in trace mode.
@@ -444,11 +453,16 @@ func (t *Tracer) Close() error {
 				errs = append(errs, fmt.Errorf("close ring buffer reader: %w", err))
 			}
 		}
-		if t.snapshotIter != nil {
-			if err := t.snapshotIter.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close snapshot iterator: %w", err))
+		for _, it := range []struct {
+			iter *link.Iter
+			coll *ebpf.Collection
+		}{{t.snapshotIter, t.snapshotColl}, {t.scanIter, t.scanColl}} {
+			if it.iter != nil {
+				if err := it.iter.Close(); err != nil {
+					errs = append(errs, fmt.Errorf("close iterator: %w", err))
+				}
+				it.coll.Close()
 			}
-			t.snapshotColl.Close()
 		}
 		if t.coll != nil {
 			t.coll.Close()

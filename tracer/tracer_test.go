@@ -154,9 +154,10 @@ func TestCloseWithoutStop(t *testing.T) {
 	}
 	for range tr.Events() {
 	}
-	// closewait mode: the state hook and the snapshot iterator.
-	if len(progs) != 2 {
-		t.Errorf("programs %v loaded in closewait mode, want 2", progs)
+	// closewait mode: the state hook, the snapshot iterator and the table
+	// scan iterator.
+	if len(progs) != 3 || !tr.ScansInKernel() {
+		t.Errorf("programs %v loaded in closewait mode (in-kernel scan %v), want 3", progs, tr.ScansInKernel())
 	}
 	if after, _ := bpfObjects(t); after != before {
 		t.Errorf("after Close: %d eBPF descriptors, want %d", after, before)
@@ -210,6 +211,9 @@ func TestAutoAttachChoice(t *testing.T) {
 	}
 	if want := atLeast(5, 12); tr.SocketCookie() != want {
 		t.Errorf("Linux %s: socket cookie %v, want %v", release, tr.SocketCookie(), want)
+	}
+	if want := atLeast(5, 9); tr.ScansInKernel() != want {
+		t.Errorf("Linux %s: in-kernel table scan %v, want %v", release, tr.ScansInKernel(), want)
 	}
 	if want := atLeast(5, 9); tr.CanList() != want {
 		t.Errorf("Linux %s: socket listing %v, want %v", release, tr.CanList(), want)

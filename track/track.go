@@ -371,15 +371,15 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 	}
 }
 
-// NewScan starts a scan of the kernel's CLOSE-WAIT table: Seen marks the
-// tracked sockets it finds, and Unseen then lists those it did not.
+// NewScan starts a whole read of the kernel's CLOSE-WAIT table: Seen marks
+// the tracked sockets it finds, and Unseen then lists those it did not.
 func (t *Tracker) NewScan() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.scan++
 }
 
-// Seen marks the socket as found by the current scan and reports whether
+// Seen marks the socket as found by the current read and reports whether
 // it is tracked.
 func (t *Tracker) Seen(sock uint64) bool {
 	t.mu.Lock()
@@ -392,7 +392,7 @@ func (t *Tracker) Seen(sock uint64) bool {
 }
 
 // Unseen lists the tracked sockets that the kernel table tracks, with a
-// FIN at or before dueBoot, that the current scan did not find: their exit
+// FIN at or before dueBoot, that the current read did not find: their exit
 // happened, and its record is on the way or was lost (see Recheck).
 func (t *Tracker) Unseen(dueBoot int64) []uint64 {
 	t.mu.Lock()
