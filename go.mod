@@ -4,6 +4,7 @@ go 1.24.0
 
 require (
 	github.com/cilium/ebpf v0.20.0
+	github.com/creack/pty v1.1.24
 	github.com/santhosh-tekuri/jsonschema/v6 v6.0.2
 	github.com/urfave/cli/v2 v2.27.7
 	golang.org/x/sys v0.40.0

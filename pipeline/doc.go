@@ -10,12 +10,14 @@
 // counts it in its aggregates (entered, closed, aborted, a FIN-to-close
 // histogram, by socket cgroup, service port and direction) and keeps it in
 // its CLOSE-WAIT table only while it is there. The pipeline learns of
-// sockets that stay by reading that table (Source.ScanCloseWait) every scan
-// interval: a tenth of the threshold, at least 50 ms, and at least 50 times
-// what the last read took (so that reading a table of 100,000 leaked
-// sockets costs at most about 2 % of a CPU), at most 5 s. A socket read
-// there past the threshold joins the tracker and is reported stuck at the
-// next progress mark, after a check that it is still in the table. So every
+// sockets that stay by scanning that table (Source.ScanCloseWait), which
+// hands over each socket past the threshold once, every scan interval: a
+// tenth of the threshold, at least 50 ms, and at least 50 times what the
+// last read took (so that reading a table of 100,000 leaked sockets costs
+// at most about 2 % of a CPU), at most 5 s. No scan runs while the
+// aggregates count no socket in CLOSE-WAIT that the tracker lacks. A
+// socket handed over joins the tracker and is reported stuck at the next
+// progress mark, after a check that it is still in the table. So every
 // socket in CLOSE-WAIT past the threshold is reported at most one scan
 // interval plus one flush interval after it (plus the owner wait below).
 //
@@ -23,7 +25,10 @@
 // the threshold (or a lower latency floor) after its FIN, and when it did
 // not fit the kernel table: user space then tracks it from the record. A
 // stuck socket that closes therefore always sends its close, which finds
-// its report in the tracker (was_stuck).
+// its report in the tracker (was_stuck). When records were dropped, the
+// whole table is read once, and a tracked socket missing from it whose
+// close has not arrived by the next progress mark is dropped
+// (Tracker.Recheck), not counted stuck for ever.
 //
 // # Never overtaking a close
 //

@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/creack/pty"
 
 	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/internal/testenv"
@@ -376,36 +379,49 @@ func waitAttached(t *testing.T, stderr *syncBuffer) {
 }
 
 // On a terminal, a table, with a status row every --status-interval that
-// shows tcptrace at work when nothing leaks.
+// shows tcptrace at work when nothing leaks. tcptrace runs on a real
+// pseudo-terminal.
 func TestStatusRowsOnATerminal(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	script, err := exec.LookPath("script")
-	if err != nil {
-		t.Fatalf("script (util-linux) runs tcptrace on a pseudo-terminal: %v", err)
-	}
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	// script gives tcptrace a pseudo-terminal as stdout; timeout stops it
-	// as Ctrl-C would.
-	inner := fmt.Sprintf("timeout --preserve-status -s INT 3 %s closewait --port %s --status-interval 1s", os.Args[0], portArg(ln))
-	cmd := exec.Command(script, "-qfec", inner, "/dev/null")
-	cmd.Env = append(os.Environ(), runMainEnv+"=1")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	cmd := tcptraceCmd(nil, "closewait", "--port", portArg(ln), "--status-interval", "1s")
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatalf("start tcptrace on a pseudo-terminal: %v", err)
 	}
+	defer tty.Close()
+	var out syncBuffer
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		io.Copy(&out, tty) // ends with EIO once tcptrace has exited
+	}()
+	waitAttached(t, &stderr)
 	stop := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(stop) {
 		healthyChurn(t, ln, 20)
 		time.Sleep(10 * time.Millisecond)
 	}
+	cmd.Process.Signal(syscall.SIGINT)
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("tcptrace on a terminal: %v\n%s", err, out.String())
+		t.Fatalf("tcptrace on a terminal: %v\n%s", err, stderr.String())
+	}
+	select {
+	case <-copied:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the terminal's output did not end")
 	}
 	text := strings.ReplaceAll(out.String(), "\r", "")
-	status := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d status +close-wait=0 stuck=0 closes/s=([1-9]\d*) p99<\S+$`)
+	status := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d status +close-wait=0 stuck=0 closes/s=([1-9][\d.]*) p99<\S+$`)
 	if !strings.Contains(text, "TIME     EVENT") || len(status.FindAllString(text, -1)) < 2 {
 		t.Errorf("want a table header and two status rows with closes/s > 0, got:\n%s", text)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if n := utf8.RuneCountInString(line); n > 80 {
+			t.Errorf("a %d-column line on an 80-column terminal: %q", n, line)
+		}
 	}
 	if strings.Contains(text, `{"time"`) || strings.Contains(text, "app_close") {
 		t.Errorf("healthy sockets written on the terminal:\n%s", text)
