@@ -356,6 +356,7 @@ func (p *Pipeline) scan() {
 	// buckets for nothing.
 	if inCW, _, _, err := p.totals(); err == nil && inCW == uint64(p.track.Len()) {
 		p.scansSkipped.Add(1)
+		p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval), maxScanInterval)
 		return
 	}
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
