@@ -546,7 +546,11 @@ func (p *tracerProc) next(timeout time.Duration, what string, match func(jsonEve
 				return ev
 			}
 		case <-timer.C:
-			p.t.Fatalf("no %s within %v; received %d events; stderr:\n%s", what, timeout, len(p.seen), p.stderr.String())
+			var last strings.Builder
+			for _, ev := range p.seen[max(0, len(p.seen)-10):] {
+				fmt.Fprintf(&last, "\n  %s", ev)
+			}
+			p.t.Fatalf("no %s within %v; received %d events, the last:%s\nstderr:\n%s", what, timeout, len(p.seen), last.String(), p.stderr.String())
 		}
 	}
 }

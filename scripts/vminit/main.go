@@ -43,6 +43,8 @@ var mounts = []struct {
 	data                   string
 }{
 	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	// Pseudo-terminals, for the tests of the live table.
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0620,ptmxmode=0666"},
 	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	{"tracefs", "/sys/kernel/tracing", "tracefs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
@@ -146,6 +148,12 @@ func setup() error {
 			if err := ensureConsole(); err != nil {
 				return err
 			}
+		}
+	}
+	// Without a /dev/ptmx of devtmpfs, devpts' own multiplexer serves.
+	if _, err := os.Stat("/dev/ptmx"); err != nil {
+		if err := os.Symlink("pts/ptmx", "/dev/ptmx"); err != nil {
+			return fmt.Errorf("link /dev/ptmx: %w", err)
 		}
 	}
 	// The kernel starts init with 1024/4096 descriptors; tests hold
