@@ -354,7 +354,7 @@ func (p *Pipeline) scan() {
 	// them all (none, or only those already reported), the table holds
 	// nothing to take in, and reading it would cost a walk of all its
 	// buckets for nothing.
-	if inCW, _, _, err := p.totals(); err == nil && inCW == uint64(p.track.Len()) {
+	if _, inCW, err := p.totals(); err == nil && inCW == uint64(p.track.Len()) {
 		p.scansSkipped.Add(1)
 		p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval), maxScanInterval)
 		return
@@ -509,30 +509,33 @@ func (p *Pipeline) reportLost() {
 func (p *Pipeline) Lost() events.LostCounts { return p.lost }
 
 // totals sums the kernel's aggregates.
-func (p *Pipeline) totals() (inCW, closes uint64, hist [events.HistBuckets]uint64, err error) {
+func (p *Pipeline) totals() (sum events.Aggregate, inCW uint64, err error) {
 	err = p.src.Aggregates(func(a *events.Aggregate) {
 		inCW += a.InCloseWait()
-		closes += a.Closed
+		sum.Entered += a.Entered
+		sum.Closed += a.Closed
+		sum.Aborted += a.Aborted
 		for i, n := range a.Hist {
-			hist[i] += n
+			sum.Hist[i] += n
 		}
 	})
-	return inCW, closes, hist, err
+	return sum, inCW, err
 }
 
 func (p *Pipeline) resetStatus() {
-	if _, closes, hist, err := p.totals(); err == nil {
-		p.prevCloses, p.prevHist = closes, hist
+	if sum, _, err := p.totals(); err == nil {
+		p.prevCloses, p.prevHist = sum.Closed, sum.Hist
 	}
 }
 
 // status gives the StatusSinks the counts since the last status.
 func (p *Pipeline) status(now time.Time) {
-	inCW, closes, hist, err := p.totals()
+	sum, inCW, err := p.totals()
 	if err != nil {
 		p.log.Warn("read the kernel's aggregates", "error", err)
 		return
 	}
+	closes, hist := sum.Closed, sum.Hist
 	st := Status{InCloseWait: inCW, Closes: closes - p.prevCloses, Interval: now.Sub(p.lastStatus)}
 	if p.track != nil {
 		st.Stuck = p.track.Stuck()
@@ -563,7 +566,10 @@ func (p *Pipeline) Summary() []any {
 	}
 	if p.track != nil {
 		// The kernel counts every socket, tracked in user space or not.
-		if inCW, _, _, err := p.totals(); err == nil {
+		sum, inCW, err := p.totals()
+		if err != nil {
+			p.log.Warn("read the kernel's aggregates", "error", err)
+		} else {
 			attrs = append(attrs, "still_in_close_wait", inCW)
 		}
 		attrs = append(attrs, "tracked", p.track.Len(), "stuck", p.track.Stuck(),
@@ -573,6 +579,9 @@ func (p *Pipeline) Summary() []any {
 		}
 		if n := p.track.Deferred(); n > 0 {
 			attrs = append(attrs, "stuck_reports_held_for_owner", n)
+		}
+		if err == nil {
+			attrs = append(attrs, "close_wait_counted", sum.Entered, "closes_counted", sum.Closed, "aborts_counted", sum.Aborted)
 		}
 	}
 	return attrs

@@ -7,7 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/attribute"
-	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
@@ -58,20 +57,11 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		logger.Info("tracing transitions", "ports", o.tracer.Ports, "netns", o.tracer.NetNS, "cgroup_id", o.tracer.CgroupID)
 	}
 	runErr := p.Run(c.Context)
+	// Before Close: the summary reads the kernel's counts.
 	attrs := append([]any{"events", out.Written()}, p.Summary()...)
 	if mode == tracer.ModeCloseWait {
 		st := attr.Stats()
 		attrs = append(attrs, "owner_scans", st.FullScans, "owner_cache_hits", st.CacheHits)
-		// What the kernel counted, healthy sockets included; read before
-		// the maps are closed.
-		var entered, closed, aborted uint64
-		if err := tr.Aggregates(func(a *events.Aggregate) {
-			entered, closed, aborted = entered+a.Entered, closed+a.Closed, aborted+a.Aborted
-		}); err == nil {
-			attrs = append(attrs, "close_wait_counted", entered, "closes_counted", closed, "aborts_counted", aborted)
-		} else {
-			logger.Warn("read the kernel's aggregates", "error", err)
-		}
 		if n, err := tr.AggregateOverflows(); err == nil && n > 0 {
 			attrs = append(attrs, "aggregate_overflows", n)
 		}
