@@ -160,6 +160,9 @@ type Pipeline struct {
 	// Recent socket listings by network namespace.
 	rescans map[uint32]rescan
 
+	// Sockets the tracker had no room for, by sock id, until they close.
+	refused map[uint64]struct{}
+
 	// Reconciling with the kernel table after records were dropped:
 	// needSweep asks for a whole read of the table; sweep holds the tracked
 	// sockets it did not find, to check once every record up to sweepAt
@@ -179,7 +182,8 @@ func New(cfg Config, src Source, attr Attributor, sinks ...Sink) *Pipeline {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	p := &Pipeline{cfg: cfg, src: src, attr: attr, sinks: sinks, log: cfg.Logger, scanEvery: minScanInterval}
+	p := &Pipeline{cfg: cfg, src: src, attr: attr, sinks: sinks, log: cfg.Logger, scanEvery: minScanInterval,
+		refused: make(map[uint64]struct{})}
 	if cfg.CloseWait {
 		p.track = track.New(cfg.Track, src.Clock())
 	}
@@ -340,6 +344,7 @@ func (p *Pipeline) handle(ev *events.Event) {
 		p.attr.CachedOwners(ev)
 	case events.KindAppClose, events.KindAbort:
 		p.attr.Closed(ev)
+		delete(p.refused, ev.Sock)
 	}
 	p.track.Observe(ev, p.emit)
 }
@@ -361,10 +366,18 @@ func (p *Pipeline) scan() {
 	}
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
 	var adopting time.Duration // work that a record would have cost too
-	_, err := p.src.ScanCloseWait(dueBoot, p.track.Has, func(ev *events.Event) {
+	known := func(sock uint64) bool {
+		_, refused := p.refused[sock]
+		return refused || p.track.Has(sock)
+	}
+	_, err := p.src.ScanCloseWait(dueBoot, known, func(ev *events.Event) {
 		t0 := time.Now()
 		p.attr.Socket(ev)
-		p.track.Insert(ev)
+		if !p.track.Insert(ev) && len(p.refused) < p.cfg.Track.MaxSockets {
+			// The table is full, and counted that once: a scan that reads
+			// the whole table (before Linux 5.9) offers it again.
+			p.refused[ev.Sock] = struct{}{}
+		}
 		adopting += time.Since(t0)
 	})
 	if err != nil {

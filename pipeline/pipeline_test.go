@@ -605,3 +605,25 @@ func TestScanSkippedWhenAllTracked(t *testing.T) {
 		t.Error("no scan with a socket in CLOSE-WAIT")
 	}
 }
+
+// A socket the tracker has no room for is counted as table_full once,
+// however often a scan that reads the whole table offers it again.
+func TestTableFullCountedOnce(t *testing.T) {
+	cfg := Config{Track: track.Config{Threshold: threshold, MaxSockets: 1, MaxOwnerWait: DefaultMaxOwnerWait}}
+	h := start(t, cfg, Selection{}, func(h *harness) {
+		h.src.put(socket(1, 2*threshold))
+		h.src.put(socket(2, 2*threshold))
+	})
+	h.ticker(t)
+	h.out.waitFor(t, "stuck", func(ev events.Event) bool { return ev.Kind == events.KindStuck })
+	deadline := time.Now().Add(time.Second)
+	for h.p.scans.Load() < 4 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := h.p.scans.Load(); n < 4 {
+		t.Fatalf("%d scans in a second, want several to offer the socket again", n)
+	}
+	if n := h.p.Tracker().TableFull(); n != 1 {
+		t.Errorf("table_full = %d after %d scans, want 1", n, h.p.scans.Load())
+	}
+}
