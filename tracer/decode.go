@@ -70,6 +70,15 @@ func newDecoder(clock bootclock.Clock) *decoder {
 	return &decoder{clock: clock, seed: maphash.MakeSeed()}
 }
 
+// sockID is the id events give a socket: its cookie, or a keyed hash of
+// its kernel address.
+func (d *decoder) sockID(key uint64, hasCookie bool, cookie uint64) uint64 {
+	if hasCookie {
+		return cookie
+	}
+	return maphash.Comparable(d.seed, key)
+}
+
 // decode fills ev from one record. It never panics on malformed input.
 func (d *decoder) decode(b []byte, ev *events.Event) error {
 	if len(b) < eventSize {
@@ -83,11 +92,7 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	ev.Time = d.clock.Wall(ts)
 	ev.BootNS = ts
 	ev.Key = le.Uint64(b[offSkaddr:])
-	if flags&flagCookie != 0 {
-		ev.Sock = le.Uint64(b[offCookie:])
-	} else {
-		ev.Sock = maphash.Comparable(d.seed, ev.Key)
-	}
+	ev.Sock = d.sockID(ev.Key, flags&flagCookie != 0, le.Uint64(b[offCookie:]))
 	ev.NetNS = le.Uint32(b[offNetns:])
 	ev.Inode = le.Uint64(b[offIno:])
 	ev.CgroupID = le.Uint64(b[offCgroupID:])

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"io"
 	"net/netip"
 
@@ -52,7 +51,7 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due 
 		if int64(binary.LittleEndian.Uint64(raw)) > dueBoot {
 			return
 		}
-		if known != nil && known(t.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:]))) {
+		if known != nil && known(t.dec.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:]))) {
 			return
 		}
 		decodeEntry(raw, &e)
@@ -109,7 +108,7 @@ func (t *Tracer) ListCloseWait(each func(sock uint64)) error {
 		return errors.New("no CLOSE-WAIT table in trace mode")
 	}
 	_, err := t.readTable(func(key uint64, raw []byte) {
-		each(t.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:])))
+		each(t.dec.sockID(key, raw[75]&cwfCookie != 0, binary.LittleEndian.Uint64(raw[8:])))
 	})
 	return err
 }
@@ -158,15 +157,6 @@ func decodeEntry(b []byte, e *tcptraceCwEntry) {
 	e.Dir, e.Flags = b[74], b[75]
 }
 
-// sockID is the id events give the socket: its cookie, or a keyed hash of
-// its kernel address, as the decoder makes it.
-func (t *Tracer) sockID(key uint64, hasCookie bool, cookie uint64) uint64 {
-	if hasCookie {
-		return cookie
-	}
-	return maphash.Comparable(t.dec.seed, key)
-}
-
 // entryEvent builds the close_wait event of a table entry.
 func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
 	fin := int64(e.FinNs)
@@ -176,7 +166,7 @@ func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
 		LocalPort: e.Sport, RemotePort: e.Dport, OldState: events.StateEstablished, NewState: events.StateCloseWait,
 		AgeKnown: e.Flags&cwfAgeUnknown == 0, KernelTracked: true,
 	}
-	ev.Sock = t.sockID(key, e.Flags&cwfCookie != 0, e.Cookie)
+	ev.Sock = t.dec.sockID(key, e.Flags&cwfCookie != 0, e.Cookie)
 	if e.Family == afInet6 {
 		ev.Family = events.FamilyIPv6
 		ev.LocalAddr, ev.RemoteAddr = netip.AddrFrom16(e.Saddr), netip.AddrFrom16(e.Daddr)
