@@ -89,6 +89,8 @@ for mode in $MODES; do
 	echo "== $mode: $N connections, $WORKERS workers, port $port" >&2
 
 	tracer=("$bin/tcptrace" "$mode" --port "$port" --output json --log-level info)
+	# The soak accounts for every event: closewait's every-socket stream.
+	[[ $mode == closewait ]] && tracer+=(--all)
 	if $use_time; then
 		# GNU time reports CPU and peak RSS for the whole run, drain included.
 		/usr/bin/time -v -o "$d/time" "${tracer[@]}" >"$d/events.jsonl" 2>"$d/stderr" &
