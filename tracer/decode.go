@@ -99,18 +99,8 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	task := events.Task{PID: le.Uint32(b[offPID:])}
 	copy(task.Comm[:], b[offComm:offComm+16])
 
-	switch le.Uint16(b[offFamily:]) {
-	case afInet:
-		ev.Family = events.FamilyIPv4
-		ev.LocalAddr = netip.AddrFrom4([4]byte(b[offSaddr : offSaddr+4]))
-		ev.RemoteAddr = netip.AddrFrom4([4]byte(b[offDaddr : offDaddr+4]))
-	case afInet6:
-		ev.Family = events.FamilyIPv6
-		ev.LocalAddr = netip.AddrFrom16([16]byte(b[offSaddr : offSaddr+16]))
-		ev.RemoteAddr = netip.AddrFrom16([16]byte(b[offDaddr : offDaddr+16]))
-		unmapIPv4(ev)
-	default:
-		return fmt.Errorf("unknown address family %d", le.Uint16(b[offFamily:]))
+	if err := setAddrs(ev, le.Uint16(b[offFamily:]), b[offSaddr:offSaddr+16], b[offDaddr:offDaddr+16]); err != nil {
+		return err
 	}
 	ev.LocalPort = le.Uint16(b[offSport:])
 	ev.RemotePort = le.Uint16(b[offDport:])
@@ -153,6 +143,25 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		}
 	default:
 		return fmt.Errorf("unknown record kind %d", b[offKind])
+	}
+	return nil
+}
+
+// setAddrs sets the family and addresses of ev from the kernel's 16-byte
+// address fields, the first 4 bytes used for IPv4.
+func setAddrs(ev *events.Event, family uint16, saddr, daddr []byte) error {
+	switch family {
+	case afInet:
+		ev.Family = events.FamilyIPv4
+		ev.LocalAddr = netip.AddrFrom4([4]byte(saddr[:4]))
+		ev.RemoteAddr = netip.AddrFrom4([4]byte(daddr[:4]))
+	case afInet6:
+		ev.Family = events.FamilyIPv6
+		ev.LocalAddr = netip.AddrFrom16([16]byte(saddr[:16]))
+		ev.RemoteAddr = netip.AddrFrom16([16]byte(daddr[:16]))
+		unmapIPv4(ev)
+	default:
+		return fmt.Errorf("unknown address family %d", family)
 	}
 	return nil
 }

@@ -15,20 +15,9 @@ import (
 	"github.com/tcptrace/tcptrace/internal/oneline"
 )
 
-// ErrNoSnapshot is returned by Snapshot and Rescan when the kernel cannot
+// ErrNoSnapshot is returned by Snapshot and Inodes when the kernel cannot
 // list sockets (no iter/tcp before Linux 5.9), and in trace mode.
 var ErrNoSnapshot = errors.New("socket listing unavailable")
-
-// Scan is what a listing of one namespace's sockets in CLOSE-WAIT found.
-type Scan struct {
-	// New holds the sockets this listing started tracking: close_wait
-	// events with AgeKnown false, their age counting from now. Sockets the
-	// live program or an earlier listing tracks are not in it.
-	New []events.Event
-	// Inodes holds the current socket inode of every socket in CLOSE-WAIT
-	// found, tracked before or not, by sock id; 0 while none has a file.
-	Inodes map[uint64]uint64
-}
 
 // Snapshot lists the sockets in CLOSE-WAIT in every network namespace of
 // the node, so that those that predate tcptrace are reported and their exit
@@ -66,29 +55,27 @@ func (t *Tracer) Snapshot(found func(ev *events.Event)) error {
 	return oneline.Join(errs...)
 }
 
-// Rescan lists the sockets in CLOSE-WAIT in one network namespace, given by
-// its inode: for the current inode of a socket that had no file when it
-// entered CLOSE-WAIT.
-func (t *Tracer) Rescan(netns uint32) (Scan, error) {
-	scan := Scan{Inodes: make(map[uint64]uint64)}
+// Inodes lists the sockets in CLOSE-WAIT in one network namespace, given
+// by its inode, and returns the current inode of each (0 while none has a
+// file), by sock id: for a socket that had no file when it entered
+// CLOSE-WAIT. Sockets the listing finds untracked are tracked in the kernel
+// table from then on, so the table scan finds them.
+func (t *Tracer) Inodes(netns uint32) (map[uint64]uint64, error) {
+	inodes := make(map[uint64]uint64)
 	if t.snapshotIter == nil {
-		return scan, ErrNoSnapshot
+		return inodes, ErrNoSnapshot
 	}
 	found := openNetworkNamespaces(uint64(netns))
 	if len(found) == 0 {
-		return scan, fmt.Errorf("network namespace %d not found", netns)
+		return inodes, fmt.Errorf("network namespace %d not found", netns)
 	}
 	defer found[0].file.Close()
-	err := t.listIn(found[0], func(ev *events.Event, isNew, _ bool) {
-		if _, dup := scan.Inodes[ev.Sock]; dup {
-			return
-		}
-		scan.Inodes[ev.Sock] = ev.Inode
-		if isNew {
-			scan.New = append(scan.New, *ev)
+	err := t.listIn(found[0], func(ev *events.Event, _, _ bool) {
+		if _, dup := inodes[ev.Sock]; !dup {
+			inodes[ev.Sock] = ev.Inode
 		}
 	})
-	return scan, err
+	return inodes, err
 }
 
 // listIn runs the listing program in network namespace ns and calls visit
@@ -236,12 +223,4 @@ func openNetworkNamespaces(only uint64) []namespace {
 		}
 	}
 	return found
-}
-
-// Inodes returns the current inode, by sock id, of every socket in
-// CLOSE-WAIT in one network namespace (see Rescan). Sockets the listing
-// finds untracked are tracked in the kernel table from then on.
-func (t *Tracer) Inodes(netns uint32) (map[uint64]uint64, error) {
-	scan, err := t.Rescan(netns)
-	return scan.Inodes, err
 }

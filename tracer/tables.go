@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
 
 	"github.com/cilium/ebpf"
 
@@ -55,7 +54,10 @@ func (t *Tracer) ScanCloseWait(dueBoot int64, known func(sock uint64) bool, due 
 			return
 		}
 		decodeEntry(raw, &e)
-		t.entryEvent(key, &e, &ev)
+		if err := t.entryEvent(key, &e, &ev); err != nil {
+			t.decodeErrs.Add(1) // counted, as any undecodable record
+			return
+		}
 		due(&ev)
 	}
 	if t.scanIter == nil {
@@ -158,7 +160,7 @@ func decodeEntry(b []byte, e *tcptraceCwEntry) {
 }
 
 // entryEvent builds the close_wait event of a table entry.
-func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
+func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) error {
 	fin := int64(e.FinNs)
 	*ev = events.Event{
 		Kind: events.KindCloseWait, Time: t.clock.Wall(fin), BootNS: fin, FinBootNS: fin,
@@ -167,15 +169,7 @@ func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) {
 		AgeKnown: e.Flags&cwfAgeUnknown == 0, KernelTracked: true,
 	}
 	ev.Sock = t.dec.sockID(key, e.Flags&cwfCookie != 0, e.Cookie)
-	if e.Family == afInet6 {
-		ev.Family = events.FamilyIPv6
-		ev.LocalAddr, ev.RemoteAddr = netip.AddrFrom16(e.Saddr), netip.AddrFrom16(e.Daddr)
-		unmapIPv4(ev)
-	} else {
-		ev.Family = events.FamilyIPv4
-		ev.LocalAddr = netip.AddrFrom4([4]byte(e.Saddr[:4]))
-		ev.RemoteAddr = netip.AddrFrom4([4]byte(e.Daddr[:4]))
-	}
+	return setAddrs(ev, e.Family, e.Saddr[:], e.Daddr[:])
 }
 
 // Aggregates calls fn with each of the kernel's aggregates (closewait

@@ -259,7 +259,7 @@ func (t *Tracer) SocketCookie() bool { return t.cookie }
 func (t *Tracer) ScansInKernel() bool { return t.scanIter != nil }
 
 // CanList reports whether the kernel can list sockets (iter/tcp, Linux
-// 5.9), for Snapshot and Rescan; false in trace mode.
+// 5.9), for Snapshot and Inodes; false in trace mode.
 func (t *Tracer) CanList() bool { return t.snapshotIter != nil }
 
 // Clock is the boot-time to wall-time conversion the tracer uses.
