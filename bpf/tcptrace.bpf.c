@@ -330,13 +330,35 @@ static __always_inline __u32 hist_bucket(__u64 ns)
 	return b < HIST_BUCKETS ? b : HIST_BUCKETS - 1;
 }
 
+/* read_addrs copies the socket's addresses into 16-byte fields, IPv4 in the
+ * first 4 bytes and the rest zeroed (ring buffer memory is not), and
+ * returns its family. */
+static __always_inline __u16 read_addrs(struct sock *sk, __u8 *saddr, __u8 *daddr, const bool btf)
+{
+	__u16 family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
+
+	if (family == AF_INET6) {
+		if (btf) {
+			__builtin_memcpy(saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+			__builtin_memcpy(daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+		} else {
+			bpf_core_read(saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+			bpf_core_read(daddr, 16, &sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		}
+	} else {
+		__builtin_memset(saddr, 0, 16);
+		__builtin_memset(daddr, 0, 16);
+		*(__u32 *)saddr = RD(btf, sk->__sk_common.skc_rcv_saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		*(__u32 *)daddr = RD(btf, sk->__sk_common.skc_daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+	}
+	return family;
+}
+
 /* fill writes everything but the kind-specific fields into ev. */
 static __always_inline void fill(struct event *ev, struct sock *sk, struct ports p, __u8 kind,
 				 int oldstate, int newstate, __u64 now, __u64 aux, __u8 flags,
 				 const bool btf)
 {
-	__u16 family;
-
 	ev->ts_ns = now;
 	ev->skaddr = (__u64)sk;
 	ev->cookie = 0;
@@ -365,25 +387,9 @@ static __always_inline void fill(struct event *ev, struct sock *sk, struct ports
 		__builtin_memset(ev->comm, 0, sizeof(ev->comm));
 	}
 
-	family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
-	ev->family = family;
+	ev->family = read_addrs(sk, ev->saddr, ev->daddr, btf);
 	ev->sport = p.local;
 	ev->dport = p.remote;
-	if (family == AF_INET6) {
-		if (btf) {
-			__builtin_memcpy(ev->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-			__builtin_memcpy(ev->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-		} else {
-			BPF_CORE_READ_INTO(&ev->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-			BPF_CORE_READ_INTO(&ev->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		}
-	} else {
-		/* Ring buffer memory is not zeroed. */
-		__builtin_memset(ev->saddr, 0, sizeof(ev->saddr));
-		__builtin_memset(ev->daddr, 0, sizeof(ev->daddr));
-		*(__u32 *)ev->saddr = RD(btf, sk->__sk_common.skc_rcv_saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		*(__u32 *)ev->daddr = RD(btf, sk->__sk_common.skc_daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	}
 	ev->kind = kind;
 	ev->oldstate = oldstate;
 	ev->newstate = newstate;
@@ -437,8 +443,6 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 static __always_inline void fill_entry(struct cw_entry *e, struct sock *sk, struct ports p, __u64 now,
 				       __u8 flags, const bool btf)
 {
-	__u16 family = RD(btf, sk->__sk_common.skc_family, BPF_CORE_READ(sk, __sk_common.skc_family));
-
 	e->fin_ns = now;
 	e->cookie = 0;
 	if (use_cookie) {
@@ -447,22 +451,8 @@ static __always_inline void fill_entry(struct cw_entry *e, struct sock *sk, stru
 	}
 	e->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
 	e->cgroup_id = sock_cgroup_id(sk, btf);
-	if (family == AF_INET6) {
-		if (btf) {
-			__builtin_memcpy(e->saddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
-			__builtin_memcpy(e->daddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
-		} else {
-			BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-			BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		}
-	} else {
-		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
-		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
-		*(__u32 *)e->saddr = RD(btf, sk->__sk_common.skc_rcv_saddr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		*(__u32 *)e->daddr = RD(btf, sk->__sk_common.skc_daddr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-	}
+	e->family = read_addrs(sk, e->saddr, e->daddr, btf);
 	e->netns = RD(btf, sk->__sk_common.skc_net.net->ns.inum, BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
-	e->family = family;
 	e->sport = p.local;
 	e->dport = p.remote;
 	e->dir = direction(sk);
@@ -552,11 +542,13 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 			__sync_fetch_and_add(&agg->aborted, 1);
 		} else {
 			__sync_fetch_and_add(&agg->closed, 1);
-			__u32 b = hist_bucket(now - aux);
+			/* The histogram takes closes whose FIN time is known. */
+			if ((flags & (EVF_AUX_VALID | EVF_AGE_UNKNOWN)) == EVF_AUX_VALID && now >= aux) {
+				__u32 b = hist_bucket(now - aux);
 
-			if ((flags & (EVF_AUX_VALID | EVF_AGE_UNKNOWN)) == EVF_AUX_VALID && now >= aux &&
-			    b < HIST_BUCKETS)
-				__sync_fetch_and_add(&agg->hist[b], 1);
+				if (b < HIST_BUCKETS)
+					__sync_fetch_and_add(&agg->hist[b], 1);
+			}
 		}
 	}
 	if (!tracked && (oldstate != TCP_CLOSE_WAIT || !wanted(sk, p, btf)))
