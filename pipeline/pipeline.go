@@ -195,10 +195,6 @@ func New(cfg Config, src Source, attr Attributor, sinks ...Sink) *Pipeline {
 // EverySocket all of them.
 func (p *Pipeline) Tracker() *track.Tracker { return p.track }
 
-// ScanInterval is the current interval between reads of the kernel's
-// CLOSE-WAIT table.
-func (p *Pipeline) ScanInterval() time.Duration { return p.scanEvery }
-
 // Snapshot takes in the sockets that were in CLOSE-WAIT before tcptrace
 // started, in every network namespace (closewait mode). With EverySocket
 // each is reported as a close_wait with age_known false; otherwise the
@@ -361,7 +357,7 @@ func (p *Pipeline) scan() {
 	// buckets for nothing.
 	if _, inCW, err := p.totals(); err == nil && inCW == uint64(p.track.Len()) {
 		p.scansSkipped.Add(1)
-		p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval), maxScanInterval)
+		p.scanEvery = p.scanInterval(0)
 		return
 	}
 	dueBoot := bootclock.Now() - p.cfg.Track.Threshold.Nanoseconds()
@@ -388,7 +384,14 @@ func (p *Pipeline) scan() {
 	cost := time.Since(start) - adopting
 	p.scans.Add(1)
 	p.scanCost = max(p.scanCost, cost)
-	p.scanEvery = min(max(p.cfg.Track.Threshold/10, minScanInterval, scanCostShare*cost), maxScanInterval)
+	p.scanEvery = p.scanInterval(cost)
+}
+
+// scanInterval is a tenth of the threshold, at least minScanInterval and
+// scanCostShare times what reading the table cost, at most
+// maxScanInterval.
+func (p *Pipeline) scanInterval(cost time.Duration) time.Duration {
+	return min(max(p.cfg.Track.Threshold/10, minScanInterval, scanCostShare*cost), maxScanInterval)
 }
 
 func (p *Pipeline) expire(nowBoot int64) {
