@@ -115,9 +115,14 @@ func TestDefaultWritesOnlyLeaks(t *testing.T) {
 			return n
 		}
 		entered, closed, misses := num("close_wait_counted"), num("closes_counted"), num("recursion_miss")
-		if entered > healthy+leaked || entered+misses < healthy+leaked || closed != entered || num("aborts_counted") != 0 {
+		// A skipped run loses one count: an entry (and with it the close)
+		// or only the close, so each count lies within the misses of the
+		// truth. Seen on 7.2 with the classic tracepoint: 3003 entered,
+		// 3002 closed, 4 misses.
+		want := healthy + leaked
+		if entered > want || entered+misses < want || closed > entered || closed+misses < want || num("aborts_counted") != 0 {
 			t.Errorf("kernel counted %d entered, %d closed (%d runs skipped), want %d each:\n%s",
-				entered, closed, misses, healthy+leaked, p.stderr.String())
+				entered, closed, misses, want, p.stderr.String())
 		}
 	})
 }
