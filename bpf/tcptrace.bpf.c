@@ -548,6 +548,7 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 
 				if (b < HIST_BUCKETS)
 					__sync_fetch_and_add(&agg->hist[b], 1);
+				__sync_fetch_and_add(&agg->sum_us, (now - aux) / 1000);
 			}
 		}
 	}

@@ -110,6 +110,7 @@ struct agg_val {
 	__u64 closed;  /* left it by the application's close or shutdown */
 	__u64 aborted; /* left it otherwise: reset, timeout, destroyed */
 	__u64 hist[HIST_BUCKETS]; /* FIN-to-close of closes whose FIN time is known */
+	__u64 sum_us;             /* their FIN-to-close latencies added up, in µs */
 };
 
 /* The scan iterator's parameters and results (map scan_control). */

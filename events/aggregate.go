@@ -81,6 +81,8 @@ type Aggregate struct {
 	// Hist counts closes by FIN-to-close latency (see HistUpperBound), for
 	// the sockets whose FIN tcptrace saw: not those found at start-up.
 	Hist [HistBuckets]uint64
+	// Sum adds up the latencies Hist counts (to the µs).
+	Sum time.Duration
 }
 
 // InCloseWait is the number of the key's sockets in CLOSE-WAIT now.

@@ -210,6 +210,9 @@ type Event struct {
 	CgroupID    uint64
 	ContainerID string
 	PodUID      string
+	// Kubernetes names for PodUID, when enrichment is on (nil otherwise).
+	// Shared by every event of the pod: never modified.
+	K8s *K8s
 
 	// transition
 	OldState     State
@@ -242,4 +245,19 @@ type Event struct {
 	FinBootNS     int64
 	Key           uint64
 	KernelTracked bool
+}
+
+// K8s names the Kubernetes pod a socket belongs to.
+type K8s struct {
+	Node      string
+	Namespace string // empty with NotFound
+	Pod       string
+	Container string // empty when the container id matched no status
+	// The pod's owning workload from its owner references, a
+	// ReplicaSet's Deployment resolved (empty without an owner).
+	WorkloadKind string
+	WorkloadName string
+	// NotFound: enrichment is on but the pod was not in the cache (not yet
+	// seen, or deleted longer ago than the grace period).
+	NotFound bool
 }

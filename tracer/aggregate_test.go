@@ -195,6 +195,16 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	if slow != 2 {
 		t.Errorf("%d closes of 100 ms or more, want 2 (the 200ms and 1.5s ones); histogram %v", slow, a.Hist)
 	}
+	// The sum holds the known delays as measured, and the healthy closes
+	// add little (each well under a millisecond on an idle machine, but
+	// allow for a busy one).
+	var lo, hi time.Duration
+	for _, m := range measured {
+		lo, hi = lo+m[0], hi+m[1]
+	}
+	if a.Sum < lo || a.Sum > hi+time.Duration(healthy)*10*time.Millisecond {
+		t.Errorf("latency sum %v, want the known closes' %v to %v and little more", a.Sum, lo, hi)
+	}
 	if q, ok := events.Quantile(&a.Hist, 0.5); !ok || q > 4*time.Millisecond {
 		t.Errorf("median FIN-to-close %v, want the healthy closes' (well under 4ms)", q)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -198,6 +199,7 @@ func (t *Tracer) Aggregates(fn func(a *events.Aggregate)) error {
 			a = events.Aggregate{
 				AggregateKey: events.AggregateKey{CgroupID: k.CgroupId, Port: k.Port, Dir: events.Direction(k.Dir)},
 				Entered:      v.Entered, Closed: v.Closed, Aborted: v.Aborted, Hist: v.Hist,
+				Sum: time.Duration(v.SumUs) * time.Microsecond,
 			}
 			fn(&a)
 		}

@@ -27,6 +27,7 @@ type tcptraceAggVal struct {
 	Closed  uint64
 	Aborted uint64
 	Hist    [36]uint64
+	SumUs   uint64
 }
 
 type tcptraceCounter uint32
