@@ -394,6 +394,9 @@ static __always_inline void fill(struct event *ev, struct sock *sk, struct ports
 	ev->oldstate = oldstate;
 	ev->newstate = newstate;
 	ev->flags = flags;
+	/* Which port is the service: for metrics of stuck sockets, keyed
+	 * as the aggregates are. Trace mode does not need it. */
+	ev->dir = kind == EV_TRANSITION ? 0 : direction(sk);
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	ev->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
 	ev->cgroup_id = sock_cgroup_id(sk, btf);

@@ -71,7 +71,8 @@ struct event {
 	__u8 oldstate;
 	__u8 newstate;
 	__u8 flags;
-	__u8 pad[6];
+	__u8 dir; /* enum direction, in closewait mode; 0 for a transition */
+	__u8 pad[5];
 	__u64 ino;       /* socket inode, 0 when no file holds the socket */
 	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup), 0 if unknown */
 };

@@ -206,6 +206,9 @@ type Event struct {
 	RemoteAddr netip.Addr
 	RemotePort uint16
 	NetNS      uint32
+	// Dir says which port is the service (closewait mode): the local one
+	// of an inbound socket, the remote one of an outbound one. 0: unknown.
+	Dir Direction
 	// Container context: the socket's cgroup v2 id, and what its path says.
 	CgroupID    uint64
 	ContainerID string

@@ -57,6 +57,8 @@ func samples() []events.Event {
 		{Process: &events.Process{PID: 7, Comm: "beam.smp", Exe: "/opt/couchdb/bin/beam.smp", Cmdline: "beam.smp -- -root /opt/couchdb \"quoted\"\n", UID: 5984}, FD: 31},
 		{Process: &events.Process{PID: 8, Comm: "child", Exe: "", Cmdline: "", UID: 0}, FD: 3},
 	}
+	stuck.Dir = events.DirInbound
+	stuck.K8s = &events.K8s{Node: "node-a", Namespace: "db", Pod: "couchdb-0", Container: "couchdb", WorkloadKind: "StatefulSet", WorkloadName: "couchdb"}
 	noFile := base
 	noFile.Kind, noFile.OwnerSource = events.KindCloseWait, events.OwnerNoFile
 	ac := base
@@ -67,6 +69,8 @@ func samples() []events.Event {
 	acUnknown.AgeKnown, acUnknown.HasCloser = false, false
 	abort := base
 	abort.Kind, abort.AgeNS, abort.AgeKnown, abort.NewState = events.KindAbort, 5e9, true, events.StateClose
+	cw.Dir = events.DirOutbound
+	cw.K8s = &events.K8s{Node: "node-a", NotFound: true}
 	v6 := cw
 	v6.Family, v6.LocalAddr, v6.RemoteAddr = events.FamilyIPv6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::1")
 	lost := events.Event{Kind: events.KindLost, Time: base.Time}
@@ -190,3 +194,37 @@ func TestAppendTime(t *testing.T) {
 
 // maxTestUnix is 9999-12-31T23:59:59Z.
 const maxTestUnix = 253402300799
+
+// A socket shared after fork by hundreds of processes with long command
+// lines still makes a line a container runtime does not split (16 KiB), and
+// says how many holders it left out.
+func TestLineBoundedWithManyOwners(t *testing.T) {
+	ev := samples()[2] // stuck
+	long := strings.Repeat("\x01é/", 2000)
+	for i := range 500 {
+		ev.Owners = append(ev.Owners, events.Owner{Process: &events.Process{PID: 100 + i, Comm: "worker", Exe: long, Cmdline: strings.Repeat("\x01", 256)}, FD: 3 + i})
+	}
+	line := events.AppendJSON(nil, &ev)
+	if len(line)+1 > events.MaxLine {
+		t.Fatalf("line of %d bytes, want under %d", len(line)+1, events.MaxLine)
+	}
+	var got struct {
+		Owner         []json.RawMessage `json:"owner"`
+		OwnersOmitted int               `json:"owners_omitted"`
+	}
+	if err := json.Unmarshal(line, &got); err != nil {
+		t.Fatalf("%v: %s", err, line)
+	}
+	if len(got.Owner) == 0 || len(got.Owner)+got.OwnersOmitted != len(ev.Owners) {
+		t.Errorf("%d owners listed and %d omitted, want %d in all, some listed", len(got.Owner), got.OwnersOmitted, len(ev.Owners))
+	}
+	if err := schemacheck.Line(t, string(line)); err != nil {
+		t.Error(err)
+	}
+	// Few short owners are all listed, and nothing is said to be omitted.
+	ev.Owners = ev.Owners[:3]
+	line = events.AppendJSON(nil, &ev)
+	if strings.Contains(string(line), "owners_omitted") {
+		t.Errorf("owners_omitted with every owner listed: %s", line)
+	}
+}

@@ -124,6 +124,14 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = append(dst, `,"pod_uid":`...)
 		dst = appendStr(dst, e.PodUID)
 	}
+	if e.K8s != nil {
+		dst = appendK8s(dst, e.K8s)
+	}
+	if e.Dir == DirInbound || e.Dir == DirOutbound {
+		dst = append(dst, `,"direction":"`...)
+		dst = append(dst, e.Dir.String()...)
+		dst = append(dst, '"')
+	}
 	if e.Kind != KindTransition {
 		dst = appendOwners(dst, e)
 	}
@@ -169,7 +177,13 @@ func appendOwners(dst []byte, e *Event) []byte {
 	dst = append(dst, `,"owner_source":"`...)
 	dst = append(dst, e.OwnerSource.String()...)
 	dst = append(dst, `","owner":[`...)
+	start := len(dst)
+	listed := 0
 	for i := range e.Owners {
+		if listed == MaxOwnersListed || len(dst)-start > maxOwnerBytes {
+			break
+		}
+		listed++
 		o := &e.Owners[i]
 		if i > 0 {
 			dst = append(dst, ',')
@@ -179,16 +193,70 @@ func appendOwners(dst []byte, e *Event) []byte {
 		dst = append(dst, `,"comm":`...)
 		dst = appendStr(dst, o.Comm)
 		dst = append(dst, `,"exe":`...)
-		dst = appendStr(dst, o.Exe)
+		dst = appendStr(dst, truncate(o.Exe, maxOwnerString))
 		dst = append(dst, `,"cmdline":`...)
-		dst = appendStr(dst, o.Cmdline)
+		dst = appendStr(dst, truncate(o.Cmdline, maxOwnerString))
 		dst = append(dst, `,"uid":`...)
 		dst = strconv.AppendUint(dst, uint64(o.UID), 10)
 		dst = append(dst, `,"fd":`...)
 		dst = strconv.AppendInt(dst, int64(o.FD), 10)
 		dst = append(dst, '}')
 	}
-	return append(dst, ']')
+	dst = append(dst, ']')
+	if omitted := len(e.Owners) - listed; omitted > 0 {
+		dst = appendInt(dst, `,"owners_omitted":`, int64(omitted))
+	}
+	return dst
+}
+
+// Container runtimes split log lines longer than 16 KiB, so an event line
+// stays below that: a socket shared after fork can have hundreds of
+// holders. At most MaxOwnersListed owners are listed, and no more once the
+// list passes maxOwnerBytes; an owner's exe and cmdline are cut at
+// maxOwnerString bytes, so one owner takes at most about 6 KiB escaped.
+// The rest of a line (addresses, Kubernetes names) is well under 2 KiB.
+const (
+	MaxOwnersListed = 32
+	maxOwnerBytes   = 8 << 10
+	maxOwnerString  = 512
+)
+
+// MaxLine bounds an encoded event line, newline included.
+const MaxLine = 16<<10 - 1
+
+// truncate cuts s to at most n bytes, on a UTF-8 boundary when s is valid.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+func appendK8s(dst []byte, k *K8s) []byte {
+	dst = append(dst, `,"k8s":{"node":`...)
+	dst = appendStr(dst, k.Node)
+	if k.NotFound {
+		return append(dst, `,"pod_not_found":true}`...)
+	}
+	dst = append(dst, `,"namespace":`...)
+	dst = appendStr(dst, k.Namespace)
+	dst = append(dst, `,"pod":`...)
+	dst = appendStr(dst, k.Pod)
+	if k.Container != "" {
+		dst = append(dst, `,"container":`...)
+		dst = appendStr(dst, k.Container)
+	}
+	if k.WorkloadKind != "" {
+		dst = append(dst, `,"workload":{"kind":`...)
+		dst = appendStr(dst, k.WorkloadKind)
+		dst = append(dst, `,"name":`...)
+		dst = appendStr(dst, k.WorkloadName)
+		dst = append(dst, '}')
+	}
+	return append(dst, '}')
 }
 
 // appendStr is AppendString for a string, without converting it.

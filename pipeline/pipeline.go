@@ -479,6 +479,11 @@ func (p *Pipeline) emit(ev *events.Event) {
 	if p.sinkErr != nil {
 		return
 	}
+	if ev.K8s == nil && ev.PodUID != "" {
+		// The tracker keeps no names: a stuck report gets them now, when
+		// the pod is likelier to be known than when its FIN arrived.
+		p.attr.Socket(ev)
+	}
 	for _, s := range p.sinks {
 		if err := s.Write(ev); err != nil {
 			p.sinkErr = fmt.Errorf("write output: %w", err)

@@ -30,6 +30,7 @@ const (
 	offOldState = 95
 	offNewState = 96
 	offFlags    = 97
+	offDir      = 98
 	offIno      = 104
 	offCgroupID = 112
 	eventSize   = 120
@@ -96,6 +97,9 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 	ev.NetNS = le.Uint32(b[offNetns:])
 	ev.Inode = le.Uint64(b[offIno:])
 	ev.CgroupID = le.Uint64(b[offCgroupID:])
+	if d := events.Direction(b[offDir]); d == events.DirInbound || d == events.DirOutbound {
+		ev.Dir = d
+	}
 	task := events.Task{PID: le.Uint32(b[offPID:])}
 	copy(task.Comm[:], b[offComm:offComm+16])
 

@@ -165,7 +165,7 @@ func (t *Tracer) entryEvent(key uint64, e *tcptraceCwEntry, ev *events.Event) er
 	fin := int64(e.FinNs)
 	*ev = events.Event{
 		Kind: events.KindCloseWait, Time: t.clock.Wall(fin), BootNS: fin, FinBootNS: fin,
-		Key: key, NetNS: e.Netns, Inode: e.Ino, CgroupID: e.CgroupId,
+		Key: key, NetNS: e.Netns, Inode: e.Ino, CgroupID: e.CgroupId, Dir: events.Direction(e.Dir),
 		LocalPort: e.Sport, RemotePort: e.Dport, OldState: events.StateEstablished, NewState: events.StateCloseWait,
 		AgeKnown: e.Flags&cwfAgeUnknown == 0, KernelTracked: true,
 	}

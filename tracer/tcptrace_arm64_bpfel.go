@@ -82,7 +82,8 @@ type tcptraceEvent struct {
 	Oldstate uint8
 	Newstate uint8
 	Flags    uint8
-	Pad      [6]uint8
+	Dir      uint8
+	Pad      [5]uint8
 	Ino      uint64
 	CgroupId uint64
 }

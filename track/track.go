@@ -62,6 +62,8 @@ type Info struct {
 	LocalPort, RemotePort uint16
 	NetNS                 uint32
 	CgroupID              uint64
+	// Dir says which port is the service (0: unknown).
+	Dir events.Direction
 	// FinBootNS is when the peer's FIN arrived (CLOCK_BOOTTIME ns), or when
 	// tcptrace first saw the socket if not AgeKnown.
 	FinBootNS int64
@@ -114,7 +116,19 @@ const (
 	ageKnown entryFlags = 1 << iota
 	reportedStuck
 	kernelTracked
+	inbound // the direction, in two bits to keep the entry small
+	outbound
 )
+
+func (e *entry) dir() events.Direction {
+	switch {
+	case e.flags&inbound != 0:
+		return events.DirInbound
+	case e.flags&outbound != 0:
+		return events.DirOutbound
+	}
+	return 0
+}
 
 // container is the container context of sockets, shared by all the
 // sockets of a container through Tracker.containers.
@@ -127,6 +141,12 @@ func (e *entry) keep(ev *events.Event, c *container) {
 		localAddr: ev.LocalAddr.As16(), remoteAddr: ev.RemoteAddr.As16(), container: c,
 		owners: ev.Owners, netns: ev.NetNS, localPort: ev.LocalPort, remotePort: ev.RemotePort,
 		family: ev.Family, ownerSource: ev.OwnerSource,
+	}
+	switch ev.Dir {
+	case events.DirInbound:
+		e.flags |= inbound
+	case events.DirOutbound:
+		e.flags |= outbound
 	}
 	if ev.AgeKnown {
 		e.flags |= ageKnown
@@ -142,7 +162,7 @@ func (e *entry) socket() events.Event {
 		Kind: events.KindCloseWait, Sock: e.sock, Key: e.key, Inode: e.inode, CgroupID: e.cgroupID,
 		FinBootNS: e.finBootNS, LocalAddr: e.addr(e.localAddr), RemoteAddr: e.addr(e.remoteAddr),
 		Owners: e.owners, NetNS: e.netns, LocalPort: e.localPort, RemotePort: e.remotePort,
-		Family: e.family, OwnerSource: e.ownerSource,
+		Family: e.family, OwnerSource: e.ownerSource, Dir: e.dir(),
 		AgeKnown: e.flags&ageKnown != 0, KernelTracked: e.flags&kernelTracked != 0,
 	}
 	if e.container != nil {
@@ -485,7 +505,7 @@ func (t *Tracker) All() iter.Seq[Info] {
 		for _, e := range t.byID {
 			info := Info{
 				Sock: e.sock, Family: e.family, LocalAddr: e.addr(e.localAddr), RemoteAddr: e.addr(e.remoteAddr),
-				LocalPort: e.localPort, RemotePort: e.remotePort, NetNS: e.netns, CgroupID: e.cgroupID,
+				LocalPort: e.localPort, RemotePort: e.remotePort, NetNS: e.netns, CgroupID: e.cgroupID, Dir: e.dir(),
 				FinBootNS: e.finBootNS, AgeKnown: e.flags&ageKnown != 0, Stuck: e.flags&reportedStuck != 0,
 				Owners: e.owners,
 			}

@@ -279,10 +279,10 @@ func TestEntryRoundTrip(t *testing.T) {
 		Family: events.FamilyIPv4, LocalAddr: netip.MustParseAddr("10.1.2.3"), LocalPort: 5984,
 		RemoteAddr: netip.MustParseAddr("192.168.0.9"), RemotePort: 40000, NetNS: 4026531840,
 		ContainerID: "abc", PodUID: "pod-1", Owners: []events.Owner{{Process: proc, FD: 12}},
-		OwnerSource: events.OwnerProc, KernelTracked: true,
+		OwnerSource: events.OwnerProc, KernelTracked: true, Dir: events.DirInbound,
 	}
 	v6 := v4
-	v6.Sock, v6.Family, v6.AgeKnown, v6.KernelTracked = 2, events.FamilyIPv6, false, false
+	v6.Sock, v6.Family, v6.AgeKnown, v6.KernelTracked, v6.Dir = 2, events.FamilyIPv6, false, false, events.DirOutbound
 	v6.LocalAddr, v6.RemoteAddr = netip.MustParseAddr("fd00::1"), netip.MustParseAddr("2001:db8::2")
 	v6.ContainerID, v6.PodUID, v6.Owners = "", "", nil
 	var out sink
