@@ -30,6 +30,7 @@ type Attributor struct {
 	// sockets whose own cgroup says nothing: read once per process, not
 	// once per socket (a leak means thousands of sockets of one process).
 	procContexts map[*events.Process]cgroup.Context
+	kube         KubeLookup
 }
 
 // New prepares an Attributor. Without a cgroup v2 hierarchy, container
@@ -48,10 +49,27 @@ func New(log *slog.Logger) *Attributor {
 	return a
 }
 
-// Socket sets the container context of any socket event.
+// KubeLookup names a pod and container (package kube); nil when the pod
+// UID is empty.
+type KubeLookup func(podUID, containerID string) *events.K8s
+
+// SetKube turns on Kubernetes names for events with a pod UID.
+func (a *Attributor) SetKube(k KubeLookup) { a.kube = k }
+
+// Socket sets the container context of any socket event, and its
+// Kubernetes names when enrichment is on. A context the event already has
+// (from an owner process) is kept when the cgroup says nothing.
 func (a *Attributor) Socket(ev *events.Event) {
-	ctx := a.cgroupContext(ev.CgroupID)
-	ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+	if ctx := a.cgroupContext(ev.CgroupID); ctx.ContainerID != "" || ctx.PodUID != "" {
+		ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+	}
+	a.names(ev)
+}
+
+func (a *Attributor) names(ev *events.Event) {
+	if a.kube != nil && ev.PodUID != "" {
+		ev.K8s = a.kube(ev.PodUID, ev.ContainerID)
+	}
 }
 
 func (a *Attributor) cgroupContext(id uint64) cgroup.Context {
@@ -114,6 +132,7 @@ func (a *Attributor) setOwners(ev *events.Event, found []owner.Owner) {
 		// cgroup v1 hosts: the socket's cgroup is the v2 root.
 		ctx := a.processContext(found[0].Process)
 		ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+		a.names(ev)
 	}
 }
 

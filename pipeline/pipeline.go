@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -142,6 +143,12 @@ type Pipeline struct {
 	log   *slog.Logger
 
 	lost    events.LostCounts // cumulative, as last reported
+	// progress is when the source last said it had delivered everything
+	// (Unix ns): the reader and the loop are alive.
+	progress atomic.Int64
+	// lostShared is lost for other goroutines (metrics).
+	lostMu     sync.Mutex
+	lostShared events.LostCounts
 	sinkErr error             // a sink failed: stop writing
 	fatal   error
 
@@ -188,6 +195,16 @@ func New(cfg Config, src Source, attr Attributor, sinks ...Sink) *Pipeline {
 		p.track = track.New(cfg.Track, src.Clock())
 	}
 	return p
+}
+
+// LastProgress is when the loop last handled the source's word that every
+// event up to then was delivered (the tracer's ring buffer read empty):
+// zero before the first. Safe to call from any goroutine; for readiness.
+func (p *Pipeline) LastProgress() time.Time {
+	if ns := p.progress.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Tracker gives read access to the sockets in CLOSE-WAIT that user space
@@ -324,6 +341,7 @@ func (p *Pipeline) Err() error { return p.sinkErr }
 
 func (p *Pipeline) handle(ev *events.Event) {
 	if ev.Kind == events.KindProgress {
+		p.progress.Store(time.Now().UnixNano())
 		// Every event before ev.BootNS has been handled: stuck reports up
 		// to then cannot overtake a close.
 		p.expire(ev.BootNS)
@@ -523,11 +541,19 @@ func (p *Pipeline) reportLost() {
 		p.needSweep = true
 	}
 	p.lost = now
+	p.lostMu.Lock()
+	p.lostShared = now
+	p.lostMu.Unlock()
 	p.emit(&events.Event{Kind: events.KindLost, Time: time.Now(), Lost: delta})
 }
 
-// Lost returns the drop counts reported so far.
-func (p *Pipeline) Lost() events.LostCounts { return p.lost }
+// Lost returns the drop counts reported so far (in lost events). Safe to
+// call from any goroutine.
+func (p *Pipeline) Lost() events.LostCounts {
+	p.lostMu.Lock()
+	defer p.lostMu.Unlock()
+	return p.lostShared
+}
 
 // totals sums the kernel's aggregates.
 func (p *Pipeline) totals() (sum events.Aggregate, inCW uint64, err error) {

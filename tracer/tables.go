@@ -219,3 +219,24 @@ func insertOverflowKey(m *ebpf.Map) error {
 	}
 	return nil
 }
+
+// DeleteAggregates removes kernel aggregates, those of cgroups that are
+// gone: a removed key is created afresh if a socket of it shows up again.
+// The overflow key is never removed.
+func (t *Tracer) DeleteAggregates(keys []events.AggregateKey) error {
+	if t.cfg.Mode != ModeCloseWait {
+		return errors.New("no aggregates in trace mode")
+	}
+	m := t.coll.Maps["aggregates"]
+	var errs []error
+	for _, k := range keys {
+		if k.Dir == events.DirOverflow {
+			continue
+		}
+		kk := tcptraceAggKey{CgroupId: k.CgroupID, Port: k.Port, Dir: uint8(k.Dir)}
+		if err := m.Delete(&kk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

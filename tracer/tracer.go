@@ -84,9 +84,18 @@ type Config struct {
 	NetNS       uint32
 	CgroupID    uint64
 	CgroupLevel uint32
+	// PinTable keeps the kernel's CLOSE-WAIT table pinned in bpffs at
+	// PinDir (DefaultPinDir when empty) when the tracer closes, and adopts
+	// a table pinned there at New: sockets keep their FIN time across a
+	// restart. Without it nothing is pinned.
+	PinTable bool
+	PinDir   string
 
 	Logger *slog.Logger
 }
+
+// DefaultPinDir is where PinTable pins the CLOSE-WAIT table.
+const DefaultPinDir = "/sys/fs/bpf/tcptrace"
 
 func (c *Config) setDefaults() {
 	if c.MaxTracked == 0 {

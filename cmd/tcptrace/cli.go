@@ -17,6 +17,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
 	"github.com/tcptrace/tcptrace/tracer"
@@ -90,24 +91,31 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 // before the command line and fail even when the flag is given. envOf names
 // each flag's variable; options reads it only for flags not given.
 var envOf = map[string]string{
-	"threshold":        "TCPTRACE_THRESHOLD",
-	"repeat":           "TCPTRACE_REPEAT",
-	"all":              "TCPTRACE_ALL",
-	"events":           "TCPTRACE_EVENTS",
-	"min-latency":      "TCPTRACE_MIN_LATENCY",
-	"pid":              "TCPTRACE_PIDS",
-	"comm":             "TCPTRACE_COMMS",
-	"status-interval":  "TCPTRACE_STATUS_INTERVAL",
-	"max-aggregates":   "TCPTRACE_MAX_AGGREGATES",
-	"port":             "TCPTRACE_PORTS",
-	"netns":            "TCPTRACE_NETNS",
-	"cgroup":           "TCPTRACE_CGROUP",
-	"output":           "TCPTRACE_OUTPUT",
-	"attach":           "TCPTRACE_ATTACH",
-	"max-tracked":      "TCPTRACE_MAX_TRACKED",
-	"ring-buffer-size": "TCPTRACE_RING_BUFFER_SIZE",
-	"flush-interval":   "TCPTRACE_FLUSH_INTERVAL",
-	"log-level":        "TCPTRACE_LOG_LEVEL",
+	"threshold":          "TCPTRACE_THRESHOLD",
+	"repeat":             "TCPTRACE_REPEAT",
+	"all":                "TCPTRACE_ALL",
+	"events":             "TCPTRACE_EVENTS",
+	"min-latency":        "TCPTRACE_MIN_LATENCY",
+	"pid":                "TCPTRACE_PIDS",
+	"comm":               "TCPTRACE_COMMS",
+	"status-interval":    "TCPTRACE_STATUS_INTERVAL",
+	"max-aggregates":     "TCPTRACE_MAX_AGGREGATES",
+	"port":               "TCPTRACE_PORTS",
+	"netns":              "TCPTRACE_NETNS",
+	"cgroup":             "TCPTRACE_CGROUP",
+	"output":             "TCPTRACE_OUTPUT",
+	"attach":             "TCPTRACE_ATTACH",
+	"max-tracked":        "TCPTRACE_MAX_TRACKED",
+	"ring-buffer-size":   "TCPTRACE_RING_BUFFER_SIZE",
+	"flush-interval":     "TCPTRACE_FLUSH_INTERVAL",
+	"log-level":          "TCPTRACE_LOG_LEVEL",
+	"listen":             "TCPTRACE_LISTEN",
+	"metrics-max-series": "TCPTRACE_METRICS_MAX_SERIES",
+	"deleted-grace":      "TCPTRACE_DELETED_GRACE",
+	"kubernetes":         "TCPTRACE_KUBERNETES",
+	"node-name":          "TCPTRACE_NODE_NAME",
+	"kubeconfig":         "TCPTRACE_KUBECONFIG",
+	"pin-table":          "TCPTRACE_PIN_TABLE",
 }
 
 // usage appends the flag's environment variable, as urfave/cli shows it.
@@ -121,6 +129,7 @@ const (
 	catFilter = "Filters:"
 	catOutput = "Output:"
 	catKernel = "Kernel:"
+	catServe  = "Metrics and Kubernetes:"
 )
 
 func str(cat, name, value, text string, aliases ...string) *cli.StringFlag {
@@ -144,6 +153,16 @@ func closewaitFlags() []cli.Flag {
 		str(catOutput, "status-interval", "5s", "on a table, write a status row (sockets in CLOSE-WAIT, closes/s, p99) this often; 0 is off"),
 		str(catKernel, "max-aggregates", strconv.Itoa(tracer.DefaultMaxAggregates),
 			"bound on the kernel's aggregate keys (cgroup, service port, direction); the excess is counted under one key"),
+		&cli.BoolFlag{Name: "pin-table", Category: catKernel,
+			Usage: usage("pin-table", "keep the kernel's CLOSE-WAIT table pinned in bpffs ("+tracer.DefaultPinDir+") across restarts, so sockets keep their age; the next start adopts it")},
+		str(catServe, "listen", "", "serve /metrics, /healthz and /readyz over HTTP on this address, e.g. :9979; empty is off"),
+		str(catServe, "metrics-max-series", strconv.Itoa(metrics.DefaultMaxSeries),
+			"cap on label sets (workload, port, direction) with series of their own; the rest are folded into one labelled other"),
+		str(catServe, "deleted-grace", metrics.DefaultGrace.String(),
+			"how long a deleted pod's names, and the series of a workload whose cgroup is gone, are kept"),
+		str(catServe, "kubernetes", "auto", "pod names from the Kubernetes API: on, off, or auto (on when a service-account token is mounted, or with --kubeconfig)"),
+		str(catServe, "node-name", "", "this node's name, to watch its pods only (the DaemonSet sets it from spec.nodeName)"),
+		str(catServe, "kubeconfig", "", "kubeconfig file for the Kubernetes API, instead of the in-cluster service account"),
 	}
 }
 
@@ -251,6 +270,7 @@ type options struct {
 	// closewait
 	selection      pipeline.Selection
 	statusInterval time.Duration
+	serve          serveOptions
 }
 
 const maxTrackedLimit = 1 << 24
@@ -408,6 +428,12 @@ func closewaitOptions(f flags, o *options) error {
 		return err
 	}
 	o.tracer.MaxAggregates = uint32(aggs)
+	if o.tracer.PinTable, err = f.bool("pin-table"); err != nil {
+		return err
+	}
+	if o.serve, err = parseServe(f); err != nil {
+		return err
+	}
 	o.tracer.EmitAll = sel.EverySocket
 	// The kernel sends the close of a socket that may have been reported
 	// stuck, and of one past the latency floor.

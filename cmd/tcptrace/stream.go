@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
+	"log/slog"
 	"runtime"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
+	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
 	"github.com/tcptrace/tcptrace/tracer"
@@ -21,26 +26,50 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	}
 	logger := newLogger(c.App.ErrWriter, o.level)
 	o.tracer.Logger = logger
+	var cl *cluster
+	if mode == tracer.ModeCloseWait {
+		// Before attaching: /readyz answers 503 meanwhile.
+		if cl, err = startCluster(c.Context, o.serve, logger); err != nil {
+			return err
+		}
+	}
 	tr, err := tracer.New(o.tracer)
 	if err != nil {
+		if cl != nil {
+			err = oneline.Join(err, cl.close())
+		}
 		return err
 	}
 	out := output.New(c.App.Writer, o.format, o.width)
 	attr := attribute.New(logger)
+	if cl != nil && cl.pods != nil {
+		attr.SetKube(cl.pods.Lookup)
+	}
 	cfg := pipeline.Config{
 		CloseWait:   mode == tracer.ModeCloseWait,
 		Track:       o.track,
 		EverySocket: o.selection.EverySocket,
 		Logger:      logger,
 	}
-	var sink pipeline.Sink = out
+	sinks := []pipeline.Sink{out}
 	if mode == tracer.ModeCloseWait {
-		sink = pipeline.Filter(o.selection, out)
+		sinks[0] = pipeline.Filter(o.selection, out)
 		if o.format == output.FormatTable {
 			cfg.StatusInterval = o.statusInterval
 		}
 	}
-	p := pipeline.New(cfg, tr, attr, sink)
+	// The collector counts stuck reports as a sink; it is made once the
+	// pipeline exists, so it goes in through a forwarding sink.
+	var col *metrics.Collector
+	if cl != nil {
+		sinks = append(sinks, sinkFunc(func(ev *events.Event) error { return col.Write(ev) }))
+	}
+	p := pipeline.New(cfg, tr, attr, sinks...)
+	stopPrune := func() {}
+	if cl != nil {
+		col = cl.attached(tr, p, o, versionString())
+		stopPrune = prunePeriodically(c.Context, col, logger)
+	}
 	if mode == tracer.ModeCloseWait {
 		if !tracer.Capable(unix.CAP_SYS_PTRACE) {
 			logger.Warn("without CAP_SYS_PTRACE the descriptors of other processes cannot be read: owners will be unresolved")
@@ -66,11 +95,48 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 			attrs = append(attrs, "aggregate_overflows", n)
 		}
 	}
-	closeErr := tr.Close()
+	stopPrune()
+	var closeErr error
+	if cl != nil {
+		// Before the tracer's maps go: a scrape in progress may read them.
+		closeErr = cl.close()
+	}
+	closeErr = oneline.Join(closeErr, tr.Close())
 	if pipeline.OutputClosed(p.Err()) {
 		logger.Info("output closed by its reader: stopping")
 	}
 	attrs = append(attrs, "goroutines", runtime.NumGoroutine())
 	logger.Info("stopped", attrs...)
 	return oneline.Join(runErr, closeErr)
+}
+
+// sinkFunc is a pipeline sink that only writes.
+type sinkFunc func(ev *events.Event) error
+
+func (f sinkFunc) Write(ev *events.Event) error { return f(ev) }
+func (f sinkFunc) Flush() error                 { return nil }
+
+// pruneInterval is how often the series and kernel aggregates of workloads
+// gone for the grace period are dropped when nobody scrapes.
+const pruneInterval = time.Minute
+
+func prunePeriodically(ctx context.Context, col *metrics.Collector, log *slog.Logger) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(pruneInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := col.Prune(); err != nil {
+					log.Warn("prune aggregates of workloads gone", "error", err)
+				}
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/kube"
+	"github.com/tcptrace/tcptrace/metrics"
+	"github.com/tcptrace/tcptrace/pipeline"
+	"github.com/tcptrace/tcptrace/server"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// serveOptions are the metrics and Kubernetes flags.
+type serveOptions struct {
+	listen       string
+	maxSeries    int
+	deletedGrace time.Duration
+	kube         string // on, off, auto
+	nodeName     string
+	kubeconfig   string
+}
+
+func parseServe(f flags) (serveOptions, error) {
+	var o serveOptions
+	var from string
+	o.listen, from = f.get("listen")
+	if o.listen != "" {
+		host, port, err := net.SplitHostPort(o.listen)
+		if err != nil {
+			return o, f.errorf(from, o.listen, "want host:port or :port, e.g. :9979")
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return o, f.errorf(from, o.listen, "want a port number from 0 to 65535")
+		}
+		_ = host // any host, or none for every address
+	}
+	n, err := f.uint("metrics-max-series", 1, 1_000_000)
+	if err != nil {
+		return o, err
+	}
+	o.maxSeries = int(n)
+	if o.deletedGrace, err = f.duration("deleted-grace", time.Second, 24*time.Hour); err != nil {
+		return o, err
+	}
+	o.kube, from = f.get("kubernetes")
+	switch o.kube {
+	case "on", "off", "auto":
+	default:
+		return o, f.errorf(from, o.kube, "want on, off or auto")
+	}
+	o.nodeName, _ = f.get("node-name")
+	o.kubeconfig, _ = f.get("kubeconfig")
+	return o, nil
+}
+
+// kubeConfig returns the API server's config when enrichment is on, nil
+// when it is off.
+func (o serveOptions) kubeConfig() (*rest.Config, error) {
+	if o.kube == "off" {
+		return nil, nil
+	}
+	var rc *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+		if err != nil {
+			return nil, usagef("--kubeconfig %q: %v", o.kubeconfig, err)
+		}
+	} else {
+		rc, err = kube.InClusterConfig()
+		if err != nil {
+			if o.kube == "auto" {
+				return nil, nil // not in a cluster
+			}
+			return nil, usagef("--kubernetes on: %v (outside a cluster, give --kubeconfig)", err)
+		}
+	}
+	if o.nodeName == "" {
+		return nil, usagef("Kubernetes enrichment needs this node's name: set --node-name (the DaemonSet sets it from spec.nodeName), or --kubernetes off")
+	}
+	return rc, nil
+}
+
+// cluster holds what serves metrics and names pods.
+type cluster struct {
+	srv   *server.Server
+	reg   *prometheus.Registry
+	pods  *kube.Pods
+	names *attribute.Workloads
+	done  chan error
+}
+
+// startCluster listens (before the tracer attaches, so /readyz says 503
+// until it has) and starts the pod informer. It never waits for the API
+// server: tracing goes on without it, and readiness says so.
+func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*cluster, error) {
+	c := &cluster{reg: prometheus.NewRegistry()}
+	rc, err := o.kubeConfig()
+	if err != nil {
+		return nil, err
+	}
+	if o.listen != "" {
+		if c.srv, err = server.Listen(o.listen, c.reg, log); err != nil {
+			return nil, err
+		}
+		c.srv.Ready("tracer", func() error { return errors.New("not attached yet") })
+		c.done = make(chan error, 1)
+		go func() { c.done <- c.srv.Serve() }()
+		log.Info("serving metrics", "address", c.srv.Addr().String())
+	}
+	var lookup attribute.KubeLookup
+	if rc != nil {
+		c.pods, err = kube.New(kube.Config{Node: o.nodeName, DeletedGrace: o.deletedGrace, Logger: log}, rc)
+		if err != nil {
+			c.close()
+			return nil, err
+		}
+		c.pods.Start(ctx)
+		lookup = c.pods.Lookup
+		log.Info("Kubernetes enrichment on", "node", o.nodeName, "api", rc.Host)
+		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: metrics.Namespace, Name: "kubernetes_cache_synced",
+			Help: "1 once the node's pod cache has synced with the API server, 0 before.",
+		}, func() float64 {
+			if c.pods.Synced() {
+				return 1
+			}
+			return 0
+		}))
+		lookups := prometheus.NewDesc(metrics.Namespace+"_kubernetes_pod_lookups_total",
+			"Pod name lookups by result: hit, deleted (a pod deleted within the grace period), not_found.", []string{"result"}, nil)
+		c.reg.MustRegister(funcCollector{lookups, func(ch chan<- prometheus.Metric) {
+			st := c.pods.Stats()
+			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Hits), "hit")
+			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Deleted), "deleted")
+			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.NotFound), "not_found")
+		}})
+		if c.srv != nil {
+			c.srv.Ready("kubernetes", func() error {
+				if !c.pods.Synced() {
+					return errors.New("pod cache not synced with the API server")
+				}
+				return nil
+			})
+		}
+	}
+	c.names = attribute.NewWorkloads(lookup)
+	c.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return c, nil
+}
+
+// attached registers the tracer's metrics and readiness: the ring buffer
+// was read, and the loop handled it, within the last few flush intervals.
+func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, o options, version string) *metrics.Collector {
+	col := metrics.New(metrics.Config{
+		MaxSeries: o.serve.maxSeries, Grace: o.serve.deletedGrace,
+		Version: version, Hook: tr.AttachPoint(), Lost: p.Lost,
+	}, tr, c.names)
+	col.SetSockets(p.Tracker())
+	c.reg.MustRegister(col)
+	if c.srv != nil {
+		stale := max(10*o.tracer.FlushInterval, 2*time.Second)
+		started := time.Now()
+		c.srv.Ready("tracer", func() error {
+			last := p.LastProgress()
+			if last.IsZero() {
+				last = started
+			}
+			if age := time.Since(last); age > stale {
+				return fmt.Errorf("ring buffer last read %v ago", age.Round(time.Millisecond))
+			}
+			return nil
+		})
+	}
+	return col
+}
+
+// close stops serving and reports why the server stopped, if it failed.
+func (c *cluster) close() error {
+	if c.srv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.srv.Shutdown(ctx)
+	if serveErr := <-c.done; serveErr != nil {
+		err = serveErr
+	}
+	c.srv = nil
+	return err
+}
+
+// funcCollector is an unchecked collector of a few const metrics.
+type funcCollector struct {
+	desc    *prometheus.Desc
+	collect func(chan<- prometheus.Metric)
+}
+
+func (f funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
+func (f funcCollector) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }

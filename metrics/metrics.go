@@ -1,0 +1,464 @@
+// Package metrics exposes tcptrace's counts to Prometheus. Nearly all of
+// it is read at scrape time from the kernel's aggregates and the tracker,
+// so healthy traffic costs nothing here: no per-socket work, no per-event
+// metric updates. The one exception, stuck reports, comes through the
+// pipeline as a sink (see Collector.Write).
+//
+// Series are keyed by workload (Kubernetes namespace, pod and container
+// when known, otherwise the cgroup path), service port and direction. Their
+// number is capped (Config.MaxSeries): label sets past the cap are folded
+// into one series whose labels all say "other", and counted. The series of
+// a workload whose cgroup is gone (a deleted pod, a stopped unit) are
+// dropped after a grace period, together with its kernel aggregates, so
+// memory does not grow with pod churn.
+package metrics
+
+import (
+	"iter"
+	"math"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/track"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "tcptrace"
+
+// Other is the value of every label of the series that overflow is folded
+// into.
+const Other = "other"
+
+// Workload is what a socket's cgroup is, as labels: Kubernetes names, or
+// the cgroup path on a plain host (the systemd unit).
+type Workload struct {
+	Namespace, Pod, Container, Cgroup string
+}
+
+// Namer names the workload of a cgroup v2 id. alive is false once the
+// cgroup is known to be gone. It is called from scrapes and the event
+// loop at once: it must be safe for concurrent use.
+type Namer interface {
+	Workload(cgroupID uint64) (w Workload, alive bool)
+}
+
+// Source is where the kernel's counts come from (the tracer).
+type Source interface {
+	Aggregates(fn func(a *events.Aggregate)) error
+	// DeleteAggregates removes the kernel aggregates of the given keys.
+	DeleteAggregates(keys []events.AggregateKey) error
+	AggregateOverflows() (uint64, error)
+}
+
+// Sockets iterates over the sockets user space tracks (a track.Tracker).
+type Sockets interface {
+	All() iter.Seq[track.Info]
+}
+
+// Config sets up a Collector.
+type Config struct {
+	// MaxSeries caps the distinct (workload, port, direction) label sets;
+	// the rest are folded into one "other" series. Default 2000.
+	MaxSeries int
+	// Grace is how long the series of a workload whose cgroup is gone are
+	// kept (late scrapes still see its final counts). Default 5m.
+	Grace time.Duration
+	// Version and Hook are reported as info metrics.
+	Version, Hook string
+	// Lost returns the cumulative drop counts by cause (nil: none shown).
+	Lost func() events.LostCounts
+}
+
+// DefaultMaxSeries and DefaultGrace are Config's defaults.
+const (
+	DefaultMaxSeries = 2000
+	DefaultGrace     = 5 * time.Minute
+)
+
+// series is one label set: a workload, a service port and a direction.
+type series struct {
+	Workload
+	port, dir string
+}
+
+func (s *series) values() []string {
+	return []string{s.Namespace, s.Pod, s.Container, s.Cgroup, s.port, s.dir}
+}
+
+var otherSeries = series{Workload{Other, Other, Other, Other}, Other, Other}
+
+var seriesLabels = []string{"namespace", "pod", "container", "cgroup", "port", "direction"}
+
+// Collector is a prometheus.Collector and a pipeline sink.
+type Collector struct {
+	cfg   Config
+	src   Source
+	namer Namer
+	now   func() time.Time
+
+	closeWait, entered, closed, aborted, latency *prometheus.Desc
+	stuck, stuckReported, lost, overflows        *prometheus.Desc
+	buildInfo, hookInfo, seriesNow, folded       *prometheus.Desc
+
+	mu      sync.Mutex
+	sockets Sockets
+	// admitted holds the label sets with series of their own.
+	admitted map[series]struct{}
+	// foldedSets holds the label sets folded into "other", and
+	// foldedTotal counts them since start.
+	foldedSets  map[series]struct{}
+	foldedTotal uint64
+	// Stuck reports by label set (one entry per admitted set at most).
+	reports map[series]uint64
+	// deadSince says when a cgroup was first found gone.
+	deadSince map[uint64]time.Time
+}
+
+// New returns a Collector; register it with a prometheus.Registry.
+func New(cfg Config, src Source, namer Namer) *Collector {
+	if cfg.MaxSeries <= 0 {
+		cfg.MaxSeries = DefaultMaxSeries
+	}
+	if cfg.Grace <= 0 {
+		cfg.Grace = DefaultGrace
+	}
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)
+	}
+	stuckLabels := append(append([]string{}, seriesLabels...), "comm")
+	return &Collector{
+		cfg: cfg, src: src, namer: namer, now: time.Now,
+		closeWait: d("close_wait_sockets", "Sockets in CLOSE-WAIT now: the peer closed, the application has not.", seriesLabels...),
+		entered:   d("close_wait_entered_total", "Sockets that entered CLOSE-WAIT (the peer's FIN arrived), and those found in it at start-up.", seriesLabels...),
+		closed:    d("close_wait_closed_total", "Sockets in CLOSE-WAIT that the application closed or shut down.", seriesLabels...),
+		aborted:   d("close_wait_aborted_total", "Sockets that left CLOSE-WAIT without the application closing them: reset, timeout, destroyed.", seriesLabels...),
+		latency: d("fin_to_close_seconds",
+			"Time from the peer's FIN to the application's close, from the kernel's log2 histogram (sockets whose FIN tcptrace saw).", seriesLabels...),
+		stuck: d("stuck_sockets",
+			"Sockets in CLOSE-WAIT past the threshold now, by the command name of their first holder (empty: unresolved).", stuckLabels...),
+		stuckReported: d("stuck_reported_total", "Stuck reports made (with --repeat, one per report).", seriesLabels...),
+		lost:          d("events_lost_total", "Events dropped, by cause (see the README: every drop is counted).", "cause"),
+		overflows:     d("kernel_aggregate_overflows_total", "Sockets counted in the kernel's overflow aggregate because its table was full (--max-aggregates)."),
+		buildInfo:     d("build_info", "tcptrace's version, and the Go version that built it.", "version", "goversion"),
+		hookInfo:      d("hook_info", "The kernel hook tcptrace attached to.", "hook"),
+		seriesNow:     d("metrics_series", "Label sets (workload, port, direction) with series of their own."),
+		folded: d("metrics_series_folded_total",
+			"Label sets folded into the series labelled \"other\" because of the series cap (--metrics-max-series)."),
+		admitted:   make(map[series]struct{}),
+		foldedSets: make(map[series]struct{}),
+		reports:    make(map[series]uint64),
+		deadSince:  make(map[uint64]time.Time),
+	}
+}
+
+// SetSockets gives the collector the tracker, for the stuck gauges; until
+// then they are absent.
+func (c *Collector) SetSockets(s Sockets) {
+	c.mu.Lock()
+	c.sockets = s
+	c.mu.Unlock()
+}
+
+// Describe sends nothing: the metrics are unchecked, since their label
+// sets are known only at scrape time.
+func (c *Collector) Describe(chan<- *prometheus.Desc) {}
+
+// Write counts stuck reports (a pipeline sink).
+func (c *Collector) Write(ev *events.Event) error {
+	if ev.Kind != events.KindStuck {
+		return nil
+	}
+	w, _ := c.namer.Workload(ev.CgroupID)
+	s := c.key(w, ev.Dir, ev.LocalPort, ev.RemotePort)
+	c.mu.Lock()
+	c.reports[c.admit(s)]++
+	c.mu.Unlock()
+	return nil
+}
+
+// Flush does nothing (a pipeline sink).
+func (c *Collector) Flush() error { return nil }
+
+func (c *Collector) key(w Workload, dir events.Direction, local, remote uint16) series {
+	port := local
+	if dir == events.DirOutbound {
+		port = remote
+	}
+	d := dir.String()
+	if dir != events.DirInbound && dir != events.DirOutbound {
+		d = "unknown"
+	}
+	return series{Workload: w, port: strconv.Itoa(int(port)), dir: d}
+}
+
+// admit returns s if it has (or now gets) a series of its own, otherwise
+// the "other" series. Callers hold mu.
+func (c *Collector) admit(s series) series {
+	if s == otherSeries {
+		return s
+	}
+	if _, ok := c.admitted[s]; ok {
+		return s
+	}
+	if len(c.admitted) < c.cfg.MaxSeries {
+		c.admitted[s] = struct{}{}
+		delete(c.foldedSets, s)
+		return s
+	}
+	if _, ok := c.foldedSets[s]; !ok {
+		c.foldedSets[s] = struct{}{}
+		c.foldedTotal++
+	}
+	return otherSeries
+}
+
+// agg sums the kernel aggregates of one label set.
+type agg struct {
+	entered, closed, aborted uint64
+	hist                     [events.HistBuckets]uint64
+	sum                      time.Duration
+}
+
+// Prune drops the series and kernel aggregates of workloads gone for the
+// grace period, as a scrape does: call it periodically so that the
+// kernel's table does not fill with pod churn when nobody scrapes.
+func (c *Collector) Prune() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, err := c.walk(c.now())
+	return err
+}
+
+// Collect reads the kernel's aggregates and the tracker. Concurrent
+// scrapes take turns.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	byLabels, aggErr := c.walk(c.now())
+	for s, v := range byLabels {
+		lv := s.values()
+		inCW := uint64(0)
+		if left := v.closed + v.aborted; left < v.entered {
+			inCW = v.entered - left
+		}
+		ch <- prometheus.MustNewConstMetric(c.closeWait, prometheus.GaugeValue, float64(inCW), lv...)
+		ch <- prometheus.MustNewConstMetric(c.entered, prometheus.CounterValue, float64(v.entered), lv...)
+		ch <- prometheus.MustNewConstMetric(c.closed, prometheus.CounterValue, float64(v.closed), lv...)
+		ch <- prometheus.MustNewConstMetric(c.aborted, prometheus.CounterValue, float64(v.aborted), lv...)
+		ch <- histogram(c.latency, &v.hist, v.sum, lv)
+		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(c.reports[s]), lv...)
+	}
+	if c.sockets != nil {
+		c.collectStuck(ch)
+	}
+	if c.cfg.Lost != nil {
+		for cause, n := range c.cfg.Lost() {
+			ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(n), events.LostCause(cause).String())
+		}
+	}
+	if c.src != nil {
+		if n, err := c.src.AggregateOverflows(); err == nil {
+			ch <- prometheus.MustNewConstMetric(c.overflows, prometheus.CounterValue, float64(n))
+		}
+	}
+	if aggErr != nil {
+		ch <- prometheus.NewInvalidMetric(c.closeWait, aggErr)
+	}
+	ch <- prometheus.MustNewConstMetric(c.buildInfo, prometheus.GaugeValue, 1, c.cfg.Version, goVersion())
+	if c.cfg.Hook != "" {
+		ch <- prometheus.MustNewConstMetric(c.hookInfo, prometheus.GaugeValue, 1, c.cfg.Hook)
+	}
+	ch <- prometheus.MustNewConstMetric(c.seriesNow, prometheus.GaugeValue, float64(len(c.admitted)))
+	ch <- prometheus.MustNewConstMetric(c.folded, prometheus.CounterValue, float64(c.foldedTotal))
+}
+
+// walk reads the kernel's aggregates by label set, drops those of
+// workloads gone for the grace period and forgets label sets with no
+// aggregate left. Callers hold mu.
+func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
+	byLabels := make(map[series]*agg)
+	seen := make(map[series]struct{}, len(c.admitted))
+	var dead []events.AggregateKey
+	if c.src == nil {
+		return byLabels, nil
+	}
+	aggErr := c.src.Aggregates(func(a *events.Aggregate) {
+		var s series
+		if a.Dir == events.DirOverflow {
+			s = otherSeries
+		} else {
+			w, alive := c.namer.Workload(a.CgroupID)
+			if c.expired(a, alive, now) {
+				dead = append(dead, a.AggregateKey)
+				return
+			}
+			s = c.key(w, a.Dir, a.Port, a.Port)
+		}
+		s = c.admit(s)
+		seen[s] = struct{}{}
+		v := byLabels[s]
+		if v == nil {
+			v = &agg{}
+			byLabels[s] = v
+		}
+		v.entered += a.Entered
+		v.closed += a.Closed
+		v.aborted += a.Aborted
+		v.sum += a.Sum
+		for i, n := range a.Hist {
+			v.hist[i] += n
+		}
+	})
+	if aggErr == nil {
+		if len(dead) > 0 && c.src.DeleteAggregates(dead) == nil {
+			for _, k := range dead {
+				delete(c.deadSince, k.CgroupID)
+			}
+		}
+		// A label set with no aggregate left has nothing more to say.
+		for s := range c.admitted {
+			if _, ok := seen[s]; !ok {
+				delete(c.admitted, s)
+				delete(c.reports, s)
+			}
+		}
+		for s := range c.foldedSets {
+			if _, ok := seen[s]; !ok {
+				delete(c.foldedSets, s)
+			}
+		}
+	}
+	return byLabels, aggErr
+}
+
+// expired says whether an aggregate belongs to a cgroup that has been gone
+// for the grace period, with none of its sockets left in CLOSE-WAIT.
+// Callers hold mu.
+func (c *Collector) expired(a *events.Aggregate, alive bool, now time.Time) bool {
+	if alive || a.CgroupID == 0 {
+		delete(c.deadSince, a.CgroupID)
+		return false
+	}
+	since, ok := c.deadSince[a.CgroupID]
+	if !ok {
+		c.deadSince[a.CgroupID] = now
+		return false
+	}
+	return now.Sub(since) >= c.cfg.Grace && a.InCloseWait() == 0
+}
+
+// Classic buckets: the kernel's log2 µs bucket bounds from about 1 ms
+// (2^10 µs) to about 1.2 h (2^32 µs), so no interpolation is needed.
+const (
+	firstClassicBound = 10
+	lastClassicBound  = 32
+)
+
+// nativeOffset maps kernel bucket i, [2^i, 2^(i+1)) µs, to the native
+// (schema 0) bucket i-19, (2^(i-20), 2^(i-19)] s: (0.954·2^i, 1.907·2^i] µs.
+// The bounds are 4.6 % below the kernel's, the closest powers of two can
+// be: a µs is not a power of two of a second.
+const nativeOffset = -19
+
+// histogram builds one histogram with both classic buckets and native
+// (sparse, schema 0) buckets; a server that accepts native histograms
+// negotiates the protobuf format and gets both.
+func histogram(desc *prometheus.Desc, hist *[events.HistBuckets]uint64, sum time.Duration, lv []string) prometheus.Metric {
+	var count uint64
+	for _, n := range hist {
+		count += n
+	}
+	bounds := make(map[float64]uint64, lastClassicBound-firstClassicBound+1)
+	var cum uint64
+	next := 0
+	for k := firstClassicBound; k <= lastClassicBound; k++ {
+		// Bucket i's upper bound is 2^(i+1) µs: it is under le=2^k µs when i < k.
+		for ; next < k && next < events.HistBuckets; next++ {
+			cum += hist[next]
+		}
+		bounds[math.Ldexp(1e-6, k)] = cum
+	}
+	classic := prometheus.MustNewConstHistogram(desc, count, sum.Seconds(), bounds, lv...)
+	pos := make(map[int]int64)
+	for i, n := range hist {
+		if n > 0 {
+			pos[i+nativeOffset] = int64(n)
+		}
+	}
+	native, err := prometheus.NewConstNativeHistogram(desc, count, sum.Seconds(), pos, nil, 0, 0, 0, time.Time{}, lv...)
+	if err != nil {
+		return classic
+	}
+	return dual{classic, native}
+}
+
+// dual writes a classic histogram's buckets into a native one's.
+type dual struct{ classic, native prometheus.Metric }
+
+func (d dual) Desc() *prometheus.Desc { return d.classic.Desc() }
+
+func (d dual) Write(out *dto.Metric) error {
+	var c dto.Metric
+	if err := d.classic.Write(&c); err != nil {
+		return err
+	}
+	if err := d.native.Write(out); err != nil {
+		return err
+	}
+	// out.Histogram is the native metric's own, made for this scrape
+	// alone: changing it is safe.
+	out.Histogram.Bucket = c.Histogram.Bucket
+	out.Histogram.CreatedTimestamp = nil
+	return nil
+}
+
+// collectStuck counts the stuck sockets by label set and holder. The
+// tracker's lock is held only for the walk: workloads are named after it.
+func (c *Collector) collectStuck(ch chan<- prometheus.Metric) {
+	type rawKey struct {
+		cgroupID      uint64
+		dir           events.Direction
+		local, remote uint16
+		comm          string
+	}
+	raw := make(map[rawKey]int)
+	for info := range c.sockets.All() {
+		if !info.Stuck {
+			continue
+		}
+		k := rawKey{cgroupID: info.CgroupID, dir: info.Dir, local: info.LocalPort, remote: info.RemotePort}
+		if k.dir == events.DirOutbound {
+			k.local = 0 // the ephemeral port: not part of the series
+		} else {
+			k.remote = 0
+		}
+		if len(info.Owners) > 0 {
+			k.comm = info.Owners[0].Comm
+		}
+		raw[k]++
+	}
+	type stuckKey struct {
+		series
+		comm string
+	}
+	stuck := make(map[stuckKey]int)
+	for k, n := range raw {
+		w, _ := c.namer.Workload(k.cgroupID)
+		sk := stuckKey{series: c.admit(c.key(w, k.dir, k.local, k.remote)), comm: k.comm}
+		if sk.series == otherSeries {
+			sk.comm = Other
+		}
+		stuck[sk] += n
+	}
+	for k, n := range stuck {
+		ch <- prometheus.MustNewConstMetric(c.stuck, prometheus.GaugeValue, float64(n), append(k.values(), k.comm)...)
+	}
+}
+
+func goVersion() string { return runtime.Version() }
