@@ -142,15 +142,15 @@ type Pipeline struct {
 	sinks []Sink
 	log   *slog.Logger
 
-	lost    events.LostCounts // cumulative, as last reported
+	lost events.LostCounts // cumulative, as last reported
 	// progress is when the source last said it had delivered everything
 	// (Unix ns): the reader and the loop are alive.
 	progress atomic.Int64
 	// lostShared is lost for other goroutines (metrics).
 	lostMu     sync.Mutex
 	lostShared events.LostCounts
-	sinkErr error             // a sink failed: stop writing
-	fatal   error
+	sinkErr    error // a sink failed: stop writing
+	fatal      error
 
 	// The kernel's CLOSE-WAIT table, as last read.
 	lastScan     time.Time
