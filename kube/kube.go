@@ -74,6 +74,12 @@ type Pods struct {
 
 	hits, missed, deleted atomic.Uint64
 	lastWarn              atomic.Int64 // unix ns of the last watch-error warning
+	// Health probe (see Healthy): how often, and when it last failed
+	// (unix ns, 0 when its last try worked) and why.
+	cs         kubernetes.Interface
+	probeEvery time.Duration
+	failedAt   atomic.Int64
+	failedErr  atomic.Pointer[error]
 }
 
 // entry is one pod's answers, replaced (never changed) on update.
@@ -147,6 +153,9 @@ func New(cfg Config, rc *rest.Config) (*Pods, error) {
 		notFound: &events.K8s{Node: cfg.Node, NotFound: true},
 		now:      time.Now,
 		pods:     map[string]*entry{},
+		cs:       cs,
+
+		probeEvery: defaultProbeEvery,
 	}
 	nodeOnly := fields.OneTermEqualSelector("spec.nodeName", cfg.Node).String()
 	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, // no resync: the handlers keep no state to repair
@@ -177,6 +186,7 @@ func (p *Pods) Start(ctx context.Context) {
 	p.start.Do(func() {
 		go p.informer.RunWithContext(ctx)
 		go p.purgeLoop(ctx)
+		go p.probeLoop(ctx)
 		go func() {
 			t0 := time.Now()
 			if cache.WaitForCacheSync(ctx.Done(), p.handler.HasSynced) {
@@ -307,6 +317,7 @@ func (p *Pods) watchError(ctx context.Context, _ *cache.Reflector, err error) {
 	if errors.Is(err, io.EOF) {
 		return
 	}
+
 	level := slog.LevelDebug
 	if !errors.Is(err, io.ErrUnexpectedEOF) && !apierrors.IsResourceExpired(err) && !apierrors.IsGone(err) {
 		now := time.Now().UnixNano()
@@ -317,4 +328,52 @@ func (p *Pods) watchError(ctx context.Context, _ *cache.Reflector, err error) {
 	}
 	p.log.Log(ctx, level, "kubernetes pod watch failed; retrying (lookups answer from the cache meanwhile)",
 		"node", p.cfg.Node, "synced", p.Synced(), "err", err)
+}
+
+// defaultProbeEvery is how often Healthy's probe asks the API server.
+const defaultProbeEvery = 10 * time.Second
+
+// probeLoop asks the API server for /livez, which every client may read
+// (the system:public-info-viewer role), so that readiness can say when it
+// is away. The informer's own errors cannot tell: an outage can look like
+// the routine end of a watch.
+func (p *Pods) probeLoop(ctx context.Context) {
+	t := time.NewTicker(p.probeEvery)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, min(p.probeEvery, 5*time.Second))
+		_, err := p.cs.Discovery().RESTClient().Get().AbsPath("/livez").DoRaw(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			p.failedErr.Store(&err)
+			if p.failedAt.Load() == 0 {
+				p.failedAt.Store(time.Now().UnixNano())
+			}
+		} else {
+			p.failedAt.Store(0)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Healthy returns an error while the API server does not answer: the
+// last probe (every 10 s) failed. Lookups then answer from the cache as it
+// last was.
+func (p *Pods) Healthy() error {
+	at := p.failedAt.Load()
+	if at == 0 {
+		return nil
+	}
+	msg := "unknown error"
+	if e := p.failedErr.Load(); e != nil {
+		msg = (*e).Error()
+	}
+	return fmt.Errorf("API server unreachable for %v: %s", time.Since(time.Unix(0, at)).Round(time.Second), msg)
 }

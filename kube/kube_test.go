@@ -124,6 +124,7 @@ func start(t *testing.T, rc *rest.Config, node string, grace time.Duration) *Pod
 	if err != nil {
 		t.Fatal(err)
 	}
+	p.probeEvery = 200 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	t0 := time.Now()
@@ -381,6 +382,9 @@ func TestAPIUnreachable(t *testing.T) {
 	if k := p.Lookup(string(first.UID), ""); !k.NotFound || k.Node != node {
 		t.Fatalf("lookup while down: %+v", k)
 	}
+	if p.Healthy() == nil {
+		t.Error("Healthy while the API server is unreachable")
+	}
 
 	x.set(true)
 	d := eventually(t, 60*time.Second, "sync once the API server is reachable", p.Synced)
@@ -388,6 +392,7 @@ func TestAPIUnreachable(t *testing.T) {
 	if k := p.Lookup(string(first.UID), ""); k.NotFound || k.Pod != "first" {
 		t.Fatalf("after the sync: %+v", k)
 	}
+	eventually(t, 10*time.Second, "Healthy once the API server answers", func() bool { return p.Healthy() == nil })
 
 	x.set(false)
 	second := e.pod("second", node, nil) // through the direct config
@@ -401,7 +406,11 @@ func TestAPIUnreachable(t *testing.T) {
 	if !p.Synced() {
 		t.Error("Synced went false in an outage")
 	}
+	// Readiness says the API server is away: the watch failed since.
+	eventually(t, 30*time.Second, "Healthy to fail in an outage", func() bool { return p.Healthy() != nil })
+	t.Logf("in the outage: %v", p.Healthy())
 	x.set(true)
 	d = eventually(t, 60*time.Second, "pod created during the outage", func() bool { return found(p, second.UID) })
 	t.Logf("pod created during the outage found %v after the API server came back", d)
+	eventually(t, 10*time.Second, "Healthy once the API server is back", func() bool { return p.Healthy() == nil })
 }

@@ -152,7 +152,7 @@ func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*clust
 				if !c.pods.Synced() {
 					return errors.New("pod cache not synced with the API server")
 				}
-				return nil
+				return c.pods.Healthy()
 			})
 		}
 	}
