@@ -195,7 +195,7 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	if err := spec.Variables["port_bits"].Set(portBits(t.cfg.Ports)); err != nil {
 		return fmt.Errorf("set port_bits: %w", err)
 	}
-	coll, err := ebpf.NewCollection(onlyProgram(spec, c.prog))
+	coll, err := t.loadCollection(onlyProgram(spec, c.prog))
 	if err != nil {
 		return fmt.Errorf("load: %w", shortVerifierError(err))
 	}

@@ -33,8 +33,16 @@ func (t *Tracer) Snapshot(found func(ev *events.Event)) error {
 	}
 	var errs []error
 	seen := make(map[uint64]struct{})
+	var keys map[uint64]struct{} // table keys seen, to prune an adopted table
+	listed := make(map[uint32]bool)
+	if t.adoptPending {
+		keys = make(map[uint64]struct{})
+	}
 	for _, ns := range openNetworkNamespaces(0) {
 		err := t.listIn(ns, func(ev *events.Event, isNew, untracked bool) {
+			if keys != nil {
+				keys[ev.Key] = struct{}{}
+			}
 			if _, dup := seen[ev.Sock]; dup {
 				return
 			}
@@ -49,8 +57,19 @@ func (t *Tracer) Snapshot(found func(ev *events.Event)) error {
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list sockets in %s: %w", ns.file.Name(), err))
+		} else {
+			listed[uint32(ns.ino)] = true
 		}
 		ns.file.Close()
+	}
+	if t.adoptPending {
+		t.adoptPending = false
+		kept, pruned, err := t.pruneAdopted(keys, listed)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("prune the pinned table: %w", err))
+		}
+		t.cfg.Logger.Info("adopted the pinned CLOSE-WAIT table", "pin", filepath.Join(t.pinDir, pinnedTable),
+			"still_in_close_wait", kept, "closed_meanwhile", pruned)
 	}
 	return oneline.Join(errs...)
 }

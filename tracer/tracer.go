@@ -197,6 +197,14 @@ type Tracer struct {
 	scanVals [][cwEntrySize]byte
 	scanBuf  []byte
 
+	// The pinned table (PinTable): its directory, locked while we use it,
+	// and whether an adopted table awaits pruning by Snapshot. startBoot
+	// tells adopted entries from ours.
+	pinDir       string
+	pinLock      *os.File
+	adoptPending bool
+	startBoot    int64
+
 	detachOnce sync.Once
 	detachErr  error
 	stopOnce   sync.Once
@@ -238,8 +246,21 @@ func New(cfg Config) (_ *Tracer, err error) {
 		}
 	}()
 
+	t.startBoot = bootclock.Now()
+	if cfg.PinTable && cfg.Mode == ModeCloseWait {
+		if t.adoptPending, err = t.preparePin(); err != nil {
+			return nil, err
+		}
+	}
 	if err := t.loadAndAttach(); err != nil {
 		return nil, err
+	}
+	if t.adoptPending && t.snapshotIter == nil {
+		cfg.Logger.Warn("cannot adopt the pinned CLOSE-WAIT table without a socket listing (Linux 5.9+): starting afresh")
+		if err := t.dropAdopted(); err != nil {
+			return nil, fmt.Errorf("empty the pinned table: %w", err)
+		}
+		t.adoptPending = false
 	}
 	t.reader, err = ringbuf.NewReader(t.coll.Maps["events"])
 	if err != nil {
@@ -475,6 +496,9 @@ func (t *Tracer) Close() error {
 		}
 		if t.coll != nil {
 			t.coll.Close()
+		}
+		if t.pinLock != nil {
+			t.pinLock.Close() // and with it the lock; the pin stays
 		}
 		t.closeErr = oneline.Join(errs...)
 	})

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -116,6 +117,7 @@ var envOf = map[string]string{
 	"node-name":          "TCPTRACE_NODE_NAME",
 	"kubeconfig":         "TCPTRACE_KUBECONFIG",
 	"pin-table":          "TCPTRACE_PIN_TABLE",
+	"pin-dir":            "TCPTRACE_PIN_DIR",
 }
 
 // usage appends the flag's environment variable, as urfave/cli shows it.
@@ -154,7 +156,8 @@ func closewaitFlags() []cli.Flag {
 		str(catKernel, "max-aggregates", strconv.Itoa(tracer.DefaultMaxAggregates),
 			"bound on the kernel's aggregate keys (cgroup, service port, direction); the excess is counted under one key"),
 		&cli.BoolFlag{Name: "pin-table", Category: catKernel,
-			Usage: usage("pin-table", "keep the kernel's CLOSE-WAIT table pinned in bpffs ("+tracer.DefaultPinDir+") across restarts, so sockets keep their age; the next start adopts it")},
+			Usage: usage("pin-table", "keep the kernel's CLOSE-WAIT table pinned in bpffs across restarts, so sockets keep their age; the next start adopts it")},
+		str(catKernel, "pin-dir", tracer.DefaultPinDir, "directory on a bpf filesystem for --pin-table"),
 		str(catServe, "listen", "", "serve /metrics, /healthz and /readyz over HTTP on this address, e.g. :9979; empty is off"),
 		str(catServe, "metrics-max-series", strconv.Itoa(metrics.DefaultMaxSeries),
 			"cap on label sets (workload, port, direction) with series of their own; the rest are folded into one labelled other"),
@@ -430,6 +433,11 @@ func closewaitOptions(f flags, o *options) error {
 	o.tracer.MaxAggregates = uint32(aggs)
 	if o.tracer.PinTable, err = f.bool("pin-table"); err != nil {
 		return err
+	}
+	if v, from := f.get("pin-dir"); !filepath.IsAbs(v) {
+		return f.errorf(from, v, "want an absolute path on a bpf filesystem")
+	} else {
+		o.tracer.PinDir = filepath.Clean(v)
 	}
 	if o.serve, err = parseServe(f); err != nil {
 		return err
