@@ -15,6 +15,7 @@ package metrics
 
 import (
 	"iter"
+	"maps"
 	"math"
 	"runtime"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/track"
@@ -114,8 +116,9 @@ type Collector struct {
 	// foldedTotal counts them since start.
 	foldedSets  map[series]struct{}
 	foldedTotal uint64
-	// Stuck reports by label set (one entry per admitted set at most).
-	reports map[series]uint64
+	// Stuck reports by aggregate key, under their own lock.
+	reportsMu sync.Mutex
+	reports   map[events.AggregateKey]uint64
 	// deadSince says when a cgroup was first found gone.
 	deadSince map[uint64]time.Time
 }
@@ -152,7 +155,7 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 			"Label sets folded into the series labelled \"other\" because of the series cap (--metrics-max-series)."),
 		admitted:   make(map[series]struct{}),
 		foldedSets: make(map[series]struct{}),
-		reports:    make(map[series]uint64),
+		reports:    make(map[events.AggregateKey]uint64),
 		deadSince:  make(map[uint64]time.Time),
 	}
 }
@@ -169,16 +172,20 @@ func (c *Collector) SetSockets(s Sockets) {
 // sets are known only at scrape time.
 func (c *Collector) Describe(chan<- *prometheus.Desc) {}
 
-// Write counts stuck reports (a pipeline sink).
+// Write counts stuck reports (a pipeline sink). It takes only a lock of
+// its own, never the scrape's: the event loop does not wait for a scrape.
+// Reports are kept by aggregate key and named at scrape time.
 func (c *Collector) Write(ev *events.Event) error {
 	if ev.Kind != events.KindStuck {
 		return nil
 	}
-	w, _ := c.namer.Workload(ev.CgroupID)
-	s := c.key(w, ev.Dir, ev.LocalPort, ev.RemotePort)
-	c.mu.Lock()
-	c.reports[c.admit(s)]++
-	c.mu.Unlock()
+	k := events.AggregateKey{CgroupID: ev.CgroupID, Port: ev.LocalPort, Dir: ev.Dir}
+	if ev.Dir == events.DirOutbound {
+		k.Port = ev.RemotePort
+	}
+	c.reportsMu.Lock()
+	c.reports[k]++
+	c.reportsMu.Unlock()
 	return nil
 }
 
@@ -220,9 +227,9 @@ func (c *Collector) admit(s series) series {
 
 // agg sums the kernel aggregates of one label set.
 type agg struct {
-	entered, closed, aborted uint64
-	hist                     [events.HistBuckets]uint64
-	sum                      time.Duration
+	entered, closed, aborted, reports uint64
+	hist                              [events.HistBuckets]uint64
+	sum                               time.Duration
 }
 
 // Prune drops the series and kernel aggregates of workloads gone for the
@@ -252,7 +259,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.closed, prometheus.CounterValue, float64(v.closed), lv...)
 		ch <- prometheus.MustNewConstMetric(c.aborted, prometheus.CounterValue, float64(v.aborted), lv...)
 		ch <- histogram(c.latency, &v.hist, v.sum, lv)
-		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(c.reports[s]), lv...)
+		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
 	}
 	if c.sockets != nil {
 		c.collectStuck(ch)
@@ -288,6 +295,9 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 	if c.src == nil {
 		return byLabels, nil
 	}
+	c.reportsMu.Lock()
+	reports := maps.Clone(c.reports)
+	c.reportsMu.Unlock()
 	aggErr := c.src.Aggregates(func(a *events.Aggregate) {
 		var s series
 		if a.Dir == events.DirOverflow {
@@ -307,6 +317,7 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 			v = &agg{}
 			byLabels[s] = v
 		}
+		v.reports += reports[a.AggregateKey]
 		v.entered += a.Entered
 		v.closed += a.Closed
 		v.aborted += a.Aborted
@@ -317,15 +328,17 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 	})
 	if aggErr == nil {
 		if len(dead) > 0 && c.src.DeleteAggregates(dead) == nil {
+			c.reportsMu.Lock()
 			for _, k := range dead {
 				delete(c.deadSince, k.CgroupID)
+				delete(c.reports, k)
 			}
+			c.reportsMu.Unlock()
 		}
 		// A label set with no aggregate left has nothing more to say.
 		for s := range c.admitted {
 			if _, ok := seen[s]; !ok {
 				delete(c.admitted, s)
-				delete(c.reports, s)
 			}
 		}
 		for s := range c.foldedSets {
@@ -367,14 +380,19 @@ const (
 const nativeOffset = -19
 
 // histogram builds one histogram with both classic buckets and native
-// (sparse, schema 0) buckets; a server that accepts native histograms
-// negotiates the protobuf format and gets both.
+// (sparse, schema 0) buckets: a server that accepts native histograms
+// negotiates the protobuf format and gets both, the text format shows the
+// classic ones. Built directly, without client_golang's const histograms,
+// which sort a map of bounds per series: a scrape of thousands of series
+// spends its time there.
 func histogram(desc *prometheus.Desc, hist *[events.HistBuckets]uint64, sum time.Duration, lv []string) prometheus.Metric {
 	var count uint64
 	for _, n := range hist {
 		count += n
 	}
-	bounds := make(map[float64]uint64, lastClassicBound-firstClassicBound+1)
+	h := &histMetric{desc: desc, labels: prometheus.MakeLabelPairs(desc, lv)}
+	buckets := make([]dto.Bucket, lastClassicBound-firstClassicBound+1)
+	h.h.Bucket = make([]*dto.Bucket, len(buckets))
 	var cum uint64
 	next := 0
 	for k := firstClassicBound; k <= lastClassicBound; k++ {
@@ -382,39 +400,53 @@ func histogram(desc *prometheus.Desc, hist *[events.HistBuckets]uint64, sum time
 		for ; next < k && next < events.HistBuckets; next++ {
 			cum += hist[next]
 		}
-		bounds[math.Ldexp(1e-6, k)] = cum
+		b := &buckets[k-firstClassicBound]
+		b.CumulativeCount = proto.Uint64(cum)
+		b.UpperBound = proto.Float64(math.Ldexp(1e-6, k))
+		h.h.Bucket[k-firstClassicBound] = b
 	}
-	classic := prometheus.MustNewConstHistogram(desc, count, sum.Seconds(), bounds, lv...)
-	pos := make(map[int]int64)
+	h.h.SampleCount = proto.Uint64(count)
+	h.h.SampleSum = proto.Float64(sum.Seconds())
+	h.h.Schema = proto.Int32(0)
+	h.h.ZeroThreshold = proto.Float64(0)
+	h.h.ZeroCount = proto.Uint64(0)
+	// One span from the first to the last bucket in use; the counts are
+	// delta-encoded, empty buckets inside the span included.
+	first, last := -1, -1
 	for i, n := range hist {
 		if n > 0 {
-			pos[i+nativeOffset] = int64(n)
+			if first < 0 {
+				first = i
+			}
+			last = i
 		}
 	}
-	native, err := prometheus.NewConstNativeHistogram(desc, count, sum.Seconds(), pos, nil, 0, 0, 0, time.Time{}, lv...)
-	if err != nil {
-		return classic
+	if first < 0 {
+		h.h.PositiveSpan = []*dto.BucketSpan{{Offset: proto.Int32(0), Length: proto.Uint32(0)}}
+		return h
 	}
-	return dual{classic, native}
+	h.h.PositiveSpan = []*dto.BucketSpan{{Offset: proto.Int32(int32(first + nativeOffset)), Length: proto.Uint32(uint32(last - first + 1))}}
+	h.h.PositiveDelta = make([]int64, 0, last-first+1)
+	prev := int64(0)
+	for i := first; i <= last; i++ {
+		h.h.PositiveDelta = append(h.h.PositiveDelta, int64(hist[i])-prev)
+		prev = int64(hist[i])
+	}
+	return h
 }
 
-// dual writes a classic histogram's buckets into a native one's.
-type dual struct{ classic, native prometheus.Metric }
+// histMetric is a histogram made for one scrape.
+type histMetric struct {
+	desc   *prometheus.Desc
+	labels []*dto.LabelPair
+	h      dto.Histogram
+}
 
-func (d dual) Desc() *prometheus.Desc { return d.classic.Desc() }
+func (m *histMetric) Desc() *prometheus.Desc { return m.desc }
 
-func (d dual) Write(out *dto.Metric) error {
-	var c dto.Metric
-	if err := d.classic.Write(&c); err != nil {
-		return err
-	}
-	if err := d.native.Write(out); err != nil {
-		return err
-	}
-	// out.Histogram is the native metric's own, made for this scrape
-	// alone: changing it is safe.
-	out.Histogram.Bucket = c.Histogram.Bucket
-	out.Histogram.CreatedTimestamp = nil
+func (m *histMetric) Write(out *dto.Metric) error {
+	out.Histogram = &m.h
+	out.Label = m.labels
 	return nil
 }
 

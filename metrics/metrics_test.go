@@ -1,0 +1,184 @@
+package metrics
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// tableSource is a kernel aggregate table for unit tests: it records
+// deletions.
+type tableSource struct {
+	mu   sync.Mutex
+	aggs map[events.AggregateKey]events.Aggregate
+}
+
+func (s *tableSource) Aggregates(fn func(a *events.Aggregate)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range s.aggs {
+		fn(&a)
+	}
+	return nil
+}
+
+func (s *tableSource) DeleteAggregates(keys []events.AggregateKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, k := range keys {
+		delete(s.aggs, k)
+	}
+	return nil
+}
+
+func (s *tableSource) AggregateOverflows() (uint64, error) { return 0, nil }
+
+// namer names cgroup id n "/unit-n.service"; ids in gone are dead.
+type namer struct{ gone map[uint64]bool }
+
+func (n namer) Workload(id uint64) (Workload, bool) {
+	return Workload{Cgroup: "/unit-" + string(rune('a'+id)) + ".service"}, !n.gone[id]
+}
+
+func gather(t *testing.T, c *Collector) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, f := range fams {
+		out[f.GetName()] = f
+	}
+	return out
+}
+
+func key(cg uint64, port uint16) events.AggregateKey {
+	return events.AggregateKey{CgroupID: cg, Port: port, Dir: events.DirInbound}
+}
+
+// The kernel's log2 µs histogram becomes classic buckets from about 1 ms
+// to about 1 h, cumulative and exact, and native buckets holding the same
+// counts.
+func TestHistogramBuckets(t *testing.T) {
+	var hist [events.HistBuckets]uint64
+	hist[3] = 5   // [8, 16) µs: under the first classic bound
+	hist[12] = 7  // [4.1, 8.2) ms
+	hist[14] = 0  // empty, inside the native span
+	hist[20] = 2  // [1.05, 2.1) s
+	hist[35] = 1  // the open last bucket: only +Inf holds it
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{
+		key(1, 80): {AggregateKey: key(1, 80), Entered: 15, Closed: 15, Hist: hist, Sum: 3 * time.Second},
+	}}
+	fams := gather(t, New(Config{}, src, namer{}))
+	h := fams["tcptrace_fin_to_close_seconds"].GetMetric()[0].GetHistogram()
+	if h.GetSampleCount() != 15 || h.GetSampleSum() != 3 {
+		t.Errorf("count %d sum %v, want 15 and 3", h.GetSampleCount(), h.GetSampleSum())
+	}
+	b := h.GetBucket()
+	if b[0].GetUpperBound() != 0.001024 || b[len(b)-1].GetUpperBound() != 4294.967296 {
+		t.Errorf("bounds %v to %v, want 2^10 µs to 2^32 µs", b[0].GetUpperBound(), b[len(b)-1].GetUpperBound())
+	}
+	want := map[float64]uint64{0.001024: 5, 0.008192: 12, 1.048576: 12, 2.097152: 14, 4294.967296: 14}
+	for _, bk := range b {
+		if n, ok := want[bk.GetUpperBound()]; ok && bk.GetCumulativeCount() != n {
+			t.Errorf("le=%v holds %d, want %d", bk.GetUpperBound(), bk.GetCumulativeCount(), n)
+		}
+	}
+	// Native: delta-decode the one span back into counts by index.
+	spans := h.GetPositiveSpan()
+	if len(spans) != 1 || h.GetSchema() != 0 {
+		t.Fatalf("native spans %v schema %d, want one span, schema 0", spans, h.GetSchema())
+	}
+	got := map[int]uint64{}
+	idx, n := int(spans[0].GetOffset()), int64(0)
+	for _, d := range h.GetPositiveDelta() {
+		n += d
+		if n != 0 {
+			got[idx] = uint64(n)
+		}
+		idx++
+	}
+	for i, c := range hist {
+		if c != 0 && got[i+nativeOffset] != c {
+			t.Errorf("native bucket %d holds %d, want kernel bucket %d's %d", i+nativeOffset, got[i+nativeOffset], i, c)
+		}
+	}
+	if len(got) != 4 {
+		t.Errorf("native buckets %v, want the 4 kernel buckets in use", got)
+	}
+}
+
+// Past MaxSeries label sets fold into "other" and are counted; stuck
+// reports land on their series without waiting for a scrape.
+func TestSeriesCapAndReports(t *testing.T) {
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{}}
+	for i := uint64(1); i <= 4; i++ {
+		src.aggs[key(i, 80)] = events.Aggregate{AggregateKey: key(i, 80), Entered: 10, Closed: 10 - i}
+	}
+	c := New(Config{MaxSeries: 2}, src, namer{})
+	for range 3 {
+		if err := c.Write(&events.Event{Kind: events.KindStuck, CgroupID: 1, LocalPort: 80, RemotePort: 5555, Dir: events.DirInbound}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fams := gather(t, c)
+	var total, other float64
+	for _, m := range fams["tcptrace_close_wait_sockets"].GetMetric() {
+		total += m.GetGauge().GetValue()
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "port" && l.GetValue() == Other {
+				other += m.GetGauge().GetValue()
+			}
+		}
+	}
+	if n := len(fams["tcptrace_close_wait_sockets"].GetMetric()); n != 3 || total != 10 || other == 0 {
+		t.Errorf("%d series holding %v sockets (%v in other), want 2 of their own and other, 10 in all", n, total, other)
+	}
+	if f := fams["tcptrace_metrics_series_folded_total"].GetMetric()[0].GetCounter().GetValue(); f != 2 {
+		t.Errorf("folded %v, want 2", f)
+	}
+	var reports float64
+	for _, m := range fams["tcptrace_stuck_reported_total"].GetMetric() {
+		reports += m.GetCounter().GetValue()
+	}
+	if reports != 3 {
+		t.Errorf("stuck reports %v, want 3", reports)
+	}
+}
+
+// A workload whose cgroup is gone keeps its series for the grace period,
+// then loses them and its kernel aggregates, unless sockets of it are
+// still in CLOSE-WAIT.
+func TestGoneWorkloadsPruned(t *testing.T) {
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{
+		key(1, 80): {AggregateKey: key(1, 80), Entered: 5, Closed: 5}, // gone, nothing left
+		key(2, 80): {AggregateKey: key(2, 80), Entered: 5, Closed: 4}, // gone, one in CLOSE-WAIT
+		key(3, 80): {AggregateKey: key(3, 80), Entered: 5, Closed: 5}, // alive
+	}}
+	now := time.Unix(1000, 0)
+	c := New(Config{Grace: time.Minute}, src, namer{gone: map[uint64]bool{1: true, 2: true}})
+	c.now = func() time.Time { return now }
+	series := func() int { return len(gather(t, c)["tcptrace_close_wait_sockets"].GetMetric()) }
+	if n := series(); n != 3 {
+		t.Fatalf("%d series, want 3 within the grace period", n)
+	}
+	now = now.Add(59 * time.Second)
+	if err := c.Prune(); err != nil || len(src.aggs) != 3 {
+		t.Fatalf("pruned within the grace period: %v, %d left", err, len(src.aggs))
+	}
+	now = now.Add(2 * time.Second)
+	if n := series(); n != 2 {
+		t.Errorf("%d series after the grace period, want 2", n)
+	}
+	if _, ok := src.aggs[key(1, 80)]; ok || len(src.aggs) != 2 {
+		t.Errorf("kernel aggregates %v, want the gone workload's dropped and the one with a socket in CLOSE-WAIT kept", src.aggs)
+	}
+}
