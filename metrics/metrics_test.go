@@ -69,11 +69,11 @@ func key(cg uint64, port uint16) events.AggregateKey {
 // counts.
 func TestHistogramBuckets(t *testing.T) {
 	var hist [events.HistBuckets]uint64
-	hist[3] = 5   // [8, 16) µs: under the first classic bound
-	hist[12] = 7  // [4.1, 8.2) ms
-	hist[14] = 0  // empty, inside the native span
-	hist[20] = 2  // [1.05, 2.1) s
-	hist[35] = 1  // the open last bucket: only +Inf holds it
+	hist[3] = 5  // [8, 16) µs: under the first classic bound
+	hist[12] = 7 // [4.1, 8.2) ms
+	hist[14] = 0 // empty, inside the native span
+	hist[20] = 2 // [1.05, 2.1) s
+	hist[35] = 1 // the open last bucket: only +Inf holds it
 	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{
 		key(1, 80): {AggregateKey: key(1, 80), Entered: 15, Closed: 15, Hist: hist, Sum: 3 * time.Second},
 	}}
