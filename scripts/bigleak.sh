@@ -7,12 +7,16 @@
 # For each: seconds until every socket is reported stuck (after the
 # threshold), tcptrace's CPU until then, its CPU over LEAK_IDLE seconds after
 # (the periodic table scans), its peak RSS, and the longest table scan.
+# With the leak reported, LEAK_SCRAPES scrapes of /metrics (--listen on a
+# loopback port): median seconds per scrape, tracer CPU per scrape, bytes.
 # Needs root. Meant for `make bigleak`; not in CI. LEAK_TCPTRACE measures
 # another build instead.
 set -euo pipefail
 N=${LEAK_N:-100000}
 IDLE=${LEAK_IDLE:-30}
 THRESHOLD=${LEAK_THRESHOLD:-5s}
+SCRAPES=${LEAK_SCRAPES:-10}
+PORT=${LEAK_PORT:-19979}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PROG=bigleak
 # shellcheck source=scripts/lib.sh
@@ -54,7 +58,7 @@ start_leak() {
 	die "leakers not ready after 120 s"
 }
 start_tracer() {
-	"$dir/tcptrace" closewait --threshold "$THRESHOLD" --output json >"$dir/$1.out" 2>"$dir/$1.err" &
+	"$dir/tcptrace" closewait --threshold "$THRESHOLD" --output json --listen "127.0.0.1:$PORT" >"$dir/$1.out" 2>"$dir/$1.err" &
 	tracer_pid=$!
 	for _ in $(seq 600); do
 		grep -q 'msg=attached' "$dir/$1.err" && return 0
@@ -69,7 +73,8 @@ stop_tracer() {
 }
 
 echo "$N sockets held in CLOSE-WAIT by $procs processes; threshold $THRESHOLD"
-printf '%-8s %10s %12s %14s %14s %10s %s\n' case sockets "all stuck s" "cpu to then s" "idle cpu s/${IDLE}s" "peak MiB" summary
+printf '%-8s %10s %12s %14s %14s %10s %10s %12s %10s %s\n' case sockets "all stuck s" "cpu to then s" "idle cpu s/${IDLE}s" "peak MiB" \
+	"scrape s" "scrape cpu s" "scrape KiB" summary
 for c in none live startup; do
 	[[ $c == startup ]] && start_leak
 	start_tracer "$c"
@@ -86,13 +91,22 @@ for c in none live startup; do
 		took=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 		cpu1=$(cpu "$tracer_pid")
 	fi
+	cpu_then=$cpu1
+	s0=$(cpu "$tracer_pid")
+	times=$(for _ in $(seq "$SCRAPES"); do
+		curl -s -o "$dir/scrape" -w '%{time_total}\n' "http://127.0.0.1:$PORT/metrics"
+	done | sort -n)
+	scrape=$(sed -n "$(((SCRAPES + 1) / 2))p" <<<"$times")
+	scrape_cpu=$(awk -v a="$s0" -v b="$(cpu "$tracer_pid")" -v n="$SCRAPES" 'BEGIN { printf "%.3f", (b - a) / n }')
+	scrape_kib=$(($(stat -c %s "$dir/scrape") / 1024))
+	cpu1=$(cpu "$tracer_pid")
 	sleep "$IDLE"
 	cpu2=$(cpu "$tracer_pid")
 	peak=$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$tracer_pid/status")
 	stop_tracer
 	summary=$(grep 'msg=stopped' "$dir/$c.err" | grep -o 'lost=[0-9]* \|table_scans=[0-9]* \|table_scan_max=[^ ]* \|owner_scans=[0-9]* ' | tr -d '\n')
-	printf '%-8s %10s %12s %14s %14s %10s %s\n' "$c" "$([[ $c == none ]] && echo 0 || echo "$N")" "$took" "$cpu1" \
-		"$(awk -v a="$cpu1" -v b="$cpu2" 'BEGIN { printf "%.2f", b - a }')" "$peak" "$summary"
+	printf '%-8s %10s %12s %14s %14s %10s %10s %12s %10s %s\n' "$c" "$([[ $c == none ]] && echo 0 || echo "$N")" "$took" "$cpu_then" \
+		"$(awk -v a="$cpu1" -v b="$cpu2" 'BEGIN { printf "%.2f", b - a }')" "$peak" "$scrape" "$scrape_cpu" "$scrape_kib" "$summary"
 	if [[ -n $leaker_pid ]]; then
 		kill $leaker_pid
 		wait $leaker_pid 2>/dev/null || true
