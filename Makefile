@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
 
-.PHONY: all build generate test vet check-generated soak bench bigleak vmtest clean
+.PHONY: all build generate test vet check-generated soak bench bigleak vmtest clean image
 
 all: build
 
@@ -54,6 +54,11 @@ bigleak:
 KERNELS ?= 5.10 6.1 6.12 7.2
 vmtest:
 	scripts/vmtest.sh $(KERNELS)
+
+# The container image (Dockerfile; needs Docker with BuildKit).
+IMAGE ?= ghcr.io/tcptrace/tcptrace:$(VERSION)
+image:
+	docker build -t $(IMAGE) --build-arg VERSION=$(VERSION) .
 
 clean:
 	rm -rf bin
