@@ -535,10 +535,7 @@ func readmeCapabilities(t *testing.T) (required, optional []string) {
 
 // Capabilities the DaemonSet needs that the README's table does not list,
 // and why. Once the README lists one, its entry here is no longer used.
-var notInREADME = map[string]string{
-	"DAC_READ_SEARCH": "/proc/PID/fd is mode 0500, owned by the process's uid: without it the sockets " +
-		"of processes of other uids (most pods) come out unresolved",
-}
+var notInREADME = map[string]string{}
 
 func TestCapabilitiesAreTheREADMEs(t *testing.T) {
 	required, optional := readmeCapabilities(t)
@@ -742,6 +739,19 @@ func TestDaemonSetProbesAndPort(t *testing.T) {
 	if ep.Port != named || ep.Path != "/metrics" || !ep.HonorLabels {
 		t.Errorf("podmonitor.yaml: endpoint %+v: want port %s, path /metrics, honorLabels true", ep, named)
 	}
+	// The target's namespace, pod and container labels are dropped: with
+	// honorLabels they would fill the empty workload labels of a plain
+	// host process's sockets with tcptrace's own pod.
+	dropped := false
+	for _, r := range ep.Relabelings {
+		if r.Action == "labeldrop" && regexp.MustCompile("^(?:"+r.Regex+")$").MatchString("namespace") &&
+			regexp.MustCompile("^(?:"+r.Regex+")$").MatchString("pod") && regexp.MustCompile("^(?:"+r.Regex+")$").MatchString("container") {
+			dropped = true
+		}
+	}
+	if !dropped {
+		t.Error("podmonitor.yaml: no labeldrop of the target's namespace, pod and container labels")
+	}
 }
 
 // podMonitor has the PodMonitor fields these files use; their names are
@@ -763,6 +773,7 @@ type podMonitor struct {
 				SourceLabels []string `json:"sourceLabels"`
 				TargetLabel  string   `json:"targetLabel"`
 				Action       string   `json:"action"`
+				Regex        string   `json:"regex"`
 			} `json:"relabelings"`
 		} `json:"podMetricsEndpoints"`
 	} `json:"spec"`

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -278,9 +279,39 @@ func startHelperArgs(t *testing.T, role string, args ...string) *helper {
 
 func startHelperWith(t *testing.T, role string, cloneflags uintptr, args ...string) *helper {
 	t.Helper()
-	cmd := helperCommand(role, args...)
+	return runHelperCmd(t, role, helperCommand(role, args...), &syscall.SysProcAttr{Cloneflags: cloneflags})
+}
+
+// startHelperAs starts a helper process as another user: a copy of the
+// test binary that the user may run.
+func startHelperAs(t *testing.T, role string, uid uint32) *helper {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tcptrace-helper")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "helper")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := helperCommand(role)
+	cmd.Path, cmd.Args[0] = bin, bin
+	return runHelperCmd(t, role, cmd, &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}})
+}
+
+func runHelperCmd(t *testing.T, role string, cmd *exec.Cmd, attr *syscall.SysProcAttr) *helper {
+	t.Helper()
 	// Its own process group, so the processes it starts die with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags, Setpgid: true}
+	attr.Setpgid = true
+	cmd.SysProcAttr = attr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -379,8 +379,10 @@ func replaceInvalidBytes(s string) string {
 	return b.String()
 }
 
-// With only CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE, as the README
-// documents, tcptrace does its whole job; without CAP_BPF it says so.
+// With only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH,
+// as the README documents, tcptrace does its whole job, naming the owner
+// of a socket held by a process of another uid (whose /proc/PID/fd is
+// mode 0500); without CAP_BPF it says so.
 func TestLeastPrivilege(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	setpriv := func(caps string) []string {
@@ -389,26 +391,45 @@ func TestLeastPrivilege(t *testing.T) {
 	if err := tcptraceCmd(setpriv("+bpf,+perfmon,+sys_ptrace"), "version").Run(); err != nil {
 		t.Skipf("setpriv (util-linux) unusable here: %v", err)
 	}
-	caps := "+bpf,+perfmon,+sys_ptrace"
+	caps := "+bpf,+perfmon,+sys_ptrace,+dac_read_search"
 	if !testenv.KernelAtLeast(t, 5, 11) {
 		// eBPF memory counts against RLIMIT_MEMLOCK there (README).
 		caps += ",+sys_resource"
 	}
-	h, port, cl, _ := leakFrom(t, "leak")
+	const nobody = 65534
+	h := startHelperAs(t, "leak", nobody)
+	port := h.line(t)
+	cl, err := net.Dial("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	h.line(t) // "child 0"
 	p := startTracerWith(t, tracerOpts{wrap: setpriv(caps)},
 		"closewait", "--all", "--port", port, "--threshold", "200ms")
 	cl.Close()
 	stuck := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) == port })
 	checkOwners(t, stuck, h.cmd.Process.Pid)
+	if stuck.Owner[0].UID != nobody {
+		t.Errorf("owner %v, want uid %d", stuck.Owner[0], nobody)
+	}
 	p.stop()
-	if strings.Contains(p.stderr.String(), "CAP_SYS_PTRACE") {
+	if strings.Contains(p.stderr.String(), "CAP_SYS_PTRACE") || strings.Contains(p.stderr.String(), "CAP_DAC_READ_SEARCH") {
 		t.Errorf("the documented capability set is not enough for owners:\n%s", p.stderr.String())
+	}
+
+	// Without CAP_DAC_READ_SEARCH it still traces, and warns that owners
+	// of other uids will be unresolved.
+	p = startTracerWith(t, tracerOpts{wrap: setpriv(strings.Replace(caps, ",+dac_read_search", "", 1))}, "closewait")
+	p.stop()
+	if !strings.Contains(p.stderr.String(), "CAP_DAC_READ_SEARCH") {
+		t.Errorf("no warning without CAP_DAC_READ_SEARCH:\n%s", p.stderr.String())
 	}
 
 	var stderr bytes.Buffer
 	cmd := tcptraceCmd(setpriv(strings.Replace(caps, "+bpf,", "", 1)), "closewait")
 	cmd.Stderr = &stderr
-	err := cmd.Run()
+	err = cmd.Run()
 	if code := cmd.ProcessState.ExitCode(); code != 1 || !strings.Contains(stderr.String(), "CAP_BPF") ||
 		strings.Count(strings.TrimSpace(stderr.String()), "\n") != 0 {
 		t.Errorf("without CAP_BPF: %v, exit %d, stderr %q; want exit 1 and one line naming CAP_BPF", err, code, stderr.String())

@@ -73,6 +73,8 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	if mode == tracer.ModeCloseWait {
 		if !tracer.Capable(unix.CAP_SYS_PTRACE) {
 			logger.Warn("without CAP_SYS_PTRACE the descriptors of other processes cannot be read: owners will be unresolved")
+		} else if !tracer.Capable(unix.CAP_DAC_READ_SEARCH) {
+			logger.Warn("without CAP_DAC_READ_SEARCH the descriptors of processes of other users cannot be read: their sockets' owners will be unresolved")
 		}
 		logger.Info("watching CLOSE-WAIT", "threshold", o.track.Threshold, "repeat", o.track.Repeat,
 			"every_socket", o.selection.EverySocket, "min_latency", o.selection.MinLatency,
