@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -20,6 +21,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/tcptrace/tcptrace/cgroup"
+	"github.com/tcptrace/tcptrace/deploy"
 	"github.com/tcptrace/tcptrace/internal/kubetest"
 	"github.com/tcptrace/tcptrace/internal/testenv"
 )
@@ -122,6 +124,28 @@ func TestKubernetesNames(t *testing.T) {
 		if got := series(fams, name, labels); len(got) != 1 || value(got[0]) != v {
 			t.Errorf("%s%v = %v, want one series of %v", name, labels, got, v)
 		}
+	}
+	// Every metric the Grafana dashboard and the alert rules query is in
+	// a real scrape.
+	names, err := deploy.MetricNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		family := name
+		if f, ok := fams[name]; !ok || len(f.GetMetric()) == 0 {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base, ok := strings.CutSuffix(name, suffix); ok && fams[base].GetType() == dto.MetricType_HISTOGRAM {
+					family = base
+				}
+			}
+		}
+		if len(fams[family].GetMetric()) == 0 {
+			t.Errorf("the dashboard or the rules query %s, which the scrape does not have", name)
+		}
+	}
+	if len(names) < 5 {
+		t.Errorf("only %d metric names in the dashboard and rules: %v", len(names), names)
 	}
 	if got := series(fams, "tcptrace_kubernetes_cache_synced", nil); len(got) != 1 || value(got[0]) != 1 {
 		t.Errorf("kubernetes_cache_synced %v, want 1", got)
