@@ -198,6 +198,19 @@ func TestMetricsOfLeaks(t *testing.T) {
 	if n := buckets[len(buckets)-1].GetCumulativeCount(); n != healthy {
 		t.Errorf("largest finite bucket holds %d, want all %d closes (each well under an hour)", n, healthy)
 	}
+	// A server that takes native histograms (the protobuf format) gets
+	// native buckets too, holding the same closes.
+	native := nativeHistogram(t, base, "tcptrace_fin_to_close_seconds", in)
+	var inNative int64
+	count := int64(0)
+	for _, d := range native.GetPositiveDelta() {
+		count += d
+		inNative += count
+	}
+	if native.GetSchema() != 0 || len(native.GetPositiveSpan()) == 0 || inNative != healthy {
+		t.Errorf("native histogram schema %d spans %v holds %d, want schema 0 and the %d closes",
+			native.GetSchema(), native.GetPositiveSpan(), inNative, healthy)
+	}
 	for _, name := range []string{"tcptrace_build_info", "tcptrace_hook_info", "tcptrace_events_lost_total"} {
 		if len(fams[name].GetMetric()) == 0 {
 			t.Errorf("no %s", name)
@@ -323,4 +336,36 @@ func TestMetricsSeriesCap(t *testing.T) {
 	if s := fams["tcptrace_metrics_series"].GetMetric(); len(s) != 1 || value(s[0]) != 1 {
 		t.Errorf("metrics_series %v, want 1", s)
 	}
+}
+
+// nativeHistogram scrapes in the protobuf format, as a Prometheus server
+// that takes native histograms asks, and returns one histogram.
+func nativeHistogram(t *testing.T, base, name string, want map[string]string) *dto.Histogram {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := expfmt.NewDecoder(resp.Body, expfmt.ResponseFormat(resp.Header))
+	fams := map[string]*dto.MetricFamily{}
+	for {
+		var f dto.MetricFamily
+		if err := dec.Decode(&f); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("decode the protobuf scrape (%s): %v", resp.Header.Get("Content-Type"), err)
+		}
+		fams[f.GetName()] = &f
+	}
+	got := series(fams, name, want)
+	if len(got) != 1 {
+		t.Fatalf("protobuf scrape: %d series of %s%v, want 1", len(got), name, want)
+	}
+	return got[0].GetHistogram()
 }
