@@ -32,15 +32,22 @@ const (
 	// KindProgress is never written out. The tracer sends it in band to
 	// say that every kernel event before BootNS has been delivered.
 	KindProgress
+	// KindDestroyed: tcptrace kill destroyed the socket (SOCK_DESTROY).
+	KindDestroyed
+	// KindNotDestroyed: tcptrace kill left a selected socket alone; Reason
+	// says why (a dry run, or it left CLOSE-WAIT meanwhile).
+	KindNotDestroyed
 )
 
 var kindNames = [...]string{
-	KindTransition: "transition",
-	KindCloseWait:  "close_wait",
-	KindStuck:      "stuck",
-	KindAppClose:   "app_close",
-	KindAbort:      "abort",
-	KindLost:       "lost",
+	KindTransition:   "transition",
+	KindCloseWait:    "close_wait",
+	KindStuck:        "stuck",
+	KindAppClose:     "app_close",
+	KindAbort:        "abort",
+	KindLost:         "lost",
+	KindDestroyed:    "destroyed",
+	KindNotDestroyed: "not_destroyed",
 }
 
 func (k Kind) String() string {
@@ -239,6 +246,11 @@ type Event struct {
 
 	// lost
 	Lost LostCounts
+
+	// destroyed, not_destroyed (tcptrace kill; AgeNS and AgeKnown as for
+	// stuck): how, and why not.
+	Method string
+	Reason string
 
 	// Correlation state, never written out. BootNS is Time as the kernel's
 	// CLOCK_BOOTTIME; FinBootNS when the FIN arrived (0: unknown). Key is

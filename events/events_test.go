@@ -75,7 +75,11 @@ func samples() []events.Event {
 	v6.Family, v6.LocalAddr, v6.RemoteAddr = events.FamilyIPv6, netip.MustParseAddr("2001:db8::1"), netip.MustParseAddr("::1")
 	lost := events.Event{Kind: events.KindLost, Time: base.Time}
 	lost.Lost[events.LostRingbufFull], lost.Lost[events.LostRecursion] = 3, 1
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost}
+	destroyed := stuck
+	destroyed.Kind, destroyed.Method = events.KindDestroyed, "kfunc"
+	kept := stuck
+	kept.Kind, kept.AgeKnown, kept.Reason = events.KindNotDestroyed, false, "left_close_wait"
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost, destroyed, kept}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {

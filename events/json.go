@@ -167,6 +167,18 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
 		dst = appendState(dst, `,"new_state":`, e.NewState)
+	case KindDestroyed, KindNotDestroyed:
+		if e.AgeKnown {
+			dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
+		}
+		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
+		if e.Kind == KindDestroyed {
+			dst = append(dst, `,"method":`...)
+			dst = appendStr(dst, e.Method)
+		} else {
+			dst = append(dst, `,"reason":`...)
+			dst = appendStr(dst, e.Reason)
+		}
 	}
 	return append(dst, '}')
 }

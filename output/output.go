@@ -218,6 +218,17 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, " before start"...)
 		}
 		b = appendOwners(b, e)
+	case events.KindDestroyed, events.KindNotDestroyed:
+		if e.AgeKnown {
+			b = appendCompact(b, time.Duration(e.AgeNS))
+		} else {
+			b = append(b, '?')
+		}
+		if e.Kind == events.KindNotDestroyed {
+			b = append(b, ' ')
+			b = append(b, e.Reason...)
+		}
+		b = appendOwners(b, e)
 	case events.KindStuck, events.KindAbort:
 		if !e.AgeKnown {
 			b = append(b, '>')

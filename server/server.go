@@ -25,12 +25,16 @@ const (
 	PathMetrics = "/metrics"
 	PathHealthz = "/healthz"
 	PathReadyz  = "/readyz"
+	// PathCloseWait lists the sockets in CLOSE-WAIT with their FIN time,
+	// as close_wait events, one JSON object per line (tcptrace kill --from).
+	PathCloseWait = "/api/v1/closewait"
 )
 
 // Server serves the endpoints.
 type Server struct {
 	ln  net.Listener
 	srv *http.Server
+	mux *http.ServeMux
 	log *slog.Logger
 
 	mu     sync.Mutex
@@ -49,6 +53,7 @@ func Listen(addr string, g prometheus.Gatherer, log *slog.Logger) (*Server, erro
 	}
 	s := &Server{ln: ln, log: log, checks: make(map[string]func() error)}
 	mux := http.NewServeMux()
+	s.mux = mux
 	mux.Handle("GET "+PathMetrics, promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,
@@ -70,6 +75,10 @@ func Listen(addr string, g prometheus.Gatherer, log *slog.Logger) (*Server, erro
 	}
 	return s, nil
 }
+
+// Handle serves h at path (a pattern of net/http's ServeMux), beside the
+// endpoints above: the API of other commands.
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 // Addr is the address listened on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }

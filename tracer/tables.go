@@ -240,3 +240,33 @@ func (t *Tracer) DeleteAggregates(keys []events.AggregateKey) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Table calls fn with every socket in the kernel's CLOSE-WAIT table, as a
+// close_wait event whose Time is its FIN's (or first sight's, when not
+// AgeKnown). Unlike the scans it marks nothing and shares no buffer, so
+// any goroutine may call it (the HTTP API does); a map iteration, one
+// lookup per entry. ev is reused after fn returns.
+func (t *Tracer) Table(fn func(ev *events.Event)) error {
+	if t.cfg.Mode != ModeCloseWait {
+		return errors.New("no CLOSE-WAIT table in trace mode")
+	}
+	var (
+		key uint64
+		raw [cwEntrySize]byte
+		e   tcptraceCwEntry
+		ev  events.Event
+	)
+	it := t.coll.Maps["closewait"].Iterate()
+	for it.Next(&key, &raw) {
+		decodeEntry(raw[:], &e)
+		if err := t.entryEvent(key, &e, &ev); err != nil {
+			t.decodeErrs.Add(1)
+			continue
+		}
+		fn(&ev)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read CLOSE-WAIT table: %w", err)
+	}
+	return nil
+}
