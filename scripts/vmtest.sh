@@ -37,9 +37,9 @@
 #                               more print the consoles whole at the end
 #   VMTEST_ROOT=dir             extra files merged into the initramfs root
 #                               (testdata, helper files)
-#   VMTEST_BINS="setpriv"       host executables copied in with their
+#   VMTEST_BINS="setpriv nsenter ss ip"  host executables copied in with their
 #                               shared libraries (found with ldd)
-#   VMTEST_ENV="TCPTRACE_REQUIRE_PRIVILEGED=1"  environment for the programs
+#   VMTEST_ENV="TCPTRACE_REQUIRE_PRIVILEGED=1 TCPTRACE_REQUIRE_TOOLS=1"  environment
 #                               (the kernel passes unknown NAME=value
 #                               parameters to init)
 #   VMTEST_APPEND="..."         extra kernel command line parameters
@@ -50,8 +50,8 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VMTEST_BINS=${VMTEST_BINS-setpriv}
-VMTEST_ENV=${VMTEST_ENV-TCPTRACE_REQUIRE_PRIVILEGED=1}
+VMTEST_BINS=${VMTEST_BINS-setpriv nsenter ss ip}
+VMTEST_ENV=${VMTEST_ENV-TCPTRACE_REQUIRE_PRIVILEGED=1 TCPTRACE_REQUIRE_TOOLS=1}
 CACHE=${VMTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tcptrace-vmtest}
 LOGDIR=${VMTEST_LOGDIR:-$CACHE/logs}
 MAX_AGE=${VMTEST_LISTS_MAX_AGE:-86400}

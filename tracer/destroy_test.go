@@ -312,10 +312,7 @@ func TestDestroyerProbe(t *testing.T) {
 // dstSsHas reports whether ss lists a TCP socket from local to remote.
 func dstSsHas(t *testing.T, local, remote netip.AddrPort) bool {
 	t.Helper()
-	if _, err := exec.LookPath("ss"); err != nil {
-		return false
-	}
-	out, err := exec.Command("ss", "-tanH").Output()
+	out, err := exec.Command(testenv.RequireTool(t, "ss", "iproute2"), "-tanH").Output()
 	if err != nil {
 		t.Fatalf("ss: %v", err)
 	}
@@ -510,9 +507,7 @@ func dstContainsResult(rs []tracer.DestroyResult, r tracer.DestroyResult) bool {
 // returns its inode and a function that runs f on a thread inside it.
 func dstTestNetNS(t *testing.T) (uint32, func(f func())) {
 	t.Helper()
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip (iproute2)")
-	}
+	testenv.RequireTool(t, "ip", "iproute2")
 	name := fmt.Sprintf("tcptrace-destroy-%d", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v: %s", err, out)

@@ -69,6 +69,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				},
 			},
 			{
+				Name:  "kill",
+				Usage: "destroy sockets stuck in CLOSE-WAIT (as ss -K does), explicitly and safely",
+				Description: "A stop-gap for a leak until its fix ships: the holder gets an error on the socket instead of\n" +
+					"holding it for ever. --older-than is required; sockets are listed and confirmed first unless --yes.\n" +
+					"Each socket's state and identity are checked again when it is destroyed.",
+				Flags:        killFlags(),
+				OnUsageError: onUsageError,
+				Action:       runKill,
+			},
+			{
 				Name:  "version",
 				Usage: "print the version",
 				Action: func(c *cli.Context) error {
@@ -188,6 +198,14 @@ func commonFlags() []cli.Flag {
 type flags struct {
 	c      *cli.Context
 	lookup func(string) (string, bool)
+	env    map[string]string // flag -> variable; envOf when nil
+}
+
+func (f flags) envName(name string) string {
+	if f.env != nil {
+		return f.env[name]
+	}
+	return envOf[name]
 }
 
 // get returns the raw value of a flag and where it came from.
@@ -195,8 +213,8 @@ func (f flags) get(name string) (value, from string) {
 	if f.c.IsSet(name) {
 		return f.c.String(name), "--" + name
 	}
-	if v, ok := f.lookup(envOf[name]); ok {
-		return v, envOf[name]
+	if v, ok := f.lookup(f.envName(name)); ok {
+		return v, f.envName(name)
 	}
 	return f.c.String(name), "--" + name
 }
@@ -236,13 +254,13 @@ func (f flags) bool(name string) (bool, error) {
 	if f.c.IsSet(name) {
 		return f.c.Bool(name), nil
 	}
-	v, ok := f.lookup(envOf[name])
+	v, ok := f.lookup(f.envName(name))
 	if !ok || v == "" {
 		return false, nil
 	}
 	b, err := strconv.ParseBool(v)
 	if err != nil {
-		return false, f.errorf(envOf[name], v, "want true or false")
+		return false, f.errorf(f.envName(name), v, "want true or false")
 	}
 	return b, nil
 }
@@ -256,8 +274,8 @@ func (f flags) list(name string) (values []string, from string) {
 		}
 		return values, "--" + name
 	}
-	if v, ok := f.lookup(envOf[name]); ok && v != "" {
-		return strings.Split(v, ","), envOf[name]
+	if v, ok := f.lookup(f.envName(name)); ok && v != "" {
+		return strings.Split(v, ","), f.envName(name)
 	}
 	return nil, "--" + name
 }

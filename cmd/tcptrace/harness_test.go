@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/loopback"
 	"github.com/tcptrace/tcptrace/internal/schemacheck"
@@ -179,6 +182,8 @@ func runHelper(role string) {
 			fail(err)
 		}
 		holdForever()
+	case "kill-fixture":
+		killFixture(fail)
 	case "netns-leak":
 		// Runs in a new network namespace: bring up lo, then leak the
 		// server side of a connection made inside it.
@@ -370,6 +375,8 @@ type jsonEvent struct {
 	ContainerID   string            `json:"container_id"`
 	PodUID        string            `json:"pod_uid"`
 	K8s           json.RawMessage   `json:"k8s"`
+	Method        string            `json:"method"`
+	Reason        string            `json:"reason"`
 	Direction     string            `json:"direction"`
 	OwnersOmitted int               `json:"owners_omitted"`
 	SocketInode   uint64            `json:"socket_inode"`
@@ -675,4 +682,86 @@ func attachModes(t *testing.T, f func(t *testing.T, attach string)) {
 	for _, a := range []string{"tp_btf", "tracepoint"} {
 		t.Run(a, func(t *testing.T) { f(t, a) })
 	}
+}
+
+// killFixture runs in a network namespace of its own: two ports, A and B;
+// a1 and a2 leak in CLOSE-WAIT on A, a3 is ESTABLISHED on A, b1 leaks on
+// B (each client shuts down and keeps its socket, in FIN_WAIT2). It prints
+// "ports A B" and "clients a1=P a2=P a3=P b1=P", then obeys stdin:
+// "young" leaks a4 on A and prints "a4=P"; "probe" writes a byte to every
+// server socket it holds, then reads it, and prints for each
+// "name=eof|open|<error>": eof, still in CLOSE-WAIT; open, ESTABLISHED; a
+// destroyed socket fails the write (its reads only say end of file, as
+// the peer's FIN did).
+func killFixture(fail func(error)) {
+	if err := loopback.Up(); err != nil {
+		fail(err)
+	}
+	type held struct {
+		name     string
+		srv, cl  net.Conn
+		clientAt int
+	}
+	var all []held
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		return ln
+	}
+	lnA, lnB := listen(), listen()
+	leak := func(name string, ln net.Listener, shut bool) held {
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			fail(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		if shut {
+			if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
+				fail(err)
+			}
+		}
+		h := held{name, srv, cl, cl.LocalAddr().(*net.TCPAddr).Port}
+		all = append(all, h)
+		return h
+	}
+	a1, a2, a3, b1 := leak("a1", lnA, true), leak("a2", lnA, true), leak("a3", lnA, false), leak("b1", lnB, true)
+	fmt.Println("ports", lnA.Addr().(*net.TCPAddr).Port, lnB.Addr().(*net.TCPAddr).Port)
+	fmt.Printf("clients a1=%d a2=%d a3=%d b1=%d\n", a1.clientAt, a2.clientAt, a3.clientAt, b1.clientAt)
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "young":
+			fmt.Printf("a4=%d\n", leak("a4", lnA, true).clientAt)
+		case "probe":
+			var out []string
+			for _, h := range all {
+				h.srv.SetDeadline(time.Now().Add(100 * time.Millisecond))
+				_, err := h.srv.Write([]byte{1})
+				if err == nil {
+					_, err = h.srv.Read(make([]byte, 1))
+				}
+				res := "data"
+				switch {
+				case errors.Is(err, io.EOF):
+					res = "eof"
+				case errors.Is(err, os.ErrDeadlineExceeded):
+					res = "open"
+				case err != nil:
+					res = strings.ReplaceAll(err.Error(), " ", "_")
+					var errno syscall.Errno
+					if errors.As(err, &errno) {
+						res = unix.ErrnoName(errno)
+					}
+				}
+				out = append(out, h.name+"="+res)
+			}
+			fmt.Println(strings.Join(out, " "))
+		}
+	}
+	holdForever()
 }

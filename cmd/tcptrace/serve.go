@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/kube"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/pipeline"
@@ -171,6 +174,7 @@ func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, o options, v
 	col.SetSockets(p.Tracker())
 	c.reg.MustRegister(col)
 	if c.srv != nil {
+		c.srv.Handle("GET "+server.PathCloseWait, closeWaitHandler(tr))
 		stale := max(10*o.tracer.FlushInterval, 2*time.Second)
 		started := time.Now()
 		c.srv.Ready("tracer", func() error {
@@ -210,3 +214,33 @@ type funcCollector struct {
 
 func (f funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
 func (f funcCollector) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }
+
+// closeWaitHandler lists the kernel's CLOSE-WAIT table as close_wait
+// events, one JSON object per line: their time is the FIN's, so a client
+// (tcptrace kill --from) knows every socket's age.
+func closeWaitHandler(tr *tracer.Tracer) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		bw := bufio.NewWriterSize(w, 64<<10)
+		var line []byte
+		var writeErr error
+		err := tr.Table(func(ev *events.Event) {
+			if writeErr != nil {
+				return
+			}
+			line = append(events.AppendJSON(line[:0], ev), '\n')
+			_, writeErr = bw.Write(line)
+		})
+		if err == nil {
+			err = writeErr
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		if err != nil {
+			// The status is sent already: cut the stream, so the client
+			// sees an error rather than a short list.
+			panic(http.ErrAbortHandler)
+		}
+	})
+}

@@ -6,6 +6,7 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -48,4 +49,23 @@ func KernelAtLeast(tb testing.TB, major, minor int) bool {
 		tb.Fatalf("kernel release %q: %v", release, err)
 	}
 	return ma > major || (ma == major && mi >= minor)
+}
+
+// ToolsEnv turns a test's skip for want of a program into a failure.
+const ToolsEnv = "TCPTRACE_REQUIRE_TOOLS"
+
+// RequireTool returns the path of program name, skipping the test (or
+// failing it, see ToolsEnv) when it is not installed; what says what it
+// comes from, e.g. "iproute2".
+func RequireTool(tb testing.TB, name, what string) string {
+	tb.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv(ToolsEnv) == "1" {
+		tb.Fatalf("%s (%s) is not installed (%s=1)", name, what, ToolsEnv)
+	}
+	tb.Skipf("needs %s (%s); set %s=1 to fail instead of skipping", name, what, ToolsEnv)
+	return ""
 }
