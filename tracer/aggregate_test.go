@@ -162,8 +162,19 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 		t.Errorf("aggregates %+v, want exactly the keys %+v and %+v", aggs, in, out)
 	}
 	a := aggs[in]
-	if want := uint64(healthy + len(delays)); a.Entered != want || a.Closed != want || a.Aborted != 0 || a.InCloseWait() != 0 {
-		t.Errorf("inbound: entered %d closed %d aborted %d, want %d %d 0", a.Entered, a.Closed, a.Aborted, want, want)
+	// A program run the kernel skipped (a recursion miss: a softirq nested
+	// in a run on the same CPU) loses its count; each count lies within
+	// the misses of the truth. Seen on 6.18 under load: 2003 entered,
+	// 2002 closed.
+	lost, err := tr.Lost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	misses := lost[events.LostRecursion]
+	within := func(got, want uint64) bool { return got <= want && got+misses >= want }
+	if want := uint64(healthy + len(delays)); !within(a.Entered, want) || !within(a.Closed, want) || a.Closed > a.Entered ||
+		a.Aborted != 0 || a.InCloseWait() > misses {
+		t.Errorf("inbound: entered %d closed %d aborted %d (%d runs skipped), want %d %d 0", a.Entered, a.Closed, a.Aborted, misses, want, want)
 	}
 	var histTotal uint64
 	for _, n := range a.Hist {
@@ -181,7 +192,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 		for b := lo; b <= hi; b++ {
 			n += a.Hist[b]
 		}
-		if n < 1 {
+		if n+misses < 1 {
 			t.Errorf("buckets %d-%d (%v to %v) are empty: the %v close is not in them; histogram %v",
 				lo, hi, measured[d][0], measured[d][1], d, a.Hist)
 		}
@@ -192,7 +203,7 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	for b := events.HistBucket(100 * time.Millisecond); b < events.HistBuckets; b++ {
 		slow += a.Hist[b]
 	}
-	if slow != 2 {
+	if slow > 2 || slow+misses < 2 {
 		t.Errorf("%d closes of 100 ms or more, want 2 (the 200ms and 1.5s ones); histogram %v", slow, a.Hist)
 	}
 	// The sum holds the known delays as measured, and the healthy closes
@@ -202,14 +213,14 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	for _, m := range measured {
 		lo, hi = lo+m[0], hi+m[1]
 	}
-	if a.Sum < lo || a.Sum > hi+time.Duration(healthy)*10*time.Millisecond {
+	if (a.Sum < lo && misses == 0) || a.Sum > hi+time.Duration(healthy)*10*time.Millisecond {
 		t.Errorf("latency sum %v, want the known closes' %v to %v and little more", a.Sum, lo, hi)
 	}
 	if q, ok := events.Quantile(&a.Hist, 0.5); !ok || q > 4*time.Millisecond {
 		t.Errorf("median FIN-to-close %v, want the healthy closes' (well under 4ms)", q)
 	}
 	o := aggs[out]
-	if o.Entered != pool || o.InCloseWait() != pool {
+	if !within(o.Entered, pool) || o.InCloseWait() != o.Entered {
 		t.Errorf("outbound: entered %d, in CLOSE-WAIT %d, want %d", o.Entered, o.InCloseWait(), pool)
 	}
 

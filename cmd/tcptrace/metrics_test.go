@@ -156,8 +156,21 @@ func TestMetricsOfLeaks(t *testing.T) {
 	}
 	check("tcptrace_close_wait_sockets", in, leaked)
 	check("tcptrace_close_wait_sockets", out, pooled)
-	check("tcptrace_close_wait_entered_total", in, healthy+leaked)
-	check("tcptrace_close_wait_closed_total", in, healthy)
+	// A program run the kernel skipped (a recursion miss, counted) loses
+	// one count: the healthy churn's counts lie within the misses.
+	var misses float64
+	if m := series(fams, "tcptrace_events_lost_total", map[string]string{"cause": "recursion_miss"}); len(m) == 1 {
+		misses = value(m[0])
+	}
+	near := func(name string, want map[string]string, v float64) {
+		t.Helper()
+		got := series(fams, name, want)
+		if len(got) != 1 || value(got[0]) > v || value(got[0])+misses < v {
+			t.Errorf("%s%v: %v, want one series of %v (%v runs skipped)", name, want, got, v, misses)
+		}
+	}
+	near("tcptrace_close_wait_entered_total", in, healthy+leaked)
+	near("tcptrace_close_wait_closed_total", in, healthy)
 	check("tcptrace_close_wait_aborted_total", in, 0)
 	check("tcptrace_stuck_reported_total", in, leaked)
 	check("tcptrace_stuck_reported_total", out, pooled)
@@ -182,7 +195,7 @@ func TestMetricsOfLeaks(t *testing.T) {
 		t.Fatalf("fin_to_close_seconds%v: %d series, want 1", in, len(h))
 	}
 	hist := h[0].GetHistogram()
-	if hist.GetSampleCount() != healthy || hist.GetSampleSum() <= 0 {
+	if float64(hist.GetSampleCount()) > healthy || float64(hist.GetSampleCount())+misses < healthy || hist.GetSampleSum() <= 0 {
 		t.Errorf("histogram count %d sum %v, want %d closes and a positive sum", hist.GetSampleCount(), hist.GetSampleSum(), healthy)
 	}
 	buckets := hist.GetBucket()
@@ -195,7 +208,7 @@ func TestMetricsOfLeaks(t *testing.T) {
 			t.Errorf("bucket counts not cumulative: %v", buckets)
 		}
 	}
-	if n := buckets[len(buckets)-1].GetCumulativeCount(); n != healthy {
+	if n := buckets[len(buckets)-1].GetCumulativeCount(); n != hist.GetSampleCount() {
 		t.Errorf("largest finite bucket holds %d, want all %d closes (each well under an hour)", n, healthy)
 	}
 	// A server that takes native histograms (the protobuf format) gets
@@ -207,7 +220,7 @@ func TestMetricsOfLeaks(t *testing.T) {
 		count += d
 		inNative += count
 	}
-	if native.GetSchema() != 0 || len(native.GetPositiveSpan()) == 0 || inNative != healthy {
+	if native.GetSchema() != 0 || len(native.GetPositiveSpan()) == 0 || uint64(inNative) != hist.GetSampleCount() {
 		t.Errorf("native histogram schema %d spans %v holds %d, want schema 0 and the %d closes",
 			native.GetSchema(), native.GetPositiveSpan(), inNative, healthy)
 	}
