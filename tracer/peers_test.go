@@ -1,0 +1,246 @@
+package tracer_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/loopback"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// peersNetNS creates a network namespace with its loopback up, kept by a
+// bind mount under /run/netns (where ListPeers finds it), and returns its
+// inode and a function that runs f on a thread inside it. Its own
+// namespace keeps the counts exact: no other test's sockets in it.
+func peersNetNS(t *testing.T) (uint32, func(f func())) {
+	t.Helper()
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := fmt.Sprintf("/run/netns/tcptrace-peers-%d", os.Getpid())
+	if err := os.WriteFile(path, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(path) })
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread, in the new namespace, exits with the
+		// goroutine.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		if err := loopback.Up(); err != nil {
+			errc <- err
+			return
+		}
+		if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind mount the namespace: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	run := func(f func()) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			runtime.LockOSThread() // never unlocked, as above
+			fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer unix.Close(fd)
+			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+				t.Error(err)
+				return
+			}
+			f()
+		}()
+		<-done
+	}
+	return uint32(st.Ino), run
+}
+
+// peersTCPState is the kernel's TCP state of c, 0 if unknown.
+func peersTCPState(c *net.TCPConn) uint8 {
+	var state uint8
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	return state
+}
+
+func peersFind(peers []tracer.PeerSockets, netns uint32, remote netip.AddrPort) (tracer.PeerSockets, bool) {
+	for _, p := range peers {
+		if p.NetNS == netns && p.Remote == remote {
+			return p, true
+		}
+	}
+	return tracer.PeerSockets{}, false
+}
+
+// TestListPeers: clients of servers that never close wait in FIN_WAIT2,
+// counted against the server's address and port, those closed by their
+// owner (time-wait sockets in the kernel) and those only shut down for
+// writing (full sockets) alike, each with its age; clients that closed
+// first and whose server closed too are in TIME_WAIT.
+func TestListPeers(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ino, inNS := peersNetNS(t)
+
+	var (
+		held                     []net.Conn // never closed by the leaky servers
+		shut                     []*net.TCPConn
+		closedAP, shutAP, goodAP netip.AddrPort
+	)
+	t.Cleanup(func() {
+		for _, c := range held {
+			c.Close()
+		}
+		for _, c := range shut {
+			c.Close()
+		}
+	})
+	listen := func(ap *netip.AddrPort) net.Listener {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		*ap = l.Addr().(*net.TCPAddr).AddrPort()
+		return l
+	}
+	connect := func(l net.Listener, ap netip.AddrPort) (client *net.TCPConn, server net.Conn) {
+		c, err := net.Dial("tcp4", ap.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*net.TCPConn), s
+	}
+	inNS(func() {
+		// t.Fatal on this goroutine ends it, and the test below.
+		closed, shutL, good := listen(&closedAP), listen(&shutAP), listen(&goodAP)
+		defer closed.Close()
+		defer shutL.Close()
+		defer good.Close()
+		for range 2 {
+			c, s := connect(closed, closedAP)
+			held = append(held, s)
+			c.Close()
+		}
+		for range 3 {
+			c, s := connect(shutL, shutAP)
+			held = append(held, s)
+			shut = append(shut, c)
+			c.CloseWrite()
+		}
+		for range 4 {
+			c, s := connect(good, goodAP)
+			c.Close()
+			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, s); err != nil {
+				t.Error(err)
+			}
+			s.Close()
+		}
+	})
+	if t.Failed() || len(shut) != 3 {
+		t.FailNow()
+	}
+	const waited = time.Second
+	time.Sleep(waited)
+	if st := peersTCPState(shut[0]); st != 5 {
+		t.Fatalf("a client shut down for writing is in state %d, want FIN_WAIT2 (5)", st)
+	}
+
+	check := func(t *testing.T, peers []tracer.PeerSockets) {
+		t.Helper()
+		for _, want := range []struct {
+			what               string
+			ap                 netip.AddrPort
+			finWait2, timeWait int
+		}{
+			{"leaky server, clients closed", closedAP, 2, 0},
+			{"leaky server, clients shut down", shutAP, 3, 0},
+			{"good server", goodAP, 0, 4},
+		} {
+			p, ok := peersFind(peers, ino, want.ap)
+			if !ok {
+				t.Errorf("%s: no peer %s in netns %d: %+v", want.what, want.ap, ino, peers)
+				continue
+			}
+			t.Logf("%s: %+v", want.what, p)
+			if p.FinWait2 != want.finWait2 || p.TimeWait != want.timeWait {
+				t.Errorf("%s %s: %d FIN_WAIT2 and %d TIME_WAIT sockets, want %d and %d",
+					want.what, want.ap, p.FinWait2, p.TimeWait, want.finWait2, want.timeWait)
+			}
+			switch {
+			case want.finWait2 == 0 && p.OldestFinWait2 != 0:
+				t.Errorf("%s: oldest FIN_WAIT2 %v without one", want.what, p.OldestFinWait2)
+			case want.finWait2 > 0 && (p.OldestFinWait2 < waited/2 || p.OldestFinWait2 > 30*time.Second):
+				t.Errorf("%s: oldest FIN_WAIT2 %v after %v", want.what, p.OldestFinWait2, waited)
+			}
+		}
+		// Nothing else in the namespace: the leaky servers' sides are in
+		// CLOSE-WAIT, the good server's gone (it closed second).
+		for _, p := range peers {
+			if p.NetNS == ino && p.Remote != closedAP && p.Remote != shutAP && p.Remote != goodAP {
+				t.Errorf("unexpected peer in the test namespace: %+v", p)
+			}
+		}
+	}
+	t.Run("netns", func(t *testing.T) {
+		peers, err := tracer.ListPeers(ino)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, peers)
+		for _, p := range peers {
+			if p.NetNS != ino {
+				t.Errorf("peer of another namespace listed: %+v", p)
+			}
+		}
+	})
+	t.Run("node", func(t *testing.T) {
+		peers, err := tracer.ListPeers(0)
+		if err != nil {
+			t.Logf("ListPeers(0): %v", err) // others' namespaces come and go
+		}
+		check(t, peers)
+	})
+}
+
+func TestListPeersUnknownNetNS(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	if _, err := tracer.ListPeers(1); err == nil {
+		t.Fatal("ListPeers of a namespace that does not exist: no error")
+	}
+}
