@@ -11,6 +11,7 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define SEND_SHUTDOWN 2
+#define PF_EXITING 0x00000004 /* task_struct.flags: the task is exiting */
 #define ROOT_CGROUP_ID 1 /* kernfs id of the cgroup v2 root */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -357,7 +358,7 @@ static __always_inline __u16 read_addrs(struct sock *sk, __u8 *saddr, __u8 *dadd
 /* fill writes everything but the kind-specific fields into ev. */
 static __always_inline void fill(struct event *ev, struct sock *sk, struct ports p, __u8 kind,
 				 int oldstate, int newstate, __u64 now, __u64 aux, __u8 flags,
-				 const bool btf)
+				 __u8 sk_err, const bool btf)
 {
 	ev->ts_ns = now;
 	ev->skaddr = (__u64)sk;
@@ -397,13 +398,14 @@ static __always_inline void fill(struct event *ev, struct sock *sk, struct ports
 	/* Which port is the service: for metrics of stuck sockets, keyed
 	 * as the aggregates are. Trace mode does not need it. */
 	ev->dir = kind == EV_TRANSITION ? 0 : direction(sk);
+	ev->sk_err = sk_err;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
 	ev->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
 	ev->cgroup_id = sock_cgroup_id(sk, btf);
 }
 
 static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int oldstate,
-				 int newstate, __u64 now, __u64 aux, __u8 flags, const bool btf)
+				 int newstate, __u64 now, __u64 aux, __u8 flags, __u8 sk_err, const bool btf)
 {
 	struct event *ev;
 	__u64 wake = 0;
@@ -413,7 +415,7 @@ static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int
 		count(CNT_RINGBUF_FULL);
 		return;
 	}
-	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, btf);
+	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, sk_err, btf);
 
 	/* One wake-up per event costs an IRQ-work interrupt each: batch them.
 	 * The record that takes the producer position past a multiple of the
@@ -438,7 +440,7 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 
 	if (!wanted(sk, p, btf))
 		return;
-	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, btf);
+	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, 0, btf);
 }
 
 /* fill_entry records what a stuck report needs of a socket entering
@@ -492,7 +494,31 @@ static __always_inline void closewait_enter(struct sock *sk, int oldstate, const
 		if (!emit_all)
 			return;
 	}
-	emit(sk, p, EV_CW_ENTER, oldstate, TCP_CLOSE_WAIT, now, 0, flags, btf);
+	emit(sk, p, EV_CW_ENTER, oldstate, TCP_CLOSE_WAIT, now, 0, flags, 0, btf);
+}
+
+/* Whether the current task is exiting: its descriptors are being closed
+ * by do_exit. */
+static __always_inline bool task_exiting(const bool btf)
+{
+	struct task_struct *task;
+
+	if (btf && use_task_btf)
+		return bpf_get_current_task_btf()->flags & PF_EXITING;
+	task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, flags) & PF_EXITING;
+}
+
+/* Why a socket left CLOSE_WAIT on its own: the error the kernel set before
+ * tcp_done() moved it to CLOSE. tcp_reset sets EPIPE in CLOSE_WAIT
+ * (ECONNRESET elsewhere), tcp_write_err ETIMEDOUT or the last soft error
+ * (an ICMP one), tcp_abort (sock_diag destroy, bpf_sock_destroy)
+ * ECONNABORTED. User space names the cause. */
+static __always_inline __u8 abort_errno(struct sock *sk, const bool btf)
+{
+	int err = RD(btf, sk->sk_err, BPF_CORE_READ(sk, sk_err));
+
+	return (__u32)err > 255 ? 255 : err;
 }
 
 /* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere means
@@ -505,7 +531,7 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 	struct agg_key ak;
 	bool counted = false, app;
 	struct ports p;
-	__u8 flags = 0;
+	__u8 flags = 0, sk_err = 0;
 
 	tracked = bpf_map_lookup_elem(&closewait, &key);
 	if (!tracked && oldstate != TCP_CLOSE_WAIT)
@@ -563,9 +589,17 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 		return;
 	if (oldstate != TCP_CLOSE_WAIT)
 		flags |= EVF_INDIRECT;
-	if (app)
+	if (app) {
 		flags |= EVF_APP;
-	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, btf);
+		/* The close runs in the task that dropped the last reference:
+		 * one exiting (crashed, killed, or exited without closing) when
+		 * its descriptors are closed by the exit. */
+		if (oldstate == TCP_CLOSE_WAIT && task_exiting(btf))
+			flags |= EVF_EXITING;
+	} else {
+		sk_err = abort_errno(sk, btf);
+	}
+	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, sk_err, btf);
 }
 
 static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
@@ -664,7 +698,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	}
 	/* Neither: the table is full. Not counted here, as every listing would
 	 * count the same sockets again; user space counts them once. */
-	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, true);
+	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, 0, true);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }

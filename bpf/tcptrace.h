@@ -21,6 +21,7 @@ enum event_flag {
 	EVF_TRACKED = 1 << 4,   /* cw_enter, snapshot: the socket is in the kernel's closewait table */
 	EVF_AGE_UNKNOWN = 1 << 5, /* cw_leave: aux_ns is when the socket was first seen, not its FIN */
 	EVF_KNOWN = 1 << 6,       /* snapshot: already tracked; the record gives its current inode */
+	EVF_EXITING = 1 << 7,     /* cw_leave by the application: the task closing it was exiting (PF_EXITING) */
 };
 
 /* cw_entry.flags */
@@ -72,7 +73,8 @@ struct event {
 	__u8 newstate;
 	__u8 flags;
 	__u8 dir; /* enum direction, in closewait mode; 0 for a transition */
-	__u8 pad[5];
+	__u8 sk_err; /* cw_leave not by the application: sk->sk_err at the transition (errno, 255 if above) */
+	__u8 pad[4];
 	__u64 ino;       /* socket inode, 0 when no file holds the socket */
 	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup), 0 if unknown */
 };

@@ -154,6 +154,73 @@ func (c LostCounts) Total() uint64 {
 	return n
 }
 
+// AbortCause says why a socket left CLOSE-WAIT without the application
+// closing it, from the error the kernel set on it.
+type AbortCause uint8
+
+const (
+	// CauseOther: no error set, or one of no known abort path.
+	CauseOther AbortCause = iota
+	// CauseReset: a reset from the peer (EPIPE in CLOSE-WAIT, ECONNRESET),
+	// what an application writing to a half-closed connection gets once
+	// the peer has closed it fully.
+	CauseReset
+	// CauseTimeout: keepalive, user timeout or retransmissions gave up
+	// (ETIMEDOUT, or the ICMP error that came meanwhile).
+	CauseTimeout
+	// CauseDestroyed: the socket was destroyed (ECONNABORTED): ss -K,
+	// tcptrace kill.
+	CauseDestroyed
+	numCauses
+)
+
+var causeNames = [numCauses]string{
+	CauseOther:     "other",
+	CauseReset:     "reset",
+	CauseTimeout:   "timeout",
+	CauseDestroyed: "destroyed",
+}
+
+func (c AbortCause) String() string {
+	if c < numCauses {
+		return causeNames[c]
+	}
+	return "other"
+}
+
+// Errno values (Linux, every architecture tcptrace runs on) that name an
+// abort's cause.
+const (
+	errnoEPIPE        = 32
+	errnoENOPROTOOPT  = 92
+	errnoENETDOWN     = 100
+	errnoENETUNREACH  = 101
+	errnoECONNABORTED = 103
+	errnoECONNRESET   = 104
+	errnoETIMEDOUT    = 110
+	errnoECONNREFUSED = 111
+	errnoEHOSTDOWN    = 112
+	errnoEHOSTUNREACH = 113
+)
+
+// AbortCauseOf names the cause of an abort from the socket's error (sk_err)
+// when it moved to CLOSE. tcp_reset sets EPIPE in CLOSE-WAIT; tcp_write_err
+// sets ETIMEDOUT, or the last soft error if any came: an ICMP one
+// (unreachable, refused) or a failed route, which in CLOSE-WAIT nothing
+// else turns into an abort.
+func AbortCauseOf(errno uint8) AbortCause {
+	switch errno {
+	case errnoEPIPE, errnoECONNRESET:
+		return CauseReset
+	case errnoETIMEDOUT, errnoEHOSTUNREACH, errnoENETUNREACH, errnoEHOSTDOWN, errnoENETDOWN,
+		errnoECONNREFUSED, errnoENOPROTOOPT:
+		return CauseTimeout
+	case errnoECONNABORTED:
+		return CauseDestroyed
+	}
+	return CauseOther
+}
+
 // Owner is a process holding a descriptor of the socket.
 type Owner struct {
 	*Process // never nil
@@ -238,6 +305,23 @@ type Event struct {
 	WasStuck    bool  // app_close, abort
 	Closer      Task  // app_close: valid when HasCloser
 	HasCloser   bool
+	// app_close, valid with HasCloser: the closer was exiting (PF_EXITING),
+	// so the exit closed the socket, not a close() call.
+	ClosedByExit bool
+	// abort: why the socket left CLOSE-WAIT.
+	Cause AbortCause
+
+	// stuck: why the socket stays, read from the socket itself (sock_diag)
+	// when the report was made; valid when DiagKnown. ReadEOF: the
+	// application has read the peer's FIN (end of file) and still not
+	// closed; otherwise UnreadBytes of data wait unread before it.
+	// SinceSendNS and SinceRecvNS: time since the socket last sent data
+	// and since data last arrived (millisecond resolution).
+	DiagKnown   bool
+	ReadEOF     bool
+	UnreadBytes uint64
+	SinceSendNS int64
+	SinceRecvNS int64
 
 	// close_wait, stuck, app_close, abort: who holds the socket.
 	Inode       uint64 // socket inode; 0 when no file refers to it

@@ -69,6 +69,13 @@ func samples() []events.Event {
 	acUnknown.AgeKnown, acUnknown.HasCloser = false, false
 	abort := base
 	abort.Kind, abort.AgeNS, abort.AgeKnown, abort.NewState = events.KindAbort, 5e9, true, events.StateClose
+	abort.Cause = events.CauseReset
+	stuckEOF := stuck
+	stuckEOF.DiagKnown, stuckEOF.ReadEOF, stuckEOF.SinceSendNS, stuckEOF.SinceRecvNS = true, true, 31e9, 32e9
+	stuckUnread := stuck
+	stuckUnread.DiagKnown, stuckUnread.UnreadBytes, stuckUnread.SinceSendNS, stuckUnread.SinceRecvNS = true, 100, 0, 31e9
+	exited := ac
+	exited.ClosedByExit = true
 	cw.Dir = events.DirOutbound
 	cw.K8s = &events.K8s{Node: "node-a", NotFound: true}
 	v6 := cw
@@ -79,7 +86,7 @@ func samples() []events.Event {
 	destroyed.Kind, destroyed.Method = events.KindDestroyed, "kfunc"
 	kept := stuck
 	kept.Kind, kept.AgeKnown, kept.Reason = events.KindNotDestroyed, false, "left_close_wait"
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost, destroyed, kept}
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -105,6 +112,13 @@ func TestSchemaRejects(t *testing.T) {
 		// owner_source proc with nobody, and unresolved with somebody
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"proc","owner":[],"age_known":true}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[{"pid":1,"comm":"x","exe":"","cmdline":"","uid":0,"fd":3}],"age_known":true}`,
+		// an abort without its cause
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"abort","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":false,"was_stuck":false,"new_state":"CLOSE"}`,
+		// a closer without closed_by_exit
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"app_close","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":false,"was_stuck":false,"closer":{"pid":1,"comm":"x"},"new_state":"LAST_ACK"}`,
+		// read to end of file with bytes unread; a diagnosis in part
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"stuck","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_ns":1,"age_known":true,"threshold_ns":1,"unread_bytes":5,"read_eof":true,"since_send_ns":1,"since_recv_ns":1}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"stuck","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_ns":1,"age_known":true,"threshold_ns":1,"read_eof":false}`,
 		// a container id that is not 64 hex digits
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"container_id":"abc","socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":true}`,
 	} {
@@ -140,6 +154,46 @@ func TestAppendStringHostile(t *testing.T) {
 		}
 		if utf8.ValidString(in) && back != in {
 			t.Errorf("round trip of %q gave %q", in, back)
+		}
+	}
+}
+
+// The diagnosis fields appear when known, and only on their events.
+func TestDiagnosisFields(t *testing.T) {
+	evs := samples()
+	has := func(ev events.Event, key string) bool {
+		var m map[string]any
+		if err := json.Unmarshal(events.AppendJSON(nil, &ev), &m); err != nil {
+			t.Fatal(err)
+		}
+		_, ok := m[key]
+		return ok
+	}
+	stuck, stuckEOF, stuckUnread := evs[2], evs[11], evs[12]
+	for _, k := range []string{"unread_bytes", "read_eof", "since_send_ns", "since_recv_ns"} {
+		if has(stuck, k) {
+			t.Errorf("stuck without a diagnosis has %s", k)
+		}
+		if !has(stuckEOF, k) || !has(stuckUnread, k) {
+			t.Errorf("stuck with a diagnosis lacks %s", k)
+		}
+	}
+	line := string(events.AppendJSON(nil, &stuckUnread))
+	if !strings.Contains(line, `"unread_bytes":100,"read_eof":false,"since_send_ns":0,"since_recv_ns":31000000000`) {
+		t.Errorf("stuck diagnosis: %s", line)
+	}
+	ac, acUnknown, exited, abort := evs[3], evs[4], evs[13], evs[5]
+	if !strings.Contains(string(events.AppendJSON(nil, &exited)), `"closed_by_exit":true`) ||
+		!strings.Contains(string(events.AppendJSON(nil, &ac)), `"closed_by_exit":false`) || has(acUnknown, "closed_by_exit") {
+		t.Error("closed_by_exit wrong: want true, false, and absent without a closer")
+	}
+	if !strings.Contains(string(events.AppendJSON(nil, &abort)), `"cause":"reset"`) {
+		t.Errorf("abort cause: %s", events.AppendJSON(nil, &abort))
+	}
+	for c, want := range map[events.AbortCause]string{events.CauseOther: "other", events.CauseReset: "reset",
+		events.CauseTimeout: "timeout", events.CauseDestroyed: "destroyed", 200: "other"} {
+		if c.String() != want {
+			t.Errorf("AbortCause(%d) = %q, want %q", c, c, want)
 		}
 	}
 }

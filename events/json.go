@@ -150,6 +150,13 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 		dst = appendInt(dst, `,"threshold_ns":`, e.ThresholdNS)
+		if e.DiagKnown {
+			dst = append(dst, `,"unread_bytes":`...)
+			dst = strconv.AppendUint(dst, e.UnreadBytes, 10)
+			dst = appendBool(dst, `,"read_eof":`, e.ReadEOF)
+			dst = appendInt(dst, `,"since_send_ns":`, e.SinceSendNS)
+			dst = appendInt(dst, `,"since_recv_ns":`, e.SinceRecvNS)
+		}
 	case KindAppClose:
 		if e.AgeKnown {
 			dst = appendInt(dst, `,"fin_to_close_ns":`, e.AgeNS)
@@ -158,6 +165,7 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
 		if e.HasCloser {
 			dst = appendTask(dst, `,"closer":`, &e.Closer)
+			dst = appendBool(dst, `,"closed_by_exit":`, e.ClosedByExit)
 		}
 		dst = appendState(dst, `,"new_state":`, e.NewState)
 	case KindAbort:
@@ -167,6 +175,9 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
 		dst = appendState(dst, `,"new_state":`, e.NewState)
+		dst = append(dst, `,"cause":"`...)
+		dst = append(dst, e.Cause.String()...)
+		dst = append(dst, '"')
 	case KindDestroyed, KindNotDestroyed:
 		if e.AgeKnown {
 			dst = appendInt(dst, `,"age_ns":`, e.AgeNS)

@@ -54,6 +54,16 @@ type Source interface {
 	Aggregates(fn func(a *events.Aggregate)) error
 }
 
+// Diagnosing is implemented by a Source that can say why a socket stays in
+// CLOSE-WAIT, read from the socket itself (the tracer, through sock_diag).
+// Diagnoser returns diagnose, which sets a stuck report's diagnosis fields
+// (events.Event.DiagKnown and the rest) when it can, with one round trip to
+// the kernel, and release, which frees what diagnose keeps between calls:
+// it is called after each batch of reports.
+type Diagnosing interface {
+	Diagnoser() (diagnose func(ev *events.Event), release func())
+}
+
 // Attributor fills in who holds a socket and which container it is in
 // (package attribute).
 type Attributor interface {
@@ -170,6 +180,10 @@ type Pipeline struct {
 	// Sockets the tracker had no room for, by sock id, until they close.
 	refused map[uint64]struct{}
 
+	// Why stuck sockets stay, when the source can tell (Diagnosing).
+	diagnose    func(ev *events.Event)
+	releaseDiag func()
+
 	// Reconciling with the kernel table after records were dropped:
 	// needSweep asks for a whole read of the table; sweep holds the tracked
 	// sockets it did not find, to check once every record up to sweepAt
@@ -193,6 +207,9 @@ func New(cfg Config, src Source, attr Attributor, sinks ...Sink) *Pipeline {
 		refused: make(map[uint64]struct{})}
 	if cfg.CloseWait {
 		p.track = track.New(cfg.Track, src.Clock())
+		if d, ok := src.(Diagnosing); ok {
+			p.diagnose, p.releaseDiag = d.Diagnoser()
+		}
 	}
 	return p
 }
@@ -419,6 +436,9 @@ func (p *Pipeline) expire(nowBoot int64) {
 	if err := p.track.Expire(nowBoot, p.stillInCloseWait, p.refreshOwners, p.emit); err != nil {
 		p.fatal = err
 	}
+	if p.releaseDiag != nil {
+		p.releaseDiag()
+	}
 }
 
 // reconcile reads the whole kernel table after records were dropped: a
@@ -465,9 +485,13 @@ func (p *Pipeline) stillInCloseWait(socket *events.Event) (bool, error) {
 // refreshOwners brings a stuck report's owners up to date. A socket that
 // was still in its listener's accept queue when the FIN arrived had no
 // file, hence no inode: list the namespace's sockets for its current one.
+// It also reads why the socket stays (diagnose), when the source can.
 func (p *Pipeline) refreshOwners(ev *events.Event) time.Duration {
 	if ev.Inode == 0 {
 		ev.Inode = p.currentInode(ev)
+	}
+	if p.diagnose != nil {
+		p.diagnose(ev)
 	}
 	return p.attr.Owners(ev)
 }

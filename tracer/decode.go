@@ -31,6 +31,7 @@ const (
 	offNewState = 96
 	offFlags    = 97
 	offDir      = 98
+	offSkErr    = 99
 	offIno      = 104
 	offCgroupID = 112
 	eventSize   = 120
@@ -50,6 +51,7 @@ const (
 	flagTracked    = 1 << 4
 	flagAgeUnknown = 1 << 5
 	flagKnown      = 1 << 6
+	flagExiting    = 1 << 7
 )
 
 const (
@@ -139,7 +141,10 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 			// the later transition is not the closer.
 			if flags&flagIndirect == 0 {
 				ev.Closer, ev.HasCloser = task, true
+				ev.ClosedByExit = flags&flagExiting != 0
 			}
+		} else {
+			ev.Cause = events.AbortCauseOf(b[offSkErr])
 		}
 		if auxValid && aux > 0 && aux <= ts {
 			ev.FinBootNS = aux

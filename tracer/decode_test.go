@@ -10,6 +10,8 @@ import (
 	"testing"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/schemacheck"
@@ -24,6 +26,7 @@ func TestDecodeOffsetsMatchGeneratedLayout(t *testing.T) {
 		"Netns": offNetns, "Pid": offPID, "Saddr": offSaddr, "Daddr": offDaddr,
 		"Comm": offComm, "Family": offFamily, "Sport": offSport, "Dport": offDport,
 		"Kind": offKind, "Oldstate": offOldState, "Newstate": offNewState, "Flags": offFlags,
+		"Dir": offDir, "SkErr": offSkErr, "Ino": offIno, "CgroupId": offCgroupID,
 	} {
 		f, ok := reflect.TypeOf(ev).FieldByName(name)
 		if !ok {
@@ -111,8 +114,57 @@ func TestDecode(t *testing.T) {
 	if err := d.decode(record(t, abort), &ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev.Kind != events.KindAbort || ev.HasCloser || !ev.AgeKnown {
-		t.Errorf("abort decoded as %v has_closer=%v age_known=%v", ev.Kind, ev.HasCloser, ev.AgeKnown)
+	if ev.Kind != events.KindAbort || ev.HasCloser || !ev.AgeKnown || ev.Cause != events.CauseOther {
+		t.Errorf("abort decoded as %v has_closer=%v age_known=%v cause=%v", ev.Kind, ev.HasCloser, ev.AgeKnown, ev.Cause)
+	}
+}
+
+// An abort's cause comes from sk_err at the transition; the exit flag of an
+// application close says the closing task was exiting.
+func TestDecodeCauseAndExit(t *testing.T) {
+	d := newDecoder(bootclock.New())
+	leave := tcptraceEvent{TsNs: 9e9, AuxNs: 5e9, Family: afInet, Kind: evCWLeave, Oldstate: 8, Newstate: 7, Flags: flagAuxValid}
+	for errno, want := range map[uint8]events.AbortCause{
+		0: events.CauseOther, uint8(unix.EPIPE): events.CauseReset, uint8(unix.ECONNRESET): events.CauseReset,
+		uint8(unix.ETIMEDOUT): events.CauseTimeout, uint8(unix.EHOSTUNREACH): events.CauseTimeout,
+		uint8(unix.ENETUNREACH): events.CauseTimeout, uint8(unix.ECONNREFUSED): events.CauseTimeout,
+		uint8(unix.ECONNABORTED): events.CauseDestroyed, uint8(unix.ENOMEM): events.CauseOther, 255: events.CauseOther,
+	} {
+		r := leave
+		r.SkErr = errno
+		var ev events.Event
+		if err := d.decode(record(t, r), &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Kind != events.KindAbort || ev.Cause != want {
+			t.Errorf("abort with sk_err %d: %v cause %v, want abort cause %v", errno, ev.Kind, ev.Cause, want)
+		}
+	}
+
+	exit := leave
+	exit.Newstate, exit.Flags, exit.SkErr = 9, flagAuxValid|flagApp|flagExiting, uint8(unix.EPIPE)
+	var ev events.Event
+	if err := d.decode(record(t, exit), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != events.KindAppClose || !ev.HasCloser || !ev.ClosedByExit || ev.Cause != events.CauseOther {
+		t.Errorf("close by an exiting task: %v has_closer=%v closed_by_exit=%v cause=%v, want app_close by exit, no cause",
+			ev.Kind, ev.HasCloser, ev.ClosedByExit, ev.Cause)
+	}
+	exit.Flags &^= flagExiting
+	if err := d.decode(record(t, exit), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.ClosedByExit {
+		t.Error("close without the exit flag decoded as closed_by_exit")
+	}
+	// Without the closer (exit missed) there is nothing to say of it.
+	exit.Oldstate, exit.Newstate, exit.Flags = 9, 7, flagAuxValid|flagApp|flagExiting|flagIndirect
+	if err := d.decode(record(t, exit), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.HasCloser || ev.ClosedByExit {
+		t.Errorf("indirect close: has_closer=%v closed_by_exit=%v, want neither", ev.HasCloser, ev.ClosedByExit)
 	}
 }
 

@@ -83,7 +83,8 @@ type tcptraceEvent struct {
 	Newstate uint8
 	Flags    uint8
 	Dir      uint8
-	Pad      [5]uint8
+	SkErr    uint8
+	Pad      [4]uint8
 	Ino      uint64
 	CgroupId uint64
 }

@@ -70,6 +70,13 @@ type Info struct {
 	AgeKnown  bool
 	// Stuck is true once the socket was reported stuck.
 	Stuck bool
+	// DiagKnown: a stuck report read the socket's receive state from the
+	// kernel (sock_diag); ReadEOF and UnreadData say what the last such
+	// read found. ReadEOF: the application had read the peer's FIN (end of
+	// file) and not closed, a close-path bug. UnreadData: data from the
+	// peer was waiting unread. Neither: the application had read all the
+	// data but not the FIN, that is, not read since the peer closed.
+	DiagKnown, ReadEOF, UnreadData bool
 	// Owners as last found; shared, never modified: do not change it.
 	Owners []events.Owner
 }
@@ -118,6 +125,10 @@ const (
 	kernelTracked
 	inbound // the direction, in two bits to keep the entry small
 	outbound
+	// What the last stuck report read of the socket (see Info).
+	diagKnown
+	readEOF
+	unreadData
 )
 
 func (e *entry) dir() events.Direction {
@@ -373,6 +384,16 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 			if ev.ContainerID != "" || ev.PodUID != "" {
 				e.container = t.container(ev.ContainerID, ev.PodUID)
 			}
+			// A failed read keeps what an earlier one found.
+			if ev.DiagKnown {
+				e.flags = e.flags&^(readEOF|unreadData) | diagKnown
+				if ev.ReadEOF {
+					e.flags |= readEOF
+				}
+				if ev.UnreadBytes > 0 {
+					e.flags |= unreadData
+				}
+			}
 		}
 		if e.flags&reportedStuck == 0 {
 			e.flags |= reportedStuck
@@ -507,6 +528,7 @@ func (t *Tracker) All() iter.Seq[Info] {
 				Sock: e.sock, Family: e.family, LocalAddr: e.addr(e.localAddr), RemoteAddr: e.addr(e.remoteAddr),
 				LocalPort: e.localPort, RemotePort: e.remotePort, NetNS: e.netns, CgroupID: e.cgroupID, Dir: e.dir(),
 				FinBootNS: e.finBootNS, AgeKnown: e.flags&ageKnown != 0, Stuck: e.flags&reportedStuck != 0,
+				DiagKnown: e.flags&diagKnown != 0, ReadEOF: e.flags&readEOF != 0, UnreadData: e.flags&unreadData != 0,
 				Owners: e.owners,
 			}
 			if !yield(info) {

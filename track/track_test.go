@@ -324,6 +324,52 @@ func TestEntrySize(t *testing.T) {
 	}
 }
 
+// The free flag bits hold what a stuck report read of the socket; the
+// entry stays within 128 bytes.
+func TestDiagnosisKept(t *testing.T) {
+	if ageKnown|reportedStuck|kernelTracked|inbound|outbound|diagKnown|readEOF|unreadData != 0xff {
+		t.Fatal("entry flags overlap or overflow")
+	}
+	tk := newTracker(t, 100*time.Millisecond, 100*time.Millisecond, 10)
+	var out sink
+	tk.Observe(closeWait(1, 0), nil)
+	info := func() Info {
+		for i := range tk.All() {
+			return i
+		}
+		t.Fatal("nothing tracked")
+		return Info{}
+	}
+	tk.Expire(100*ms, nil, func(*events.Event) time.Duration { return 0 }, out.emit)
+	if i := info(); i.DiagKnown || i.ReadEOF || i.UnreadData {
+		t.Errorf("no diagnosis made, Info says %+v", i)
+	}
+	diag := func(eof bool, unread uint64) Refresher {
+		return func(ev *events.Event) time.Duration {
+			ev.DiagKnown, ev.ReadEOF, ev.UnreadBytes = true, eof, unread
+			return 0
+		}
+	}
+	tk.Expire(200*ms, nil, diag(false, 100), out.emit)
+	if i := info(); !i.DiagKnown || i.ReadEOF || !i.UnreadData || !i.Stuck {
+		t.Errorf("unread data: Info %+v", i)
+	}
+	if last := out[len(out)-1]; !last.DiagKnown || last.UnreadBytes != 100 {
+		t.Errorf("stuck report %+v, want the diagnosis", last)
+	}
+	tk.Expire(300*ms, nil, diag(true, 0), out.emit)
+	if i := info(); !i.DiagKnown || !i.ReadEOF || i.UnreadData {
+		t.Errorf("read to end of file: Info %+v", i)
+	}
+	tk.Expire(400*ms, nil, func(*events.Event) time.Duration { return 0 }, out.emit) // the read failed
+	if i := info(); !i.DiagKnown || !i.ReadEOF {
+		t.Errorf("a failed read lost the last diagnosis: Info %+v", i)
+	}
+	if last := out[len(out)-1]; last.DiagKnown {
+		t.Errorf("a report without a diagnosis says DiagKnown: %+v", last)
+	}
+}
+
 // A first report whose owner cannot be looked up yet is held back, up to
 // MaxOwnerWait past its due time, then goes out as it is; repeats are
 // never held back.

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/internal/schemacheck"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/tracer"
+)
+
+// diagEvent is an output line with the fields that say why a socket stays
+// in CLOSE-WAIT or how it left.
+type diagEvent struct {
+	jsonEvent
+	UnreadBytes  *uint64 `json:"unread_bytes"`
+	ReadEOF      *bool   `json:"read_eof"`
+	SinceSendNS  *int64  `json:"since_send_ns"`
+	SinceRecvNS  *int64  `json:"since_recv_ns"`
+	ClosedByExit *bool   `json:"closed_by_exit"`
+	Cause        string  `json:"cause"`
+}
+
+func (e diagEvent) String() string {
+	b, _ := json.Marshal(e)
+	return string(b)
+}
+
+// diagTracer is tcptrace run as startTracer runs it, its lines parsed
+// into diagEvents.
+type diagTracer struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	events chan diagEvent
+	stderr *syncBuffer
+	done   chan struct{}
+	seen   []diagEvent
+}
+
+func startDiagTracer(t *testing.T, args ...string) *diagTracer {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	p := &diagTracer{t: t, cmd: tcptraceCmd(nil, append(args, "--output", "json")...),
+		events: make(chan diagEvent, 10000), stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stderr = p.stderr
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start tcptrace: %v", err)
+	}
+	var readErr error
+	go func() {
+		defer close(p.done)
+		defer close(p.events)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			if err := schemacheck.Line(t, line); err != nil {
+				readErr = fmt.Errorf("line fails events/schema.json: %v\n%s", err, line)
+				return
+			}
+			var ev diagEvent
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				readErr = fmt.Errorf("line is not JSON: %v\n%s", err, line)
+				return
+			}
+			p.events <- ev
+		}
+	}()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+			t.Errorf("tcptrace did not exit within 10s of SIGINT; stderr:\n%s", p.stderr.String())
+		}
+		if err := p.cmd.Wait(); err != nil {
+			t.Errorf("tcptrace exited with %v after SIGINT; stderr:\n%s", err, p.stderr.String())
+		}
+		if readErr != nil {
+			t.Error(readErr)
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.stderr.String(), "msg=attached") {
+		select {
+		case <-p.done:
+			t.Fatalf("tcptrace exited before attaching; stderr:\n%s", p.stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tcptrace did not attach; stderr:\n%s", p.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
+}
+
+// next returns the next event matching match, failing after timeout.
+func (p *diagTracer) next(timeout time.Duration, what string, match func(diagEvent) bool) diagEvent {
+	p.t.Helper()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		select {
+		case ev, ok := <-p.events:
+			if !ok {
+				p.t.Fatalf("tcptrace output ended while waiting for %s; stderr:\n%s", what, p.stderr.String())
+			}
+			p.seen = append(p.seen, ev)
+			if match(ev) {
+				return ev
+			}
+		case <-timer.C:
+			var last strings.Builder
+			for _, ev := range p.seen[max(0, len(p.seen)-10):] {
+				fmt.Fprintf(&last, "\n  %s", ev)
+			}
+			p.t.Fatalf("no %s within %v; the last events:%s\nstderr:\n%s", what, timeout, last.String(), p.stderr.String())
+		}
+	}
+}
+
+// of matches an event of c's server socket.
+func of(kind string, c conn) func(diagEvent) bool {
+	return func(ev diagEvent) bool { return ev.Event == kind && c.isServer(ev.jsonEvent) }
+}
+
+// Why a stuck socket stays, read from the socket: (a) a server that read
+// end of file and never closed: read_eof, nothing unread; (b) one that
+// never read what the peer sent before closing: 100 bytes unread. The
+// times since data was last sent and received are at least the known
+// quiet periods. Also without socket cookies (the tracepoint hook), where
+// the socket is found by its addresses.
+func TestStuckDiagnosis(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		const threshold = 300 * time.Millisecond
+		p := startDiagTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
+			"--threshold", threshold.String(), "--flush-interval", "20ms")
+		eof, unread := dial(t, ln), dial(t, ln)
+		const quiet = 200 * time.Millisecond
+		time.Sleep(quiet)
+
+		// The clients shut down their side and keep their sockets: an
+		// orphan could be reset under the kernel's orphan limit.
+		if _, err := unread.client.Write(make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []conn{eof, unread} {
+			if err := c.client.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n, err := eof.server.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("server read %d, %v; want EOF", n, err)
+		}
+		if _, err := eof.server.Write([]byte("bye")); err != nil { // the client still reads
+			t.Fatal(err)
+		}
+
+		a := p.next(5*time.Second, "stuck of the server that read EOF", of("stuck", eof))
+		b := p.next(5*time.Second, "stuck of the server that never read", of("stuck", unread))
+		for _, c := range []struct {
+			name   string
+			ev     diagEvent
+			eof    bool
+			unread uint64
+		}{{"read EOF", a, true, 0}, {"never read", b, false, 100}} {
+			ev := c.ev
+			if ev.ReadEOF == nil || ev.UnreadBytes == nil || ev.SinceSendNS == nil || ev.SinceRecvNS == nil {
+				t.Errorf("%s: stuck without a diagnosis: %v", c.name, ev)
+				continue
+			}
+			if *ev.ReadEOF != c.eof || *ev.UnreadBytes != c.unread {
+				t.Errorf("%s: read_eof %v unread_bytes %d, want %v and %d", c.name, *ev.ReadEOF, *ev.UnreadBytes, c.eof, c.unread)
+			}
+			t.Logf("%s: age %v since_send %v since_recv %v", c.name, time.Duration(*ev.AgeNS),
+				time.Duration(*ev.SinceSendNS), time.Duration(*ev.SinceRecvNS))
+		}
+		// Times have the kernel's tick resolution.
+		const tick = 20 * time.Millisecond
+		within := func(what string, ns int64, lo, hi time.Duration) {
+			if d := time.Duration(ns); d < lo-tick || d > hi+tick {
+				t.Errorf("%s = %v, want within [%v, %v]", what, d, lo, hi)
+			}
+		}
+		if a.SinceSendNS != nil && b.SinceSendNS != nil {
+			// (a) sent "bye" right after the FIN; it never received data:
+			// since the connection was established.
+			within("(a) since_send", *a.SinceSendNS, threshold, time.Duration(*a.AgeNS))
+			within("(a) since_recv", *a.SinceRecvNS, quiet+threshold, quiet+time.Duration(*a.AgeNS)+time.Second)
+			// (b) received the data just before the FIN; it never sent.
+			within("(b) since_recv", *b.SinceRecvNS, threshold, time.Duration(*b.AgeNS))
+			within("(b) since_send", *b.SinceSendNS, quiet+threshold, quiet+time.Duration(*b.AgeNS)+time.Second)
+		}
+	})
+}
+
+// How sockets leave CLOSE-WAIT: (c) a server that writes after its peer
+// closed fully gets a reset: abort, cause reset; (d) a process that exits
+// holding its socket: app_close closed_by_exit; a close() call:
+// closed_by_exit false; a socket destroyed (tcptrace kill's way): abort,
+// cause destroyed.
+func TestLeaveCauses(t *testing.T) {
+	attachModes(t, func(t *testing.T, attach string) {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		child := exec.Command(os.Args[0])
+		child.Env = append(os.Environ(), helperEnv+"=exit-holding")
+		out, err := child.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := child.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer child.Wait()
+		defer child.Process.Kill()
+		lines := bufio.NewScanner(out)
+		if !lines.Scan() {
+			t.Fatal("helper printed no port")
+		}
+		exitPort := strings.TrimSpace(lines.Text())
+		p := startDiagTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--port", exitPort, "--threshold", "10s")
+
+		// (c) The client closes fully; the server writes; the client's
+		// orphan answers with a reset.
+		reset := dial(t, ln)
+		reset.client.Close()
+		p.next(eventTimeout, "close_wait of the server written to", of("close_wait", reset))
+		if _, err := reset.server.Write([]byte("too late")); err != nil {
+			t.Fatal(err)
+		}
+		ab := p.next(eventTimeout, "abort of the server written to", func(ev diagEvent) bool {
+			return (ev.Event == "abort" || ev.Event == "app_close") && reset.isServer(ev.jsonEvent)
+		})
+		if ab.Event != "abort" || ab.Cause != "reset" || ab.NewState != "CLOSE" {
+			t.Errorf("write after the peer closed: %v, want abort to CLOSE, cause reset", ab)
+		}
+		buf := make([]byte, 1)
+		if _, err := reset.server.Read(buf); !errors.Is(err, syscall.EPIPE) && !errors.Is(err, io.EOF) {
+			t.Logf("the server's next read: %v", err)
+		}
+
+		// (d) The helper exits holding its socket.
+		cl, err := net.Dial("tcp4", "127.0.0.1:"+exitPort)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		ex := p.next(eventTimeout, "app_close of the exiting helper", func(ev diagEvent) bool {
+			return ev.Event == "app_close" && fmt.Sprint(ev.LocalPort) == exitPort
+		})
+		if ex.ClosedByExit == nil || !*ex.ClosedByExit || ex.Closer == nil || ex.Closer.PID != child.Process.Pid {
+			t.Errorf("exit with the socket open: %v, want closed_by_exit true, closer pid %d", ex, child.Process.Pid)
+		}
+
+		// A close() call.
+		closed := dial(t, ln)
+		if err := closed.client.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		p.next(eventTimeout, "close_wait of the server that closes", of("close_wait", closed))
+		closed.server.Close()
+		ac := p.next(eventTimeout, "app_close of the server that closes", of("app_close", closed))
+		if ac.ClosedByExit == nil || *ac.ClosedByExit || ac.Closer == nil || ac.Closer.PID != os.Getpid() {
+			t.Errorf("close(): %v, want closed_by_exit false, closer pid %d", ac, os.Getpid())
+		}
+
+		// Destroyed, as tcptrace kill does.
+		d, err := tracer.NewDestroyer()
+		if err != nil {
+			t.Logf("no destroyer: %v", err)
+			return
+		}
+		defer d.Close()
+		killed := dial(t, ln)
+		if err := killed.client.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		p.next(eventTimeout, "close_wait of the server destroyed", of("close_wait", killed))
+		target := tracer.CloseWaitSocket{Family: events.FamilyIPv4,
+			Local:  netip.MustParseAddrPort(killed.server.LocalAddr().String()),
+			Remote: netip.MustParseAddrPort(killed.server.RemoteAddr().String())}
+		rc, err := killed.server.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Control(func(fd uintptr) { target.Cookie, err = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+		if err != nil {
+			t.Fatalf("SO_COOKIE: %v", err)
+		}
+		if res, err := d.Destroy([]tracer.CloseWaitSocket{target}); err != nil || res[target.Cookie] != tracer.Destroyed {
+			t.Fatalf("destroy (%s): %v, %v", d.Method(), res, err)
+		}
+		ab = p.next(eventTimeout, "abort of the server destroyed", of("abort", killed))
+		if ab.Cause != "destroyed" {
+			t.Errorf("destroyed (%s): %v, want cause destroyed", d.Method(), ab)
+		}
+	})
+}
