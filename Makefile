@@ -15,9 +15,14 @@ all: build
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/tcptrace ./cmd/tcptrace
 
-# Rebuild the bpf2go bindings and objects from bpf/*.c.
+# Rebuild the bpf2go bindings and objects from bpf/*.c. Through a fixed
+# path: clang's BTF for some objects (destroy.bpf.c) depends on the
+# directory they are compiled in, and a checkout can be anywhere. LLVM and
+# Go take the working directory from $$PWD when it names the same place.
+GENERATE_DIR ?= /tmp/tcptrace-generate
 generate:
-	$(GO) generate ./tracer
+	ln -sfn $(CURDIR) $(GENERATE_DIR)
+	cd $(GENERATE_DIR)/tracer && PWD=$(GENERATE_DIR)/tracer $(GO) generate .
 
 # Unit tests run anywhere; real-kernel tests skip without root unless
 # TCPTRACE_REQUIRE_PRIVILEGED=1, which turns the skip into a failure.
