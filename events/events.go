@@ -37,6 +37,9 @@ const (
 	// KindNotDestroyed: tcptrace kill left a selected socket alone; Reason
 	// says why (a dry run, or it left CLOSE-WAIT meanwhile).
 	KindNotDestroyed
+	// KindSummary: one row of the leak report (closewait
+	// --summary-interval), for log pipelines.
+	KindSummary
 )
 
 var kindNames = [...]string{
@@ -48,6 +51,7 @@ var kindNames = [...]string{
 	KindLost:         "lost",
 	KindDestroyed:    "destroyed",
 	KindNotDestroyed: "not_destroyed",
+	KindSummary:      "summary",
 }
 
 func (k Kind) String() string {
@@ -335,6 +339,11 @@ type Event struct {
 	// stuck): how, and why not.
 	Method string
 	Reason string
+
+	// summary: the row as a JSON object (its fields are written after
+	// time and event), and a one-line text of it for a table.
+	Row     []byte
+	RowText string
 
 	// Correlation state, never written out. BootNS is Time as the kernel's
 	// CLOCK_BOOTTIME; FinBootNS when the FIN arrived (0: unknown). Key is

@@ -79,6 +79,15 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	dst = append(dst, e.Kind.String()...)
 	dst = append(dst, '"')
 
+	if e.Kind == KindSummary {
+		if len(e.Row) < 2 || e.Row[0] != '{' {
+			return append(dst, '}')
+		}
+		if len(e.Row) > 2 {
+			dst = append(dst, ',')
+		}
+		return append(dst, e.Row[1:]...)
+	}
 	if e.Kind == KindLost {
 		dst = append(dst, `,"counts":{`...)
 		first := true

@@ -159,7 +159,7 @@ const (
 )
 
 func (w *Writer) fit(e *events.Event) (grew bool) {
-	if e.Kind == events.KindLost {
+	if e.Kind == events.KindLost || e.Kind == events.KindSummary {
 		return false
 	}
 	if n := endpointLen(e.LocalAddr, e.LocalPort); n > w.colLocal {
@@ -188,6 +188,9 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 	start = len(b)
 	b = append(b, e.Kind.String()...)
 	b = pad(b, start, colEvent)
+	if e.Kind == events.KindSummary {
+		return append(b, e.RowText...)
+	}
 	if e.Kind == events.KindLost {
 		for cause, n := range e.Lost {
 			if n > 0 {

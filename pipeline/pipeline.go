@@ -119,6 +119,10 @@ type Config struct {
 	EverySocket bool
 	// StatusInterval is how often StatusSinks get a Status; 0: never.
 	StatusInterval time.Duration
+	// SummaryInterval is how often Summary's events go to the sinks
+	// (closewait mode); 0: never.
+	SummaryInterval time.Duration
+	Summary         func() ([]events.Event, error)
 	Logger         *slog.Logger
 }
 
@@ -263,6 +267,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer tick.Stop()
 	now := time.Now()
 	lastLost := now
+	lastSummary := now
 	p.lastStatus = now
 	done := ctx.Done()
 	evs := p.src.Events()
@@ -320,6 +325,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			if p.cfg.StatusInterval > 0 && due(p.lastStatus, p.cfg.StatusInterval) {
 				p.status(now)
 			}
+			if p.cfg.SummaryInterval > 0 && p.cfg.Summary != nil && due(lastSummary, p.cfg.SummaryInterval) {
+				p.summary()
+				lastSummary = now
+			}
 			p.flush()
 		}
 	}
@@ -332,6 +341,9 @@ func (p *Pipeline) tickInterval() time.Duration {
 	t := min(max(p.scanEvery, minTick), maxTick)
 	if p.cfg.StatusInterval > 0 {
 		t = min(t, max(p.cfg.StatusInterval, minTick))
+	}
+	if p.cfg.SummaryInterval > 0 {
+		t = min(t, max(p.cfg.SummaryInterval, minTick))
 	}
 	if p.track == nil {
 		t = minTick
@@ -543,6 +555,17 @@ func (p *Pipeline) flush() {
 			p.sinkErr = fmt.Errorf("write output: %w", err)
 			return
 		}
+	}
+}
+
+// summary emits the summary events (the leak report's rows).
+func (p *Pipeline) summary() {
+	evs, err := p.cfg.Summary()
+	if err != nil {
+		p.log.Warn("summary", "error", err)
+	}
+	for i := range evs {
+		p.emit(&evs[i])
 	}
 }
 

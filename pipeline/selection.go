@@ -25,7 +25,7 @@ func Kinds(kinds ...events.Kind) KindSet {
 }
 
 // closewaitKinds are the kinds closewait mode can write, in order.
-var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindLost}
+var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindLost, events.KindSummary}
 
 // AllKinds is every kind closewait mode writes.
 var AllKinds = Kinds(closewaitKinds...)
@@ -72,7 +72,7 @@ func (s *Selection) Pass(ev *events.Event) bool {
 		return false
 	}
 	switch ev.Kind {
-	case events.KindLost:
+	case events.KindLost, events.KindSummary:
 		return true
 	case events.KindCloseWait:
 		if !s.EverySocket {

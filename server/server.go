@@ -28,6 +28,8 @@ const (
 	// PathCloseWait lists the sockets in CLOSE-WAIT with their FIN time,
 	// as close_wait events, one JSON object per line (tcptrace kill --from).
 	PathCloseWait = "/api/v1/closewait"
+	// PathReport serves the leak report as JSON (tcptrace top --from).
+	PathReport = "/api/v1/report"
 )
 
 // Server serves the endpoints.

@@ -69,6 +69,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				},
 			},
 			{
+				Name:  "top",
+				Usage: "live leak report: which workload leaks on which port, how fast, since when, why, and when its descriptors run out",
+				Description: "Traces here (quiet, as closewait), or shows a running tcptrace's report with --from.\n" +
+					"Keys: q quit, up/down select a row (its latency histogram and CLOSE-WAIT history below), s/S sort.",
+				Flags:        topFlags(),
+				OnUsageError: onUsageError,
+				Action:       runTop,
+			},
+			{
 				Name:  "kill",
 				Usage: "destroy sockets stuck in CLOSE-WAIT (as ss -K does), explicitly and safely",
 				Description: "A stop-gap for a leak until its fix ships: the holder gets an error on the socket instead of\n" +
@@ -121,6 +130,7 @@ var envOf = map[string]string{
 	"flush-interval":     "TCPTRACE_FLUSH_INTERVAL",
 	"log-level":          "TCPTRACE_LOG_LEVEL",
 	"listen":             "TCPTRACE_LISTEN",
+	"summary-interval":   "TCPTRACE_SUMMARY_INTERVAL",
 	"metrics-max-series": "TCPTRACE_METRICS_MAX_SERIES",
 	"deleted-grace":      "TCPTRACE_DELETED_GRACE",
 	"kubernetes":         "TCPTRACE_KUBERNETES",
@@ -163,6 +173,7 @@ func closewaitFlags() []cli.Flag {
 		list(catFilter, "pid", "only sockets held or closed by this process id (repeatable; in user space, on the owners found)"),
 		list(catFilter, "comm", "only sockets held or closed by a process of this name (repeatable; in user space)"),
 		str(catOutput, "status-interval", "5s", "on a table, write a status row (sockets in CLOSE-WAIT, closes/s, p99) this often; 0 is off"),
+		str(catOutput, "summary-interval", "0s", "write the leak report's rows as summary events this often, for log pipelines; 0 is off"),
 		str(catKernel, "max-aggregates", strconv.Itoa(tracer.DefaultMaxAggregates),
 			"bound on the kernel's aggregate keys (cgroup, service port, direction); the excess is counted under one key"),
 		&cli.BoolFlag{Name: "pin-table", Category: catKernel,
@@ -289,9 +300,10 @@ type options struct {
 	level  slog.Level
 
 	// closewait
-	selection      pipeline.Selection
-	statusInterval time.Duration
-	serve          serveOptions
+	selection       pipeline.Selection
+	statusInterval  time.Duration
+	summaryInterval time.Duration
+	serve           serveOptions
 }
 
 const maxTrackedLimit = 1 << 24
@@ -442,6 +454,13 @@ func closewaitOptions(f flags, o *options) error {
 	}
 	if o.statusInterval > 0 && o.statusInterval < time.Second {
 		v, from := f.get("status-interval")
+		return f.errorf(from, v, "want 0 (off) or at least 1s")
+	}
+	if o.summaryInterval, err = f.duration("summary-interval", 0, 24*time.Hour); err != nil {
+		return err
+	}
+	if o.summaryInterval > 0 && o.summaryInterval < time.Second {
+		v, from := f.get("summary-interval")
 		return f.errorf(from, v, "want 0 (off) or at least 1s")
 	}
 	aggs, err := f.uint("max-aggregates", 2, 1<<20)

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,6 +185,8 @@ func runHelper(role string) {
 		holdForever()
 	case "kill-fixture":
 		killFixture(fail)
+	case "leak-many":
+		leakMany(fail)
 	case "netns-leak":
 		// Runs in a new network namespace: bring up lo, then leak the
 		// server side of a connection made inside it.
@@ -376,6 +379,8 @@ type jsonEvent struct {
 	PodUID        string            `json:"pod_uid"`
 	K8s           json.RawMessage   `json:"k8s"`
 	Method        string            `json:"method"`
+	Port          int               `json:"port"`
+	InCloseWait   *uint64           `json:"in_close_wait"`
 	Reason        string            `json:"reason"`
 	Direction     string            `json:"direction"`
 	OwnersOmitted int               `json:"owners_omitted"`
@@ -764,4 +769,55 @@ func killFixture(fail func(error)) {
 		}
 	}
 	holdForever()
+}
+
+// leakMany accepts every connection and never closes one (a server with
+// a leak in its close path). With TCPTRACE_TEST_NOFILE set it first sets
+// its RLIMIT_NOFILE soft limit; with TCPTRACE_TEST_CLOSE_AFTER (a
+// duration) it closes each connection that long after reading its EOF
+// instead. It prints its port.
+func leakMany(fail func(error)) {
+	if v := os.Getenv("TCPTRACE_TEST_NOFILE"); v != "" {
+		var lim syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			fail(err)
+		}
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			fail(err)
+		}
+		lim.Cur = n
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			fail(err)
+		}
+	}
+	var closeAfter time.Duration
+	if v := os.Getenv("TCPTRACE_TEST_CLOSE_AFTER"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			fail(err)
+		}
+		closeAfter = d
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	var held []net.Conn
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		if closeAfter > 0 {
+			go func() {
+				io.Copy(io.Discard, c) // to the peer's FIN
+				time.Sleep(closeAfter)
+				c.Close()
+			}()
+			continue
+		}
+		held = append(held, c)
+	}
 }

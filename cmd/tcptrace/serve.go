@@ -21,6 +21,7 @@ import (
 	"github.com/tcptrace/tcptrace/kube"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/pipeline"
+	"github.com/tcptrace/tcptrace/report"
 	"github.com/tcptrace/tcptrace/server"
 	"github.com/tcptrace/tcptrace/tracer"
 )
@@ -103,13 +104,14 @@ type cluster struct {
 	pods  *kube.Pods
 	names *attribute.Workloads
 	done  chan error
+	log   *slog.Logger
 }
 
 // startCluster listens (before the tracer attaches, so /readyz says 503
 // until it has) and starts the pod informer. It never waits for the API
 // server: tracing goes on without it, and readiness says so.
 func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*cluster, error) {
-	c := &cluster{reg: prometheus.NewRegistry()}
+	c := &cluster{reg: prometheus.NewRegistry(), log: log}
 	rc, err := o.kubeConfig()
 	if err != nil {
 		return nil, err
@@ -166,7 +168,7 @@ func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*clust
 
 // attached registers the tracer's metrics and readiness: the ring buffer
 // was read, and the loop handled it, within the last few flush intervals.
-func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, o options, version string) *metrics.Collector {
+func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, b *report.Builder, o options, version string) *metrics.Collector {
 	col := metrics.New(metrics.Config{
 		MaxSeries: o.serve.maxSeries, Grace: o.serve.deletedGrace,
 		Version: version, Hook: tr.AttachPoint(), Lost: p.Lost,
@@ -174,6 +176,8 @@ func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, o options, v
 	col.SetSockets(p.Tracker())
 	c.reg.MustRegister(col)
 	if c.srv != nil {
+		// The leak report, for tcptrace top --from.
+		c.srv.Handle("GET "+server.PathReport, reportHandler(b))
 		c.srv.Handle("GET "+server.PathCloseWait, closeWaitHandler(tr))
 		stale := max(10*o.tracer.FlushInterval, 2*time.Second)
 		started := time.Now()

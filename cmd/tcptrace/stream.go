@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"time"
@@ -15,6 +17,7 @@ import (
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
+	"github.com/tcptrace/tcptrace/report"
 	"github.com/tcptrace/tcptrace/tracer"
 )
 
@@ -64,10 +67,27 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	if cl != nil {
 		sinks = append(sinks, sinkFunc(func(ev *events.Event) error { return col.Write(ev) }))
 	}
+	// The leak report, sampled every second, for the summary events and
+	// GET /api/v1/report.
+	var b *report.Builder
+	if mode == tracer.ModeCloseWait && o.summaryInterval > 0 {
+		cfg.SummaryInterval = o.summaryInterval
+		cfg.Summary = func() ([]events.Event, error) { return summaryEvents(b) }
+	}
 	p := pipeline.New(cfg, tr, attr, sinks...)
+	stopSampling := func() {}
+	if mode == tracer.ModeCloseWait && (o.summaryInterval > 0 || o.serve.listen != "") {
+		names := attribute.NewWorkloads(nil)
+		if cl != nil {
+			names = cl.names
+		}
+		b = report.NewBuilder(report.Config{Threshold: o.track.Threshold, Warn: warnOnce(logger)}, tr, p.Tracker(), names,
+			report.KernelPeers(o.tracer.NetNS))
+		stopSampling = sampleEvery(c.Context, b, time.Second, logger)
+	}
 	stopPrune := func() {}
 	if cl != nil {
-		col = cl.attached(tr, p, o, versionString())
+		col = cl.attached(tr, p, b, o, versionString())
 		stopPrune = prunePeriodically(c.Context, col, logger)
 	}
 	if mode == tracer.ModeCloseWait {
@@ -98,6 +118,7 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		}
 	}
 	stopPrune()
+	stopSampling()
 	var closeErr error
 	if cl != nil {
 		// Before the tracer's maps go: a scrape in progress may read them.
@@ -141,4 +162,30 @@ func prunePeriodically(ctx context.Context, col *metrics.Collector, log *slog.Lo
 		}
 	}()
 	return func() { cancel(); <-done }
+}
+
+// summaryEvents makes a summary event of each row of the leak report.
+func summaryEvents(b *report.Builder) ([]events.Event, error) {
+	r, err := b.Report()
+	if err != nil {
+		return nil, err
+	}
+	evs := make([]events.Event, 0, len(r.Rows))
+	for i := range r.Rows {
+		row := &r.Rows[i]
+		data, err := json.Marshal(row)
+		if err != nil {
+			return nil, err
+		}
+		w := row.Workload.Cgroup
+		if row.Workload.Pod != "" {
+			w = row.Workload.Namespace + "/" + row.Workload.Pod
+		}
+		evs = append(evs, events.Event{
+			Kind: events.KindSummary, Time: r.Time, Row: data,
+			RowText: fmt.Sprintf("%s port %d %s: in CLOSE-WAIT %d, stuck %d, %+.0f/min", w, row.Port, row.Direction,
+				row.InCloseWait, row.Stuck, row.GrowthPerMinute),
+		})
+	}
+	return evs, nil
 }
