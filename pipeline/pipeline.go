@@ -123,7 +123,7 @@ type Config struct {
 	// (closewait mode); 0: never.
 	SummaryInterval time.Duration
 	Summary         func() ([]events.Event, error)
-	Logger         *slog.Logger
+	Logger          *slog.Logger
 }
 
 // Intervals of the loop's housekeeping.
