@@ -244,6 +244,34 @@ extract_vmlinux() {
 	echo "${cmd%% *}"
 }
 
+# The sock_diag modules (tcptrace kill, peers, the stuck diagnosis): built
+# as modules by Debian, so the initramfs carries them, uncompressed, in
+# load order, under /modules/<release>/; vminit loads them.
+DIAG_MODULES=('net/core/sock_diag.ko*' 'net/ipv4/inet_diag.ko*' 'net/ipv4/tcp_diag.ko*')
+MODDIRS=()
+
+# save_modules ROOT OUT: the diag modules found under ROOT into
+# OUT/<release>/, decompressed, with their load order in OUT/<release>/order.
+save_modules() {
+	local root=$1 out=$2 pat f rel name
+	mkdir -p "$out"
+	for pat in "${DIAG_MODULES[@]}"; do
+		f=$(find "$root" -path "*/kernel/$pat" -type f | head -n1)
+		[[ -n $f ]] || continue # built in
+		rel=$(sed -E 's|.*/modules/([^/]+)/kernel/.*|\1|' <<<"$f")
+		name=$(basename "$f")
+		mkdir -p "$out/$rel"
+		case $name in
+		*.ko.xz) xz -dc "$f" >"$out/$rel/${name%.xz}" && name=${name%.xz} ;;
+		*.ko.zst) zstd -qdc "$f" >"$out/$rel/${name%.zst}" && name=${name%.zst} ;;
+		*.ko.gz) gzip -dc "$f" >"$out/$rel/${name%.gz}" && name=${name%.gz} ;;
+		*) cp "$f" "$out/$rel/$name" ;;
+		esac
+		echo "$name" >>"$out/$rel/order"
+	done
+	touch "$out/done"
+}
+
 # fetch SERIES: sets VMLINUX to the cached ELF kernel for the newest package.
 # Cache: $CACHE/kernels/SERIES/PACKAGE_VERSION/{vmlinux,config,package}; a new
 # version replaces the older ones of its series.
@@ -253,7 +281,8 @@ fetch() {
 	resolve "$1"
 	dir=$CACHE/kernels/$1/${PKG}_${VER//:/%3a}
 	VMLINUX=$dir/vmlinux
-	if [[ -s $VMLINUX ]]; then
+	MODDIRS+=("$dir/modules")
+	if [[ -s $VMLINUX && -f $dir/modules/done ]]; then
 		log "$1: $PKG $VER (cached, $(since "$t0")s)"
 		return
 	fi
@@ -268,12 +297,13 @@ fetch() {
 	# vmlinuz is boot/vmlinuz-* up to 6.12, usr/lib/modules/*/vmlinuz in 7.x;
 	# tar fails when the config pattern matches nothing: judge by the result.
 	dpkg-deb --fsys-tarfile "$deb" |
-		tar -x -C "$dl/root" --wildcards '*vmlinuz*' '*boot/config-*' 2>/dev/null || true
+		tar -x -C "$dl/root" --wildcards '*vmlinuz*' '*boot/config-*' "${DIAG_MODULES[@]/#/*/kernel/}" 2>/dev/null || true
 	img=$(find "$dl/root" -type f -name 'vmlinuz*' | head -n1)
 	[[ -n $img ]] || die "no vmlinuz in $deb"
 	mkdir -p "$dir.tmp"
 	how=$(extract_vmlinux "$img" "$dir.tmp/vmlinux")
 	find "$dl/root" -type f -name 'config-*' -exec cp {} "$dir.tmp/config" \;
+	save_modules "$dl/root" "$dir.tmp/modules"
 	echo "$PKG $VER" >"$dir.tmp/package"
 	rm -rf "$dir" && mv "$dir.tmp" "$dir"
 	find "$CACHE/kernels/$1" -mindepth 1 -maxdepth 1 ! -path "$dir" -exec rm -rf {} +
@@ -321,6 +351,11 @@ build_initramfs() {
 			progs[i]=/vmtest/$base
 		done
 	fi
+	for d in "${MODDIRS[@]}"; do
+		[[ -d $d ]] || continue
+		mkdir -p "$root/modules"
+		find "$d" -mindepth 1 -maxdepth 1 -type d -exec cp -r {} "$root/modules/" \;
+	done
 	for bin in ${VMTEST_BINS:-}; do
 		p=$(command -v "$bin") || die "no such host program: $bin"
 		mkdir -p "$root/usr/bin"

@@ -165,6 +165,7 @@ func setup() error {
 	if err := loopback.Up(); err != nil {
 		return err
 	}
+	loadModules()
 	// The kernel passes init HOME=/ and TERM=linux, plus any unknown
 	// NAME=value parameter from before "--"; keep those, fix the rest.
 	for k, v := range map[string]string{
@@ -215,4 +216,30 @@ func poweroff() {
 
 func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "vmtest-init: "+strings.TrimSuffix(format, "\n")+"\n", args...)
+}
+
+// loadModules loads the kernel modules the initramfs carries for the
+// running kernel, /modules/<release>/, in the order its order file gives
+// (the sock_diag modules, which Debian does not build in). A module that
+// fails is logged: the tests that need it then say so themselves.
+func loadModules() {
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	dir := "/modules/" + unix.ByteSliceToString(uts.Release[:])
+	order, err := os.ReadFile(dir + "/order")
+	if err != nil {
+		return // none for this kernel
+	}
+	for _, name := range strings.Fields(string(order)) {
+		f, err := os.Open(dir + "/" + name)
+		if err != nil {
+			logf("module %s: %v", name, err)
+			continue
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			logf("load module %s: %v", name, err)
+		}
+	}
 }
