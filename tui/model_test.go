@@ -4,20 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
+	"github.com/charmbracelet/x/ansi"
 
 	"github.com/tcptrace/tcptrace/report"
 )
 
 // testModel is a model with plain styles, of w×h, showing r.
 func testModel(w, h int, r *report.Report) *model {
-	m := newModel(context.Background(), time.Second, nil, newStyles(lipgloss.NewRenderer(io.Discard)))
+	m := newModel(context.Background(), time.Second, nil, newStyles(false))
 	m.Update(tea.WindowSizeMsg{Width: w, Height: h})
 	if r != nil {
 		m.Update(fetchedMsg{rep: *r, at: r.Time})
@@ -25,25 +24,51 @@ func testModel(w, h int, r *report.Report) *model {
 	return m
 }
 
+// key is the key press named k, as the terminal's input decoder makes it.
+func key(k string) tea.KeyPressMsg {
+	switch k {
+	case "up":
+		return tea.KeyPressMsg{Code: tea.KeyUp}
+	case "down":
+		return tea.KeyPressMsg{Code: tea.KeyDown}
+	case "pgup":
+		return tea.KeyPressMsg{Code: tea.KeyPgUp}
+	case "pgdown":
+		return tea.KeyPressMsg{Code: tea.KeyPgDown}
+	case "end":
+		return tea.KeyPressMsg{Code: tea.KeyEnd}
+	case "home":
+		return tea.KeyPressMsg{Code: tea.KeyHome}
+	case "esc":
+		return tea.KeyPressMsg{Code: tea.KeyEscape}
+	case "space":
+		return tea.KeyPressMsg{Code: tea.KeySpace, Text: " "}
+	case "ctrl+c":
+		return tea.KeyPressMsg{Code: 'c', Mod: tea.ModCtrl}
+	}
+	r := []rune(k)
+	if len(r) != 1 {
+		panic("key " + k)
+	}
+	return tea.KeyPressMsg{Code: r[0], Text: k}
+}
+
 func press(m *model, keys ...string) {
 	for _, k := range keys {
-		var msg tea.KeyMsg
-		switch k {
-		case "up":
-			msg = tea.KeyMsg{Type: tea.KeyUp}
-		case "down":
-			msg = tea.KeyMsg{Type: tea.KeyDown}
-		case "end":
-			msg = tea.KeyMsg{Type: tea.KeyEnd}
-		case "home":
-			msg = tea.KeyMsg{Type: tea.KeyHome}
-		case "ctrl+c":
-			msg = tea.KeyMsg{Type: tea.KeyCtrlC}
-		default:
-			msg = tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(k)}
+		if got := key(k).String(); got != k {
+			panic(fmt.Sprintf("key %q reads %q", k, got))
 		}
-		m.Update(msg)
+		m.Update(key(k))
 	}
+}
+
+// view is the model's screen.
+func view(m *model) string {
+	v := m.View()
+	if !v.AltScreen || v.Cursor != nil {
+		panic(fmt.Sprintf("view: alternate screen %v, cursor %v", v.AltScreen, v.Cursor))
+	}
+	return v.Content
 }
 
 func names(rows []report.Row) []string {
@@ -165,8 +190,8 @@ func TestSortAndSelectionAcrossRefreshes(t *testing.T) {
 	if sel(m) != nginx || m.sel != 1 {
 		t.Errorf("selection after the rows moved: %d %q, want 1 nginx", m.sel, sel(m))
 	}
-	if !strings.Contains(m.View(), "▶ nginx.service") {
-		t.Errorf("view: not nginx selected:\n%s", m.View())
+	if !strings.Contains(view(m), "▶ nginx.service") {
+		t.Errorf("view: not nginx selected:\n%s", view(m))
 	}
 
 	// nginx goes: the selection stays at its place.
@@ -179,8 +204,8 @@ func TestSortAndSelectionAcrossRefreshes(t *testing.T) {
 	}
 	// All rows go, then come back.
 	m.Update(fetchedMsg{rep: report.Report{Time: base}})
-	if m.selected() != nil || !strings.Contains(m.View(), "no sockets in CLOSE-WAIT") {
-		t.Errorf("without rows: selected %v\n%s", m.selected(), m.View())
+	if m.selected() != nil || !strings.Contains(view(m), "no sockets in CLOSE-WAIT") {
+		t.Errorf("without rows: selected %v\n%s", m.selected(), view(m))
 	}
 	m.Update(fetchedMsg{rep: sampleReport(4)})
 	if m.selected() == nil {
@@ -205,7 +230,7 @@ func TestNavigation(t *testing.T) {
 	if m.sel != len(r.Rows)-1 {
 		t.Errorf("End: %d", m.sel)
 	}
-	v := m.View()
+	v := view(m)
 	if !strings.Contains(v, "▶ "+sel(m)) {
 		t.Errorf("the last row selected is not in view:\n%s", v)
 	}
@@ -217,23 +242,73 @@ func TestNavigation(t *testing.T) {
 	if m.sel != 1 {
 		t.Errorf("Home j j k: %d", m.sel)
 	}
+	// A page is what the screen shows but one row, with the layout of the
+	// selection at the key press.
+	press(m, "home")
+	for _, c := range []struct {
+		k    string
+		sign int
+	}{{"pgdown", 1}, {"space", 1}, {"pgup", -1}} {
+		page := m.visibleRows() - 1
+		if page < 2 {
+			t.Fatalf("%d rows on a page", page+1)
+		}
+		want := m.sel + c.sign*page
+		press(m, c.k)
+		if m.sel != want {
+			t.Errorf("%s: %d, want %d", c.k, m.sel, want)
+		}
+	}
+	press(m, "G")
+	if m.sel != len(r.Rows)-1 {
+		t.Errorf("G: %d", m.sel)
+	}
+	press(m, "g")
+	if m.sel != 0 {
+		t.Errorf("g: %d", m.sel)
+	}
+}
+
+// The live view's styles: the same text, with the header bold, the
+// selected row reversed, the growing row's GROWTH/m red.
+func TestStyledView(t *testing.T) {
+	r := sampleReport(1)
+	plain := testModel(100, 30, &r)
+	styled := newModel(context.Background(), time.Second, nil, newStyles(true))
+	styled.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
+	styled.Update(fetchedMsg{rep: r, at: r.Time})
+	p, s := view(plain), view(styled)
+	if strings.Contains(p, "\x1b") {
+		t.Errorf("plain view with escapes:\n%q", p)
+	}
+	if got := ansi.Strip(s); got != p {
+		t.Errorf("styled view's text:\n%s\nwant:\n%s", got, p)
+	}
+	lines := strings.Split(s, "\n")
+	for _, c := range []struct{ what, line, sgr string }{
+		{"header bold", lines[0], "\x1b[1m"},
+		{"selected row reversed", lines[lineIndex(lines, "▶ ")], "\x1b[7m"},
+		{"growth red", lines[lineIndex(lines, "▶ ")+1], "\x1b[31m"},
+	} {
+		if !strings.Contains(c.line, c.sgr) {
+			t.Errorf("%s: no %q in %q", c.what, c.sgr, c.line)
+		}
+	}
 }
 
 func TestQuitKeys(t *testing.T) {
 	for _, k := range []string{"q", "ctrl+c"} {
 		m := testModel(100, 30, nil)
-		var msg tea.KeyMsg
-		if k == "q" {
-			msg = tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("q")}
-		} else {
-			msg = tea.KeyMsg{Type: tea.KeyCtrlC}
-		}
-		_, cmd := m.Update(msg)
+		_, cmd := m.Update(key(k))
 		if cmd == nil {
 			t.Fatalf("%s: no command", k)
 		}
 		if _, ok := cmd().(tea.QuitMsg); !ok {
 			t.Errorf("%s: not quit", k)
+		}
+		// Releases (reported only on request) do nothing.
+		if _, cmd := m.Update(tea.KeyReleaseMsg(key(k))); cmd != nil {
+			t.Errorf("%s released: a command", k)
 		}
 	}
 }
@@ -244,7 +319,7 @@ func TestFetchError(t *testing.T) {
 	r := sampleReport(1)
 	m := testModel(100, 30, &r)
 	m.Update(fetchedMsg{err: errors.New("dial tcp 10.0.0.1:9090: connection refused"), at: base.Add(time.Minute)})
-	v := strings.Split(m.View(), "\n")
+	v := strings.Split(view(m), "\n")
 	if !strings.HasPrefix(v[1], "fetch failed at 12:01:00: dial tcp 10.0.0.1:9090: connection refused; showing the report of 12:00:01") {
 		t.Errorf("status: %q", v[1])
 	}
@@ -252,13 +327,13 @@ func TestFetchError(t *testing.T) {
 		t.Errorf("the last report is gone:\n%s", strings.Join(v, "\n"))
 	}
 	m.Update(fetchedMsg{rep: sampleReport(2)})
-	if v := m.View(); strings.Contains(v, "fetch failed") || !strings.Contains(v, "12:00:02") {
+	if v := view(m); strings.Contains(v, "fetch failed") || !strings.Contains(v, "12:00:02") {
 		t.Errorf("after a good fetch:\n%s", v)
 	}
 	// Before any report.
 	m = testModel(100, 30, nil)
 	m.Update(fetchedMsg{err: errors.New("no tracer"), at: base})
-	if v := m.View(); !strings.Contains(v, "fetch failed at 12:00:00: no tracer") || strings.Contains(v, "showing") {
+	if v := view(m); !strings.Contains(v, "fetch failed at 12:00:00: no tracer") || strings.Contains(v, "showing") {
 		t.Errorf("first fetch failed:\n%s", v)
 	}
 }
@@ -270,7 +345,7 @@ func TestRefreshLoop(t *testing.T) {
 	m := newModel(context.Background(), time.Second, func(context.Context) (report.Report, error) {
 		calls++
 		return sampleReport(calls), nil
-	}, newStyles(lipgloss.NewRenderer(io.Discard)))
+	}, newStyles(false))
 	msg := m.Init()()
 	if calls != 1 {
 		t.Fatalf("Init: %d fetches", calls)
@@ -298,7 +373,7 @@ func TestRefreshLoop(t *testing.T) {
 	if calls != 2 || m.rep.Time != sampleReport(2).Time {
 		t.Errorf("after the second fetch: %d calls, report of %v", calls, m.rep.Time)
 	}
-	_, cmd := m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("r")})
+	_, cmd := m.Update(key("r"))
 	if cmd == nil || !m.inflight {
 		t.Fatal("r did not fetch")
 	}
@@ -318,7 +393,7 @@ func TestViewFits(t *testing.T) {
 		m := testModel(sz[0], sz[1], &r)
 		for _, help := range []bool{false, true} {
 			m.help = help
-			lines := strings.Split(m.View(), "\n")
+			lines := strings.Split(view(m), "\n")
 			if len(lines) > sz[1] {
 				t.Errorf("%dx%d help %v: %d lines", sz[0], sz[1], help, len(lines))
 			}
@@ -330,15 +405,15 @@ func TestViewFits(t *testing.T) {
 		}
 	}
 	m := testModel(80, 24, &r)
-	if strings.Contains(m.View(), "CLOSE/m") {
+	if strings.Contains(view(m), "CLOSE/m") {
 		t.Error("CLOSE/m on 80 columns")
 	}
 	m.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
-	if !strings.Contains(m.View(), "CLOSE/m") {
-		t.Errorf("no CLOSE/m on 100 columns:\n%s", m.View())
+	if !strings.Contains(view(m), "CLOSE/m") {
+		t.Errorf("no CLOSE/m on 100 columns:\n%s", view(m))
 	}
 	// On 100x30, every histogram bucket of the selected row and the peers show.
-	v := m.View()
+	v := view(m)
 	for _, w := range []string{"≤ 2.0ms │", "≤ 2.1s │", "10.0.3.7:8443", "192.168.1.20:443", peersTitle} {
 		if !strings.Contains(v, w) {
 			t.Errorf("no %q on 100x30:\n%s", w, v)
@@ -346,7 +421,7 @@ func TestViewFits(t *testing.T) {
 	}
 	// On 100x20, the table, the detail and the peers share the lines.
 	m.Update(tea.WindowSizeMsg{Width: 100, Height: 20})
-	v = m.View()
+	v = view(m)
 	for _, w := range []string{"▶ shop/api", "  billing/", "FIN→close latency", "≤ 2.0ms │", "more buckets", peersTitle, "10.0.3.7:8443"} {
 		if !strings.Contains(v, w) {
 			t.Errorf("no %q on 100x20:\n%s", w, v)
@@ -359,10 +434,10 @@ func TestHelp(t *testing.T) {
 	r := sampleReport(1)
 	m := testModel(100, 30, &r)
 	press(m, "?")
-	if v := m.View(); !strings.Contains(v, "1..6          sort by GROWTH/m, CW, STUCK, OLDEST, P99, EXHAUST") {
+	if v := view(m); !strings.Contains(v, "1..6          sort by GROWTH/m, CW, STUCK, OLDEST, P99, EXHAUST") {
 		t.Errorf("help:\n%s", v)
 	}
-	m.Update(tea.KeyMsg{Type: tea.KeyEsc})
+	press(m, "esc")
 	if m.help {
 		t.Error("esc did not close the help")
 	}

@@ -9,19 +9,23 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	tea "charm.land/bubbletea/v2"
 	"github.com/creack/pty"
 
 	"github.com/tcptrace/tcptrace/report"
 )
 
 // childEnv makes the test binary a child of the pseudo-terminal tests:
-// "live" runs Run on its stdin and stdout, "once" writes one WriteTable.
+// "live" runs Run on its stdin and stdout, "once" writes one WriteTable,
+// "hello" prints hello (any tcptrace command that does not use the view,
+// linked with it).
 const childEnv = "TCPTRACE_TUI_TEST_CHILD"
 
 // refresh is the child's refresh period.
@@ -47,6 +51,9 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
+	case "hello":
+		fmt.Println("hello")
+		os.Exit(0)
 	}
 	os.Exit(2)
 }
@@ -66,12 +73,11 @@ func liveReport(n int) (report.Report, error) {
 }
 
 // term is the test's side of a pseudo-terminal: it keeps everything the
-// child wrote, feeds it to a screen, and answers the terminal queries a
-// real terminal answers (the background colour and the cursor position,
-// which termenv asks when a program starts on a terminal).
+// child wrote, feeds it to a screen, and answers the queries in answers.
 type term struct {
-	t    *testing.T
-	ptmx *os.File
+	t       *testing.T
+	ptmx    *os.File
+	answers []query
 
 	mu      sync.Mutex
 	raw     []byte
@@ -81,15 +87,41 @@ type term struct {
 	done    chan struct{} // closed when the child's side closed
 }
 
-func newTerm(t *testing.T, ptmx *os.File, w, h int) *term {
-	tm := &term{t: t, ptmx: ptmx, scr: newScreen(w, h), changed: make(chan struct{}, 1), done: make(chan struct{})}
+func newTerm(t *testing.T, ptmx *os.File, w, h int, answers []query) *term {
+	tm := &term{t: t, ptmx: ptmx, answers: answers, scr: newScreen(w, h), changed: make(chan struct{}, 1), done: make(chan struct{})}
 	go tm.read()
 	return tm
 }
 
-var queries = []struct{ query, answer string }{
-	{"\x1b]11;?", "\x1b]11;rgb:0000/0000/0000\x1b\\"},
-	{"\x1b[6n", "\x1b[1;1R"},
+type query struct{ query, answer string }
+
+// modern answers the queries bubbletea sends when a program starts, as a
+// terminal with synchronized output (2026) but not Unicode core (2027)
+// does; it does not speak the Kitty keyboard protocol.
+var modern = []query{
+	{"\x1b[?2026$p", "\x1b[?2026;2$y"},
+	{"\x1b[?2027$p", "\x1b[?2027;0$y"},
+}
+
+// mute answers nothing, like a terminal (or a terminal emulator's test
+// harness, or a serial console) that does not know the queries.
+var mute []query
+
+// probes are the queries termenv (so lipgloss and bubbletea v1) sends at
+// start-up and waits up to 5s for, when stdout is a terminal: the
+// background (and foreground) colour and the cursor position. The answer
+// of a terminal that answers late lands in the shell's input.
+var probes = []string{"\x1b]11;?", "\x1b]10;?", "\x1b[6n"}
+
+// probed is the probes in raw.
+func probed(raw []byte) []string {
+	var found []string
+	for _, p := range probes {
+		if bytes.Contains(raw, []byte(p)) {
+			found = append(found, p)
+		}
+	}
+	return found
 }
 
 func (tm *term) read() {
@@ -104,7 +136,7 @@ func (tm *term) read() {
 			var answers []string
 			for {
 				next, at := -1, len(tm.raw)
-				for i, q := range queries {
+				for i, q := range tm.answers {
 					if j := bytes.Index(tm.raw[tm.scanned:], []byte(q.query)); j >= 0 && tm.scanned+j < at {
 						next, at = i, tm.scanned+j
 					}
@@ -113,8 +145,8 @@ func (tm *term) read() {
 					tm.scanned = max(tm.scanned, len(tm.raw)-8)
 					break
 				}
-				answers = append(answers, queries[next].answer)
-				tm.scanned = at + len(queries[next].query)
+				answers = append(answers, tm.answers[next].answer)
+				tm.scanned = at + len(tm.answers[next].query)
 			}
 			tm.mu.Unlock()
 			for _, a := range answers {
@@ -177,10 +209,12 @@ func (tm *term) send(s string) {
 }
 
 // startChild runs the test binary as a child in mode, on a new
-// pseudo-terminal of w×h.
-func startChild(t *testing.T, mode string, w, h int) (*exec.Cmd, *term) {
+// pseudo-terminal of w×h that answers answers.
+func startChild(t *testing.T, mode string, w, h int, answers []query) (*exec.Cmd, *term) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+mode, "TERM=xterm-256color", "TZ=UTC", "LANG=C.UTF-8")
+	// GORACE: a race-enabled child would wait 1s before it exits.
+	cmd.Env = append(os.Environ(), childEnv+"="+mode, "TERM=xterm-256color", "TZ=UTC", "LANG=C.UTF-8",
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Cols: uint16(w), Rows: uint16(h)})
 	if err != nil {
 		t.Fatal(err)
@@ -192,7 +226,7 @@ func startChild(t *testing.T, mode string, w, h int) (*exec.Cmd, *term) {
 		}
 		ptmx.Close()
 	})
-	return cmd, newTerm(t, ptmx, w, h)
+	return cmd, newTerm(t, ptmx, w, h, answers)
 }
 
 // waitExit waits (at most 15s) for the child to exit, and for its output.
@@ -248,7 +282,7 @@ var headerTime = regexp.MustCompile(`^tcptrace top (\d\d:\d\d:\d\d) `)
 // with the cursor shown and exit status 0.
 func TestLiveTerminal(t *testing.T) {
 	start := time.Now()
-	cmd, tm := startChild(t, "live", 80, 24)
+	cmd, tm := startChild(t, "live", 80, 24, modern)
 
 	lines := tm.waitFor("rows", func(l []string) bool {
 		return contains(l, "▶ shop/api-7") && contains(l, "  nginx.service") && contains(l, "  billing/invoi")
@@ -333,48 +367,86 @@ func TestLiveTerminal(t *testing.T) {
 	}
 	t.Logf("screen after a failed fetch:\n%s", strings.Join(lines, "\n"))
 
-	// q quits: exit status 0, the alternate screen left, the cursor back.
+	// q quits: exit status 0, the alternate screen left, the cursor back,
+	// bracketed paste off, the keyboard protocols popped.
 	tm.send("q")
+	quit := time.Now()
 	if err := waitExit(t, cmd, tm); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
+	exited := time.Since(quit)
 	tm.mu.Lock()
 	raw, scr := tm.raw, tm.scr
 	tm.mu.Unlock()
-	if !bytes.HasSuffix(raw, []byte("\x1b[?1049l\x1b[?25h")) {
-		t.Errorf("the output does not end by leaving the alternate screen and showing the cursor: ...%q", raw[max(len(raw)-80, 0):])
-	}
-	if bytes.LastIndex(raw, []byte("\x1b[?1049h")) > bytes.LastIndex(raw, []byte("\x1b[?1049l")) {
-		t.Error("the alternate screen was entered again after it was left")
-	}
-	if scr.altActive || !scr.cursorVisible {
-		t.Errorf("after exit: alternate screen %v, cursor visible %v", scr.altActive, scr.cursorVisible)
+	checkRestored(t, raw, scr)
+	if !bytes.Contains(raw, []byte("\x1b[?2026h")) {
+		t.Error("no synchronized output on a terminal that has it")
 	}
 	if contains(scr.lines(), "WORKLOAD") {
 		t.Errorf("the view is left on the main screen:\n%s", scr)
 	}
-	t.Logf("%d bytes of output; live view test took %v", len(raw), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d bytes of output; exit %v after q; live view test took %v", len(raw), exited.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
 
-// termenvProbe is what any program linking bubbletea v1 writes at start-up
-// on a terminal (its package init asks lipgloss for the background colour):
-// the OSC 11 query and a cursor position request.
-const termenvProbe = "\x1b]11;?\x1b\\\x1b[6n"
+// checkRestored checks that raw, the output of one Run, entered the
+// alternate screen once, asked no start-up probe, and ends by leaving the
+// alternate screen, showing the cursor and turning bracketed paste off,
+// and that the terminal (scr) is as it was: see screen.restored.
+func checkRestored(t *testing.T, raw []byte, scr *screen) {
+	t.Helper()
+	if p := probed(raw); p != nil {
+		t.Errorf("terminal probes %q in the output", p)
+	}
+	if !bytes.HasSuffix(raw, []byte("\x1b[?1049l\x1b[?25h\x1b[?2004l")) {
+		t.Errorf("the output does not end by leaving the alternate screen, showing the cursor and turning bracketed paste off: ...%q", raw[max(len(raw)-80, 0):])
+	}
+	if n, m := bytes.Count(raw, []byte("\x1b[?1049h")), bytes.Count(raw, []byte("\x1b[?1049l")); n != 1 || m != 1 {
+		t.Errorf("the alternate screen entered %d times, left %d times", n, m)
+	}
+	if bytes.LastIndex(raw, []byte("\x1b[?1049h")) > bytes.LastIndex(raw, []byte("\x1b[?1049l")) {
+		t.Error("the alternate screen was entered again after it was left")
+	}
+	if r := scr.restored(); r != "" {
+		t.Errorf("after exit: %s; output ends %q", r, raw[max(len(raw)-120, 0):])
+	}
+}
 
-// TestOnceOnTerminal writes WriteTable's table to a real terminal: plain
-// text, no escape sequence of its own.
+// TestNoStartupProbe: a program that links the view but does not run it
+// (any tcptrace command but top) writes to a terminal that never answers
+// only what it prints, and exits at once. bubbletea v1's package init
+// asked the terminal for its background colour (OSC 11, then a cursor
+// position report) whenever stdout was a terminal, and waited up to 5s
+// for the answer; a real terminal's answer landed in the shell's input
+// after the program exited.
+func TestNoStartupProbe(t *testing.T) {
+	start := time.Now()
+	cmd, tm := startChild(t, "hello", 80, 24, mute)
+	if err := waitExit(t, cmd, tm); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	took := time.Since(start)
+	tm.mu.Lock()
+	raw := string(tm.raw)
+	tm.mu.Unlock()
+	if raw != "hello\r\n" {
+		t.Errorf("on the terminal: %q, want %q (probes %q)", raw, "hello\r\n", probed([]byte(raw)))
+	}
+	if took > time.Second {
+		t.Errorf("the child took %v to print hello and exit", took)
+	}
+	t.Logf("the child printed hello and exited in %v", took.Round(time.Millisecond))
+}
+
+// TestOnceOnTerminal writes WriteTable's table to a real terminal (one
+// that never answers): plain text, no escape sequence.
 func TestOnceOnTerminal(t *testing.T) {
-	cmd, tm := startChild(t, "once", 100, 30)
+	cmd, tm := startChild(t, "once", 100, 30, mute)
 	if err := waitExit(t, cmd, tm); err != nil {
 		t.Fatalf("exit: %v", err)
 	}
 	tm.mu.Lock()
 	raw := string(tm.raw)
 	tm.mu.Unlock()
-	if strings.HasPrefix(raw, termenvProbe) {
-		t.Logf("start-up terminal probe of bubbletea v1's init (not WriteTable's): %q", termenvProbe)
-		raw = raw[len(termenvProbe):]
-	}
 	var want bytes.Buffer
 	WriteTable(&want, sampleReport(1), 100)
 	// The terminal turns \n into \r\n.
@@ -386,8 +458,9 @@ func TestOnceOnTerminal(t *testing.T) {
 	}
 }
 
-// TestRunContext: Run returns ctx's error when ctx ends, and restores the
-// terminal (in this process, on a pseudo-terminal pair).
+// TestRunContext: Run draws exactly the model's view, returns ctx's error
+// when ctx ends, and restores the terminal (in this process, on a
+// pseudo-terminal pair that answers nothing).
 func TestRunContext(t *testing.T) {
 	ptmx, tty, err := pty.Open()
 	if err != nil {
@@ -398,15 +471,36 @@ func TestRunContext(t *testing.T) {
 	if err := pty.Setsize(ptmx, &pty.Winsize{Cols: 100, Rows: 30}); err != nil {
 		t.Fatal(err)
 	}
-	tm := newTerm(t, ptmx, 100, 30)
+	tm := newTerm(t, ptmx, 100, 30, mute)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	start := time.Now()
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(ctx, tty, tty, time.Hour, func(context.Context) (report.Report, error) { return sampleReport(1), nil })
 	}()
-	tm.waitFor("rows", func(l []string) bool { return contains(l, "nginx.service") })
+
+	// The screen is the model's view of 100x30, line for line.
+	m := newModel(ctx, time.Hour, nil, newStyles(false))
+	m.Update(tea.WindowSizeMsg{Width: 100, Height: 30})
+	m.Update(fetchedMsg{rep: sampleReport(1)})
+	want := strings.Split(view(m), "\n")
+	for len(want) < 30 {
+		want = append(want, "")
+	}
+	for i := range want {
+		want[i] = strings.TrimRight(want[i], " ")
+	}
+	defer func() {
+		if t.Failed() {
+			t.Logf("the model's view:\n%s", strings.Join(want, "\n"))
+		}
+	}()
+	tm.waitFor("the model's view", func(l []string) bool { return slices.Equal(l, want) })
+	t.Logf("the view after %v", time.Since(start).Round(time.Millisecond))
+
 	cancel()
+	cancelled := time.Now()
 	select {
 	case err := <-done:
 		if !errors.Is(err, context.Canceled) {
@@ -415,14 +509,12 @@ func TestRunContext(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return in 15s after ctx ended")
 	}
+	t.Logf("Run returned %v after ctx ended", time.Since(cancelled).Round(time.Millisecond))
 	tty.Close() // EIO on ptmx: all the output is read
 	<-tm.done
 	tm.mu.Lock()
 	defer tm.mu.Unlock()
-	if tm.scr.altActive || !tm.scr.cursorVisible {
-		t.Errorf("after ctx ended: alternate screen %v, cursor visible %v; output ends %q",
-			tm.scr.altActive, tm.scr.cursorVisible, tm.raw[max(len(tm.raw)-80, 0):])
-	}
+	checkRestored(t, tm.raw, tm.scr)
 }
 
 var _ io.Writer = (*screen)(nil)

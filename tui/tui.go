@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
+	"charm.land/lipgloss/v2"
 
 	"github.com/tcptrace/tcptrace/report"
 )
@@ -44,37 +44,43 @@ func Run(ctx context.Context, in io.Reader, out io.Writer, every time.Duration, 
 	// the user quits does not outlive the view.
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	m := newModel(fctx, every, fetch, newStyles(lipgloss.NewRenderer(out)))
-	p := tea.NewProgram(m,
-		tea.WithContext(ctx),
-		tea.WithInput(in),
-		tea.WithOutput(out),
-		tea.WithAltScreen(),
-	)
+	// The styles are always on: bubbletea renders them for out's colour
+	// profile (none when out is not a terminal or TERM is dumb, no colours
+	// with NO_COLOR). The view asks for the alternate screen.
+	m := newModel(fctx, every, fetch, newStyles(true))
+	p := tea.NewProgram(m, tea.WithInput(in), tea.WithOutput(out))
+	// When ctx ends the program quits as on q, not killed (tea.WithContext):
+	// a killed program returns before its input reader stopped reading in.
+	stop := context.AfterFunc(ctx, p.Quit)
+	defer stop()
 	_, err := p.Run()
 	switch {
-	case err == nil, errors.Is(err, tea.ErrInterrupted):
-		return nil
-	case ctx.Err() != nil && errors.Is(err, tea.ErrProgramKilled):
+	case err != nil && !errors.Is(err, tea.ErrInterrupted):
+		return err
+	case ctx.Err() != nil:
 		return ctx.Err()
 	}
-	return err
+	return nil
 }
 
-// styles of the view; all plain when out is not a color terminal.
+// styles of the view; all plain unless on.
 type styles struct {
 	header, status, bad, warn, title, selected, faint lipgloss.Style
 }
 
-func newStyles(r *lipgloss.Renderer) styles {
+func newStyles(on bool) styles {
+	if !on {
+		plain := lipgloss.NewStyle()
+		return styles{plain, plain, plain, plain, plain, plain, plain}
+	}
 	return styles{
-		header:   r.NewStyle().Bold(true),
-		status:   r.NewStyle().Faint(true),
-		bad:      r.NewStyle().Foreground(lipgloss.Color("1")),
-		warn:     r.NewStyle().Foreground(lipgloss.Color("3")),
-		title:    r.NewStyle().Bold(true),
-		selected: r.NewStyle().Reverse(true),
-		faint:    r.NewStyle().Faint(true),
+		header:   lipgloss.NewStyle().Bold(true),
+		status:   lipgloss.NewStyle().Faint(true),
+		bad:      lipgloss.NewStyle().Foreground(lipgloss.Color("1")),
+		warn:     lipgloss.NewStyle().Foreground(lipgloss.Color("3")),
+		title:    lipgloss.NewStyle().Bold(true),
+		selected: lipgloss.NewStyle().Reverse(true),
+		faint:    lipgloss.NewStyle().Faint(true),
 	}
 }
 
@@ -154,14 +160,14 @@ func (m *model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.fetchCmd()
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
-	case tea.KeyMsg:
+	case tea.KeyPressMsg:
 		return m, m.key(msg)
 	}
 	return m, nil
 }
 
 // key handles a key press.
-func (m *model) key(k tea.KeyMsg) tea.Cmd {
+func (m *model) key(k tea.KeyPressMsg) tea.Cmd {
 	switch s := k.String(); s {
 	case "q", "ctrl+c":
 		return tea.Quit
@@ -171,7 +177,7 @@ func (m *model) key(k tea.KeyMsg) tea.Cmd {
 		m.selectRow(m.sel + 1)
 	case "pgup":
 		m.selectRow(m.sel - max(m.visibleRows()-1, 1))
-	case "pgdown", " ":
+	case "pgdown", "space":
 		m.selectRow(m.sel + max(m.visibleRows()-1, 1))
 	case "home", "g":
 		m.selectRow(0)
@@ -301,8 +307,15 @@ func (m *model) layout(h int) budget {
 	return b
 }
 
-// View draws the screen.
-func (m *model) View() string {
+// View is the screen, in the alternate screen with the cursor hidden.
+func (m *model) View() tea.View {
+	v := tea.NewView(m.draw())
+	v.AltScreen = true
+	return v
+}
+
+// draw draws the screen.
+func (m *model) draw() string {
 	w, h := m.size()
 	fit := func(s string) string { return truncEnd(s, w) }
 	lines := []string{m.st.header.Render(fit(m.headerLine())), m.statusLine(w)}
