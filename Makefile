@@ -35,7 +35,7 @@ vet:
 
 # Fails when the committed generated files differ from a fresh generate.
 check-generated: generate
-	git diff --exit-code -- tracer/ || { echo "generated eBPF files are stale: run make generate and commit"; exit 1; }
+	scripts/checkgen.sh
 
 # Not in CI: 1,000,000 connections (SOAK_N) under closewait and trace; prints
 # emitted/lost/unaccounted, peak RSS and goroutines. Needs root.
