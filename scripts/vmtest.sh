@@ -303,6 +303,18 @@ fetch() {
 	mkdir -p "$dir.tmp"
 	how=$(extract_vmlinux "$img" "$dir.tmp/vmlinux")
 	find "$dl/root" -type f -name 'config-*' -exec cp {} "$dir.tmp/config" \;
+	# From 7.x the modules are a package of their own (linux-modules-ABI).
+	if [[ -z $(find "$dl/root" -name 'tcp_diag.ko*' | head -n1) && $PKG == linux-binary-* ]]; then
+		local mp=${PKG#linux-binary-}
+		mp=linux-modules-${mp#unsigned-}
+		rm -f "$dl"/*.deb
+		if (cd "$dl" && apt-get download -qq "$mp=$VER" >/dev/null 2>&1); then
+			dpkg-deb --fsys-tarfile "$dl"/*.deb |
+				tar -x -C "$dl/root" --wildcards "${DIAG_MODULES[@]/#/*/kernel/}" 2>/dev/null || true
+		else
+			log "$1: no $mp $VER: the sock_diag tests will fail there"
+		fi
+	fi
 	save_modules "$dl/root" "$dir.tmp/modules"
 	echo "$PKG $VER" >"$dir.tmp/package"
 	rm -rf "$dir" && mv "$dir.tmp" "$dir"
