@@ -144,20 +144,28 @@ func (f sinkFunc) Flush() error                 { return nil }
 const pruneInterval = time.Minute
 
 func prunePeriodically(ctx context.Context, col *metrics.Collector, log *slog.Logger) (stop func()) {
+	return every(ctx, pruneInterval, func() {
+		if err := col.Prune(); err != nil {
+			log.Warn("prune aggregates of workloads gone", "error", err)
+		}
+	})
+}
+
+// every runs fn at each tick of interval, in a goroutine of its own, until
+// ctx ends or stop is called; stop returns once fn has returned.
+func every(ctx context.Context, interval time.Duration, fn func()) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		t := time.NewTicker(pruneInterval)
+		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if err := col.Prune(); err != nil {
-					log.Warn("prune aggregates of workloads gone", "error", err)
-				}
+				fn()
 			}
 		}
 	}()

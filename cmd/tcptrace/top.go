@@ -231,25 +231,12 @@ func startLocalReport(ctx context.Context, o topOptions, log *slog.Logger) (tui.
 }
 
 // sampleEvery samples the builder until ctx ends or stop is called.
-func sampleEvery(ctx context.Context, b *report.Builder, every time.Duration, log *slog.Logger) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := b.Sample(); err != nil {
-					log.Warn("sample the kernel's counts", "error", err)
-				}
-			}
+func sampleEvery(ctx context.Context, b *report.Builder, interval time.Duration, log *slog.Logger) (stop func()) {
+	return every(ctx, interval, func() {
+		if err := b.Sample(); err != nil {
+			log.Warn("sample the kernel's counts", "error", err)
 		}
-	}()
-	return func() { cancel(); <-done }
+	})
 }
 
 // fetchReport reads a running tcptrace's report.
