@@ -237,6 +237,16 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, '>')
 		}
 		b = appendCompact(b, time.Duration(e.AgeNS))
+		// Why: a stuck socket's diagnosis, an abort's cause.
+		switch {
+		case e.Kind == events.KindStuck && e.DiagKnown && e.ReadEOF:
+			b = append(b, " read-eof"...)
+		case e.Kind == events.KindStuck && e.DiagKnown:
+			b = fmt.Appendf(b, " unread=%d", e.UnreadBytes)
+		case e.Kind == events.KindAbort:
+			b = append(b, ' ')
+			b = append(b, e.Cause.String()...)
+		}
 		b = appendOwners(b, e)
 	case events.KindAppClose:
 		if e.AgeKnown {
@@ -247,6 +257,9 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 		// Who closed it; the holders it had otherwise.
 		if e.HasCloser {
 			b = appendTask(b, " ", &e.Closer)
+			if e.ClosedByExit {
+				b = append(b, " exit"...)
+			}
 		} else {
 			b = appendOwners(b, e)
 		}

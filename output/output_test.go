@@ -244,3 +244,21 @@ func TestWrittenCountsEventsNotHeaders(t *testing.T) {
 		t.Errorf("Written() = %d over %d lines, want 45 events in 48 lines (2 headers, 1 status)", w.Written(), lines)
 	}
 }
+
+// The table says why: a stuck socket's diagnosis, an abort's cause, a
+// close by the process exiting.
+func TestTableSaysWhy(t *testing.T) {
+	base := sample("10.0.0.1", "10.0.0.2")[0]
+	eof, unread, abort, exit := base, base, base, base
+	eof.Kind, eof.DiagKnown, eof.ReadEOF = events.KindStuck, true, true
+	unread.Kind, unread.DiagKnown, unread.UnreadBytes = events.KindStuck, true, 100
+	abort.Kind, abort.Cause = events.KindAbort, events.CauseReset
+	exit.Kind, exit.HasCloser, exit.ClosedByExit = events.KindAppClose, true, true
+	copy(exit.Closer.Comm[:], "couchdb")
+	got := rows(t, 0, eof, unread, abort, exit)
+	for i, want := range []string{"read-eof", "unread=100", "reset", "couchdb exit"} {
+		if i+1 >= len(got) || !strings.Contains(got[i+1], want) {
+			t.Errorf("row %d %q, want it to say %q", i, got[min(i+1, len(got)-1)], want)
+		}
+	}
+}
