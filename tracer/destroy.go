@@ -717,6 +717,12 @@ func sockDiagGet(fd int, s *CloseWaitSocket, withCookie bool) (inetDiagMsg, erro
 // SOCK_DIAG_BY_FAMILY answer; an NLMSG_ERROR answer is returned as its
 // errno (nil for an acknowledgement).
 func sockDiagRequest(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, reply func([]byte) error) error {
+	return sockDiagRequestExt(fd, typ, s, withCookie, 0, reply)
+}
+
+// sockDiagRequestExt is sockDiagRequest asking for the extensions in ext
+// (idiag_ext) too.
+func sockDiagRequestExt(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, ext uint8, reply func([]byte) error) error {
 	ne := binary.NativeEndian
 	seq := sockDiagSeq.Add(1)
 	req := make([]byte, nlmsgHdrSize+inetDiagReqV2Size)
@@ -735,6 +741,7 @@ func sockDiagRequest(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, re
 	}
 	r[0] = family
 	r[1] = unix.IPPROTO_TCP
+	r[2] = ext
 	ne.PutUint32(r[4:], 1<<tcpCloseWait) // idiag_states: only looked at by dumps
 	id := r[8:]
 	binary.BigEndian.PutUint16(id[0:], s.Local.Port())
@@ -759,6 +766,22 @@ func sockDiagRequest(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, re
 	ne.PutUint32(id[40:], cookie[0])
 	ne.PutUint32(id[44:], cookie[1])
 
+	return sockDiagExchange(fd, req, 16384, func(typ uint16, payload []byte) (bool, error) {
+		if typ != unix.SOCK_DIAG_BY_FAMILY || reply == nil {
+			return false, nil
+		}
+		return true, reply(payload)
+	})
+}
+
+// sockDiagExchange sends a sock_diag request (its sequence number at
+// req[8:12]) and hands each answer of that sequence but errors to handle,
+// until handle says it is done or an NLMSG_ERROR ends the exchange: its
+// errno, or nil for an acknowledgement. Answers to earlier requests that
+// gave up (a receive timeout) are skipped.
+func sockDiagExchange(fd int, req []byte, bufSize int, handle func(typ uint16, payload []byte) (done bool, err error)) error {
+	ne := binary.NativeEndian
+	seq := ne.Uint32(req[8:])
 	err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 	for err == unix.EINTR {
 		err = unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
@@ -766,7 +789,7 @@ func sockDiagRequest(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, re
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
-	buf := make([]byte, 16384)
+	buf := make([]byte, bufSize)
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if err == unix.EINTR {
@@ -778,27 +801,25 @@ func sockDiagRequest(fd int, typ uint16, s *CloseWaitSocket, withCookie bool, re
 		for b := buf[:n]; len(b) >= nlmsgHdrSize; {
 			l := int(ne.Uint32(b[0:]))
 			if l < nlmsgHdrSize || l > len(b) {
-				return fmt.Errorf("malformed netlink message")
+				return errors.New("malformed netlink message")
 			}
 			m := b[:l]
 			b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
 			if ne.Uint32(m[8:]) != seq {
-				continue // an answer to an earlier request that gave up
+				continue
 			}
-			switch ne.Uint16(m[4:]) {
-			case unix.NLMSG_ERROR:
+			typ := ne.Uint16(m[4:])
+			if typ == unix.NLMSG_ERROR {
 				if len(m) < nlmsgHdrSize+4 {
-					return fmt.Errorf("short netlink error")
+					return errors.New("short netlink error")
 				}
 				if errno := int32(ne.Uint32(m[nlmsgHdrSize:])); errno != 0 {
 					return unix.Errno(-errno)
 				}
 				return nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				if reply == nil {
-					continue
-				}
-				return reply(m[nlmsgHdrSize:])
+			}
+			if done, err := handle(typ, m[nlmsgHdrSize:]); done {
+				return err
 			}
 		}
 	}

@@ -102,83 +102,15 @@ const (
 // sockDiagInfo is sockDiagRequest's SOCK_DIAG_BY_FAMILY get, asking for
 // tcp_info too: the cookie, unless 0, must match.
 func sockDiagInfo(fd int, s *CloseWaitSocket, reply func([]byte) error) error {
-	ne := binary.NativeEndian
-	seq := sockDiagSeq.Add(1)
-	req := make([]byte, nlmsgHdrSize+inetDiagReqV2Size)
-	ne.PutUint32(req[0:], uint32(len(req)))
-	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(req[6:], unix.NLM_F_REQUEST)
-	ne.PutUint32(req[8:], seq)
-	r := req[nlmsgHdrSize:]
-	r[0] = unix.AF_INET
-	if s.Family == events.FamilyIPv6 {
-		r[0] = unix.AF_INET6
+	answered := false
+	err := sockDiagRequestExt(fd, unix.SOCK_DIAG_BY_FAMILY, s, s.Cookie != 0, 1<<(diagExtInfo-1), func(b []byte) error {
+		answered = true
+		return reply(b)
+	})
+	if err == nil && !answered {
+		return errors.New("acknowledged without an answer")
 	}
-	r[1] = unix.IPPROTO_TCP
-	r[2] = 1 << (diagExtInfo - 1) // idiag_ext
-	ne.PutUint32(r[4:], 1<<tcpCloseWait)
-	id := r[8:]
-	binary.BigEndian.PutUint16(id[0:], s.Local.Port())
-	binary.BigEndian.PutUint16(id[2:], s.Remote.Port())
-	putAddr := func(b []byte, a netip.Addr) {
-		switch {
-		case r[0] == unix.AF_INET && a.Unmap().Is4():
-			a4 := a.Unmap().As4()
-			copy(b, a4[:])
-		case r[0] == unix.AF_INET6 && a.IsValid():
-			a16 := a.As16()
-			copy(b, a16[:])
-		}
-	}
-	putAddr(id[4:20], s.Local.Addr())
-	putAddr(id[20:36], s.Remote.Addr())
-	cookie := [2]uint32{inetDiagNoCookie, inetDiagNoCookie}
-	if s.Cookie != 0 {
-		cookie = [2]uint32{uint32(s.Cookie), uint32(s.Cookie >> 32)}
-	}
-	ne.PutUint32(id[40:], cookie[0])
-	ne.PutUint32(id[44:], cookie[1])
-
-	err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-	for err == unix.EINTR {
-		err = unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-	}
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	buf := make([]byte, 8192)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("receive: %w", err)
-		}
-		for b := buf[:n]; len(b) >= nlmsgHdrSize; {
-			l := int(ne.Uint32(b[0:]))
-			if l < nlmsgHdrSize || l > len(b) {
-				return errors.New("malformed netlink message")
-			}
-			m := b[:l]
-			b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
-			if ne.Uint32(m[8:]) != seq {
-				continue // the answer to an earlier request that gave up
-			}
-			switch ne.Uint16(m[4:]) {
-			case unix.NLMSG_ERROR:
-				if len(m) < nlmsgHdrSize+4 {
-					return errors.New("short netlink error")
-				}
-				if errno := int32(ne.Uint32(m[nlmsgHdrSize:])); errno != 0 {
-					return unix.Errno(-errno)
-				}
-				return errors.New("acknowledged without an answer")
-			case unix.SOCK_DIAG_BY_FAMILY:
-				return reply(m[nlmsgHdrSize:])
-			}
-		}
-	}
+	return err
 }
 
 // diagTimeout bounds the wait for sock_diag's answer. The kernel answers

@@ -229,48 +229,15 @@ func sockDiagDump(fd int, family uint8, states uint32, ext uint8, msg func([]byt
 	ne.PutUint32(r[8+40:], inetDiagNoCookie)
 	ne.PutUint32(r[8+44:], inetDiagNoCookie)
 
-	err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-	for err == unix.EINTR {
-		err = unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-	}
-	if err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err == unix.EINTR {
-			continue
+	return sockDiagExchange(fd, req, 1<<16, func(typ uint16, payload []byte) (bool, error) {
+		switch typ {
+		case unix.NLMSG_DONE:
+			// An interrupted dump (NLM_F_DUMP_INTR) may have missed or
+			// repeated sockets that came and went: fine for counts.
+			return true, nil
+		case unix.SOCK_DIAG_BY_FAMILY:
+			msg(payload)
 		}
-		if err != nil {
-			return fmt.Errorf("receive: %w", err)
-		}
-		for b := buf[:n]; len(b) >= nlmsgHdrSize; {
-			l := int(ne.Uint32(b[0:]))
-			if l < nlmsgHdrSize || l > len(b) {
-				return errors.New("malformed netlink message")
-			}
-			m := b[:l]
-			b = b[min((l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1), len(b)):]
-			if ne.Uint32(m[8:]) != seq {
-				continue // an answer to an earlier request that gave up
-			}
-			switch ne.Uint16(m[4:]) {
-			case unix.NLMSG_DONE:
-				// An interrupted dump (NLM_F_DUMP_INTR) may have missed or
-				// repeated sockets that came and went: fine for counts.
-				return nil
-			case unix.NLMSG_ERROR:
-				if len(m) < nlmsgHdrSize+4 {
-					return errors.New("short netlink error")
-				}
-				if errno := int32(ne.Uint32(m[nlmsgHdrSize:])); errno != 0 {
-					return unix.Errno(-errno)
-				}
-				return nil
-			case unix.SOCK_DIAG_BY_FAMILY:
-				msg(m[nlmsgHdrSize:])
-			}
-		}
-	}
+		return false, nil
+	})
 }
