@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"time"
 	"unsafe"
 
@@ -259,13 +258,7 @@ func openDiagSocket() (int, error) {
 // opens it, from the same places openNetworkNamespaces looks, with a stat
 // per place and no file opened.
 func networkNamespacePaths() map[uint64]string {
-	candidates := []string{"/proc/self/ns/net"}
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	candidates = append(candidates, procs...)
-	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
-		named, _ := filepath.Glob(filepath.Join(dir, "*"))
-		candidates = append(candidates, named...)
-	}
+	candidates := networkNamespaceCandidates()
 	paths := make(map[uint64]string)
 	for _, p := range candidates {
 		var st unix.Stat_t

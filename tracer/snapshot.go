@@ -212,13 +212,7 @@ func ownNetNS() uint64 {
 // exits. With only nonzero, just that namespace is opened. The caller
 // closes the files.
 func openNetworkNamespaces(only uint64) []namespace {
-	candidates := []string{"/proc/self/ns/net"}
-	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
-	candidates = append(candidates, procs...)
-	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
-		named, _ := filepath.Glob(filepath.Join(dir, "*"))
-		candidates = append(candidates, named...)
-	}
+	candidates := networkNamespaceCandidates()
 	seen := make(map[uint64]bool)
 	var found []namespace
 	for _, p := range candidates {
@@ -242,4 +236,18 @@ func openNetworkNamespaces(only uint64) []namespace {
 		}
 	}
 	return found
+}
+
+// networkNamespaceCandidates lists the paths that open the network
+// namespaces in use: ours, those of running processes, and those kept by
+// `ip netns` bind mounts. Several paths may open the same namespace.
+func networkNamespaceCandidates() []string {
+	candidates := []string{"/proc/self/ns/net"}
+	procs, _ := filepath.Glob("/proc/[0-9]*/ns/net")
+	candidates = append(candidates, procs...)
+	for _, dir := range []string{"/run/netns", "/var/run/netns"} {
+		named, _ := filepath.Glob(filepath.Join(dir, "*"))
+		candidates = append(candidates, named...)
+	}
+	return candidates
 }
