@@ -291,6 +291,48 @@ func (f flags) list(name string) (values []string, from string) {
 	return nil, "--" + name
 }
 
+// ports reads a repeatable port flag, and says where it came from.
+func (f flags) ports(name string) ([]uint16, string, error) {
+	values, from := f.list(name)
+	var ports []uint16
+	for _, v := range values {
+		p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
+		if err != nil || p < 1 {
+			return nil, from, f.errorf(from, v, "a port is a number from 1 to 65535")
+		}
+		ports = append(ports, uint16(p))
+	}
+	return ports, from, nil
+}
+
+// netns reads a network namespace inode flag, as readlink shows it or
+// bare; 0 when not given.
+func (f flags) netns(name string) (uint32, error) {
+	v, from := f.get(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSuffix(strings.TrimPrefix(v, "net:["), "]"), "net:"), 10, 32)
+	if err != nil || n == 0 {
+		return 0, f.errorf(from, v, "want a network namespace inode, e.g. 4026531840 (readlink /proc/PID/ns/net)")
+	}
+	return uint32(n), nil
+}
+
+// cgroup finds the cgroup v2 that value names (a path, or a container
+// id), given by from.
+func (f flags) cgroup(value, from string) (cgroup.Selected, error) {
+	root, err := cgroup.UnifiedRoot()
+	if err != nil {
+		return cgroup.Selected{}, f.errorf(from, value, "no cgroup v2 hierarchy to find it in: %v", err)
+	}
+	sel, err := cgroup.Select(root, value)
+	if err != nil {
+		return cgroup.Selected{}, f.errorf(from, value, "%v", err)
+	}
+	return sel, nil
+}
+
 // options are the validated flags.
 type options struct {
 	tracer tracer.Config
@@ -348,32 +390,22 @@ func parseOptions(c *cli.Context, mode tracer.Mode) (options, error) {
 
 func tracerConfig(f flags, mode tracer.Mode) (tracer.Config, error) {
 	cfg := tracer.Config{Mode: mode}
-	values, from := f.list("port")
-	for _, v := range values {
-		p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
-		if err != nil || p < 1 {
-			return cfg, f.errorf(from, v, "a port is a number from 1 to 65535")
-		}
-		cfg.Ports = append(cfg.Ports, uint16(p))
+	var err error
+	ports, from, err := f.ports("port")
+	if err != nil {
+		return cfg, err
 	}
+	cfg.Ports = ports
 	if len(cfg.Ports) > 64 {
 		return cfg, usagef("%s: at most 64 ports, got %d", from, len(cfg.Ports))
 	}
-	if v, from := f.get("netns"); v != "" {
-		n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSuffix(strings.TrimPrefix(v, "net:["), "]"), "net:"), 10, 32)
-		if err != nil || n == 0 {
-			return cfg, f.errorf(from, v, "want a network namespace inode, e.g. 4026531840 (readlink /proc/PID/ns/net)")
-		}
-		cfg.NetNS = uint32(n)
+	if cfg.NetNS, err = f.netns("netns"); err != nil {
+		return cfg, err
 	}
 	if v, from := f.get("cgroup"); v != "" {
-		root, err := cgroup.UnifiedRoot()
+		sel, err := f.cgroup(v, from)
 		if err != nil {
-			return cfg, f.errorf(from, v, "no cgroup v2 hierarchy to find it in: %v", err)
-		}
-		sel, err := cgroup.Select(root, v)
-		if err != nil {
-			return cfg, f.errorf(from, v, "%v", err)
+			return cfg, err
 		}
 		cfg.CgroupID, cfg.CgroupLevel = sel.ID, sel.Level
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
@@ -103,18 +102,17 @@ func parseKill(c *cli.Context) (killOptions, error) {
 	if o.yes, err = f.bool("yes"); err != nil {
 		return o, err
 	}
-	values, from := f.list("port")
-	for _, v := range values {
-		p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
-		if err != nil || p < 1 {
-			return o, f.errorf(from, v, "a port is a number from 1 to 65535")
-		}
+	ports, _, err := f.ports("port")
+	if err != nil {
+		return o, err
+	}
+	for _, p := range ports {
 		if o.ports == nil {
 			o.ports = map[uint16]bool{}
 		}
-		o.ports[uint16(p)] = true
+		o.ports[p] = true
 	}
-	values, from = f.list("pid")
+	values, from := f.list("pid")
 	for _, v := range values {
 		pid, err := strconv.Atoi(strings.TrimSpace(v))
 		if err != nil || pid < 1 {
@@ -137,22 +135,14 @@ func parseKill(c *cli.Context) (killOptions, error) {
 		cg, cgFrom = ct, ctFrom
 	}
 	if cg != "" {
-		root, err := cgroup.UnifiedRoot()
+		sel, err := f.cgroup(cg, cgFrom)
 		if err != nil {
-			return o, f.errorf(cgFrom, cg, "no cgroup v2 hierarchy to find it in: %v", err)
-		}
-		sel, err := cgroup.Select(root, cg)
-		if err != nil {
-			return o, f.errorf(cgFrom, cg, "%v", err)
+			return o, err
 		}
 		o.cgroup = &sel
 	}
-	if v, from := f.get("netns"); v != "" {
-		n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSuffix(strings.TrimPrefix(v, "net:["), "]"), "net:"), 10, 32)
-		if err != nil || n == 0 {
-			return o, f.errorf(from, v, "want a network namespace inode, e.g. 4026531840 (readlink /proc/PID/ns/net)")
-		}
-		o.netns = uint32(n)
+	if o.netns, err = f.netns("netns"); err != nil {
+		return o, err
 	}
 	o.from, _ = f.get("from")
 	out, from := f.get("output")
@@ -385,28 +375,16 @@ type ageOf struct {
 // fetchAges reads a running tcptrace's CLOSE-WAIT table (its --listen
 // address, or a URL): the FIN time of each socket.
 func fetchAges(ctx context.Context, addr string) (map[ageKey]ageOf, error) {
-	url := addr
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	url = strings.TrimSuffix(url, "/") + server.PathCloseWait
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, usagef("--from %q: %v", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("--from %s: %w (is tcptrace closewait --listen running there?)", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("--from %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
 	ages := make(map[ageKey]ageOf)
-	sc := bufio.NewScanner(resp.Body)
+	err := getFrom(ctx, addr, server.PathCloseWait, 30*time.Second, func(url string, body io.Reader) error {
+		return readAges(url, body, ages)
+	})
+	return ages, err
+}
+
+// readAges reads close_wait events, one per line, into ages.
+func readAges(url string, body io.Reader, ages map[ageKey]ageOf) error {
+	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), events.MaxLine+1)
 	for sc.Scan() {
 		var ev struct {
@@ -420,19 +398,19 @@ func fetchAges(ctx context.Context, addr string) (map[ageKey]ageOf, error) {
 			AgeKnown   bool      `json:"age_known"`
 		}
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil || ev.Event != "close_wait" {
-			return nil, fmt.Errorf("--from %s: not a tcptrace CLOSE-WAIT table: %q", url, truncateLine(sc.Text()))
+			return fmt.Errorf("--from %s: not a tcptrace CLOSE-WAIT table: %q", url, truncateLine(sc.Text()))
 		}
 		local, err1 := netip.ParseAddr(ev.LocalAddr)
 		remote, err2 := netip.ParseAddr(ev.RemoteAddr)
 		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("--from %s: %v", url, err)
+			return fmt.Errorf("--from %s: %v", url, err)
 		}
 		ages[keyOf(ev.NetNS, netip.AddrPortFrom(local, ev.LocalPort), netip.AddrPortFrom(remote, ev.RemotePort))] = ageOf{ev.Time, ev.AgeKnown}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("--from %s: %w", url, err)
+		return fmt.Errorf("--from %s: %w", url, err)
 	}
-	return ages, nil
+	return nil
 }
 
 func truncateLine(s string) string {

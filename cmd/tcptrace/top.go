@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -17,7 +16,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tcptrace/tcptrace/attribute"
-	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/internal/oneline"
 	"github.com/tcptrace/tcptrace/pipeline"
@@ -102,29 +100,16 @@ func parseTop(c *cli.Context) (topOptions, error) {
 	}
 	o.from, _ = f.get("from")
 	o.tracer = tracer.Config{Mode: tracer.ModeCloseWait, EmitFloor: o.threshold}
-	values, from := f.list("port")
-	for _, v := range values {
-		p, err := strconv.ParseUint(strings.TrimSpace(v), 10, 16)
-		if err != nil || p < 1 {
-			return o, f.errorf(from, v, "a port is a number from 1 to 65535")
-		}
-		o.tracer.Ports = append(o.tracer.Ports, uint16(p))
+	if o.tracer.Ports, _, err = f.ports("port"); err != nil {
+		return o, err
 	}
-	if v, from := f.get("netns"); v != "" {
-		n, err := strconv.ParseUint(strings.TrimPrefix(strings.TrimSuffix(strings.TrimPrefix(v, "net:["), "]"), "net:"), 10, 32)
-		if err != nil || n == 0 {
-			return o, f.errorf(from, v, "want a network namespace inode, e.g. 4026531840 (readlink /proc/PID/ns/net)")
-		}
-		o.tracer.NetNS = uint32(n)
+	if o.tracer.NetNS, err = f.netns("netns"); err != nil {
+		return o, err
 	}
 	if v, from := f.get("cgroup"); v != "" {
-		root, err := cgroup.UnifiedRoot()
+		sel, err := f.cgroup(v, from)
 		if err != nil {
-			return o, f.errorf(from, v, "no cgroup v2 hierarchy to find it in: %v", err)
-		}
-		sel, err := cgroup.Select(root, v)
-		if err != nil {
-			return o, f.errorf(from, v, "%v", err)
+			return o, err
 		}
 		o.tracer.CgroupID, o.tracer.CgroupLevel = sel.ID, sel.Level
 	}
@@ -242,30 +227,13 @@ func sampleEvery(ctx context.Context, b *report.Builder, interval time.Duration,
 // fetchReport reads a running tcptrace's report.
 func fetchReport(ctx context.Context, addr string) (report.Report, error) {
 	var r report.Report
-	url := addr
-	if !strings.Contains(url, "://") {
-		url = "http://" + url
-	}
-	url = strings.TrimSuffix(url, "/") + server.PathReport
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return r, usagef("--from %q: %v", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return r, fmt.Errorf("--from %s: %w (is tcptrace closewait --listen running there?)", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return r, fmt.Errorf("--from %s: %s: %s", url, resp.Status, strings.TrimSpace(string(body)))
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return r, fmt.Errorf("--from %s: not a tcptrace report: %v", url, err)
-	}
-	return r, nil
+	err := getFrom(ctx, addr, server.PathReport, 10*time.Second, func(url string, body io.Reader) error {
+		if err := json.NewDecoder(body).Decode(&r); err != nil {
+			return fmt.Errorf("--from %s: not a tcptrace report: %v", url, err)
+		}
+		return nil
+	})
+	return r, err
 }
 
 // reportHandler serves a builder's report as JSON (GET /api/v1/report).
