@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -503,50 +502,10 @@ func dstContainsResult(rs []tracer.DestroyResult, r tracer.DestroyResult) bool {
 	return false
 }
 
-// dstTestNetNS creates a named network namespace with its loopback up, and
-// returns its inode and a function that runs f on a thread inside it.
-func dstTestNetNS(t *testing.T) (uint32, func(f func())) {
-	t.Helper()
-	testenv.RequireTool(t, "ip", "iproute2")
-	name := fmt.Sprintf("tcptrace-destroy-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v: %s", err, out)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
-		t.Fatal(err)
-	}
-	run := func(f func()) {
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			// Never unlocked: the thread exits with the goroutine.
-			runtime.LockOSThread()
-			fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer unix.Close(fd)
-			if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-				t.Error(err)
-				return
-			}
-			f()
-		}()
-		<-done
-	}
-	return uint32(st.Ino), run
-}
-
 func TestDestroyOtherNetNS(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	own := dstNetnsOf(t)
-	ino, inNS := dstTestNetNS(t)
+	ino, inNS := testNetNS(t)
 	for _, method := range dstDestroyMethods {
 		t.Run(method, func(t *testing.T) {
 			d := dstDestroyer(t, method)

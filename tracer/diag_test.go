@@ -6,9 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"runtime"
 	"testing"
 	"time"
 
@@ -209,48 +206,22 @@ func TestDiagnoseReceiveQueue(t *testing.T) {
 // namespace that cannot be found is not, and nothing blocks.
 func TestDiagnoseOtherNetNS(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	testenv.RequireTool(t, "ip", "iproute2")
-	name := fmt.Sprintf("tcptrace-diag-%d", os.Getpid())
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("ip link set lo up: %v: %s", err, out)
-	}
-	var st unix.Stat_t
-	if err := unix.Stat("/run/netns/"+name, &st); err != nil {
-		t.Fatal(err)
-	}
+	ino, inNS := testNetNS(t)
 	var p *diagPair
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
-		fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer unix.Close(fd)
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			t.Error(err)
-			return
-		}
+	inNS(func() {
 		p = diagConnect(t, "tcp4", "127.0.0.1:0", "127.0.0.1")
 		p.closeWait(t, []byte("abc"))
-	}()
-	<-done
+	})
 	if p == nil {
 		t.FailNow()
 	}
 	d := tracer.NewDiagnoser(true)
 	defer d.Release()
-	p.sock.NetNS = uint32(st.Ino)
+	p.sock.NetNS = ino
 	for range 2 { // the second time on the kept socket
 		diag, err := d.Diagnose(&p.sock)
 		if err != nil || diag.ReadEOF || diag.UnreadBytes != 3 {
-			t.Errorf("in namespace %d: %+v, %v; want 3 bytes unread", st.Ino, diag, err)
+			t.Errorf("in namespace %d: %+v, %v; want 3 bytes unread", ino, diag, err)
 		}
 	}
 	own := p.sock
