@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,131 +17,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/internal/schemacheck"
-	"github.com/tcptrace/tcptrace/internal/testenv"
 	"github.com/tcptrace/tcptrace/tracer"
 )
 
-// diagEvent is an output line with the fields that say why a socket stays
-// in CLOSE-WAIT or how it left.
-type diagEvent struct {
-	jsonEvent
-	UnreadBytes  *uint64 `json:"unread_bytes"`
-	ReadEOF      *bool   `json:"read_eof"`
-	SinceSendNS  *int64  `json:"since_send_ns"`
-	SinceRecvNS  *int64  `json:"since_recv_ns"`
-	ClosedByExit *bool   `json:"closed_by_exit"`
-	Cause        string  `json:"cause"`
-}
-
-func (e diagEvent) String() string {
-	b, _ := json.Marshal(e)
-	return string(b)
-}
-
-// diagTracer is tcptrace run as startTracer runs it, its lines parsed
-// into diagEvents.
-type diagTracer struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	events chan diagEvent
-	stderr *syncBuffer
-	done   chan struct{}
-	seen   []diagEvent
-}
-
-func startDiagTracer(t *testing.T, args ...string) *diagTracer {
-	t.Helper()
-	testenv.RequirePrivileged(t)
-	p := &diagTracer{t: t, cmd: tcptraceCmd(nil, append(args, "--output", "json")...),
-		events: make(chan diagEvent, 10000), stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stderr = p.stderr
-	stdout, err := p.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start tcptrace: %v", err)
-	}
-	var readErr error
-	go func() {
-		defer close(p.done)
-		defer close(p.events)
-		sc := bufio.NewScanner(stdout)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			if err := schemacheck.Line(t, line); err != nil {
-				readErr = fmt.Errorf("line fails events/schema.json: %v\n%s", err, line)
-				return
-			}
-			var ev diagEvent
-			if err := json.Unmarshal([]byte(line), &ev); err != nil {
-				readErr = fmt.Errorf("line is not JSON: %v\n%s", err, line)
-				return
-			}
-			p.events <- ev
-		}
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGINT)
-		select {
-		case <-p.done:
-		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.done
-			t.Errorf("tcptrace did not exit within 10s of SIGINT; stderr:\n%s", p.stderr.String())
-		}
-		if err := p.cmd.Wait(); err != nil {
-			t.Errorf("tcptrace exited with %v after SIGINT; stderr:\n%s", err, p.stderr.String())
-		}
-		if readErr != nil {
-			t.Error(readErr)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.stderr.String(), "msg=attached") {
-		select {
-		case <-p.done:
-			t.Fatalf("tcptrace exited before attaching; stderr:\n%s", p.stderr.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tcptrace did not attach; stderr:\n%s", p.stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return p
-}
-
-// next returns the next event matching match, failing after timeout.
-func (p *diagTracer) next(timeout time.Duration, what string, match func(diagEvent) bool) diagEvent {
-	p.t.Helper()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for {
-		select {
-		case ev, ok := <-p.events:
-			if !ok {
-				p.t.Fatalf("tcptrace output ended while waiting for %s; stderr:\n%s", what, p.stderr.String())
-			}
-			p.seen = append(p.seen, ev)
-			if match(ev) {
-				return ev
-			}
-		case <-timer.C:
-			var last strings.Builder
-			for _, ev := range p.seen[max(0, len(p.seen)-10):] {
-				fmt.Fprintf(&last, "\n  %s", ev)
-			}
-			p.t.Fatalf("no %s within %v; the last events:%s\nstderr:\n%s", what, timeout, last.String(), p.stderr.String())
-		}
-	}
-}
-
 // of matches an event of c's server socket.
-func of(kind string, c conn) func(diagEvent) bool {
-	return func(ev diagEvent) bool { return ev.Event == kind && c.isServer(ev.jsonEvent) }
+func of(kind string, c conn) func(jsonEvent) bool {
+	return func(ev jsonEvent) bool { return ev.Event == kind && c.isServer(ev) }
 }
 
 // Why a stuck socket stays, read from the socket: (a) a server that read
@@ -155,7 +35,7 @@ func TestStuckDiagnosis(t *testing.T) {
 	attachModes(t, func(t *testing.T, attach string) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
 		const threshold = 300 * time.Millisecond
-		p := startDiagTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
+		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
 			"--threshold", threshold.String(), "--flush-interval", "20ms")
 		eof, unread := dial(t, ln), dial(t, ln)
 		const quiet = 200 * time.Millisecond
@@ -186,7 +66,7 @@ func TestStuckDiagnosis(t *testing.T) {
 		b := p.next(5*time.Second, "stuck of the server that never read", of("stuck", unread))
 		for _, c := range []struct {
 			name   string
-			ev     diagEvent
+			ev     jsonEvent
 			eof    bool
 			unread uint64
 		}{{"read EOF", a, true, 0}, {"never read", b, false, 100}} {
@@ -246,7 +126,7 @@ func TestLeaveCauses(t *testing.T) {
 			t.Fatal("helper printed no port")
 		}
 		exitPort := strings.TrimSpace(lines.Text())
-		p := startDiagTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--port", exitPort, "--threshold", "10s")
+		p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--port", exitPort, "--threshold", "10s")
 
 		// (c) The client closes fully; the server writes; the client's
 		// orphan answers with a reset.
@@ -256,8 +136,8 @@ func TestLeaveCauses(t *testing.T) {
 		if _, err := reset.server.Write([]byte("too late")); err != nil {
 			t.Fatal(err)
 		}
-		ab := p.next(eventTimeout, "abort of the server written to", func(ev diagEvent) bool {
-			return (ev.Event == "abort" || ev.Event == "app_close") && reset.isServer(ev.jsonEvent)
+		ab := p.next(eventTimeout, "abort of the server written to", func(ev jsonEvent) bool {
+			return (ev.Event == "abort" || ev.Event == "app_close") && reset.isServer(ev)
 		})
 		if ab.Event != "abort" || ab.Cause != "reset" || ab.NewState != "CLOSE" {
 			t.Errorf("write after the peer closed: %v, want abort to CLOSE, cause reset", ab)
@@ -276,7 +156,7 @@ func TestLeaveCauses(t *testing.T) {
 		if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
-		ex := p.next(eventTimeout, "app_close of the exiting helper", func(ev diagEvent) bool {
+		ex := p.next(eventTimeout, "app_close of the exiting helper", func(ev jsonEvent) bool {
 			return ev.Event == "app_close" && fmt.Sprint(ev.LocalPort) == exitPort
 		})
 		if ex.ClosedByExit == nil || !*ex.ClosedByExit || ex.Closer == nil || ex.Closer.PID != child.Process.Pid {

@@ -384,9 +384,16 @@ type jsonEvent struct {
 	Reason        string            `json:"reason"`
 	Direction     string            `json:"direction"`
 	OwnersOmitted int               `json:"owners_omitted"`
-	SocketInode   uint64            `json:"socket_inode"`
-	OwnerSource   string            `json:"owner_source"`
-	Owner         []jsonOwner       `json:"owner"`
+	// Why a socket stays in CLOSE-WAIT (stuck), or how it left.
+	UnreadBytes  *uint64     `json:"unread_bytes"`
+	ReadEOF      *bool       `json:"read_eof"`
+	SinceSendNS  *int64      `json:"since_send_ns"`
+	SinceRecvNS  *int64      `json:"since_recv_ns"`
+	ClosedByExit *bool       `json:"closed_by_exit"`
+	Cause        string      `json:"cause"`
+	SocketInode  uint64      `json:"socket_inode"`
+	OwnerSource  string      `json:"owner_source"`
+	Owner        []jsonOwner `json:"owner"`
 }
 
 type jsonOwner struct {
