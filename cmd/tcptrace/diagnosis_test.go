@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -110,22 +108,9 @@ func TestStuckDiagnosis(t *testing.T) {
 func TestLeaveCauses(t *testing.T) {
 	attachModes(t, func(t *testing.T, attach string) {
 		ln := listen(t, "tcp4", "127.0.0.1:0")
-		child := exec.Command(os.Args[0])
-		child.Env = append(os.Environ(), helperEnv+"=exit-holding")
-		out, err := child.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := child.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer child.Wait()
-		defer child.Process.Kill()
-		lines := bufio.NewScanner(out)
-		if !lines.Scan() {
-			t.Fatal("helper printed no port")
-		}
-		exitPort := strings.TrimSpace(lines.Text())
+		h := startHelper(t, "exit-holding", 0)
+		child := h.cmd
+		exitPort := strings.TrimSpace(h.line(t))
 		p := startTracer(t, "closewait", "--all", "--attach", attach, "--port", portArg(ln), "--port", exitPort, "--threshold", "10s")
 
 		// (c) The client closes fully; the server writes; the client's
