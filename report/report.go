@@ -80,9 +80,9 @@ type Row struct {
 	ExhaustionNever bool          `json:"exhaustion_never"`
 
 	// Diagnosis of the row's stuck sockets (see the stuck event's fields).
-	ReadEOF    int `json:"read_eof"`    // read the peer's FIN, never closed: a close-path bug
-	NeverRead  int `json:"never_read"`  // have not read since the peer closed: abandoned
-	UnreadData int `json:"unread_data"` // of those, with unread bytes
+	ReadEOF    int `json:"stuck_read_eof"`    // read the peer's FIN, never closed: a close-path bug
+	NeverRead  int `json:"stuck_never_read"`  // have not read since the peer closed: abandoned
+	UnreadData int `json:"stuck_unread_data"` // of those, with unread bytes
 
 	// History of InCloseWait, one sample per refresh, oldest first
 	// (bounded): the sparkline.
