@@ -83,6 +83,11 @@ const tcpCloseWait = 8
 // where the program cannot ask for a socket's cookie, the cookies not yet
 // generated are asked of sock_diag (NETLINK_SOCK_DIAG), which generates them.
 func ListCloseWaitSockets(netns uint32) ([]CloseWaitSocket, error) {
+	// The listing needs what tracing needs (kernel BTF for CO-RE): say so
+	// as tracing does, rather than with a loader error.
+	if err := checkKernel(); err != nil {
+		return nil, err
+	}
 	coll, iter, helper, err := loadCWList()
 	if err != nil {
 		return nil, err
