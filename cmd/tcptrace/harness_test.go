@@ -187,6 +187,8 @@ func runHelper(role string) {
 		killFixture(fail)
 	case "leak-many":
 		leakMany(fail)
+	case "faults":
+		faultsHelper(fail) // faults_test.go
 	case "netns-leak":
 		// Runs in a new network namespace: bring up lo, then leak the
 		// server side of a connection made inside it.

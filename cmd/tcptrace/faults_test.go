@@ -1,0 +1,292 @@
+package main
+
+// The fault table's tests (docs/reliability.md): each puts tcptrace in
+// front of one fault, for real where the machine allows it, and checks
+// what it does. The helper processes they need run as the "faults" role
+// (faultsHelper), with a sub-role as their first argument.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/loopback"
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+// faultsHelper runs the "faults" helper role: os.Args[1] is the sub-role.
+//
+//	mountns SETUP[,SETUP...] PROG [ARGS...]  in a private mount namespace
+//	        set up as asked (see faultMounts), exec PROG ("tcptrace": this
+//	        binary as tcptrace)
+//	memlock BYTES PROG [ARGS...]  with RLIMIT_MEMLOCK at BYTES, exec PROG
+//	memlock-probe  print "charged" when the kernel charges eBPF maps to
+//	        RLIMIT_MEMLOCK (before 5.11), "memcg" otherwise
+//	self-leak  in a network namespace of its own: leak the server side of
+//	        a connection to itself (print "leak PORT CLIENTPORT"), then hold
+func faultsHelper(fail func(error)) {
+	if len(os.Args) < 2 {
+		fail(errors.New("faults: no sub-role"))
+	}
+	sub, args := os.Args[1], os.Args[2:]
+	switch sub {
+	case "mountns":
+		if len(args) < 2 {
+			fail(errors.New("mountns: want SETUP PROG [ARGS...]"))
+		}
+		// The exec keeps this thread's mount namespace.
+		runtime.LockOSThread()
+		if err := faultMounts(strings.Split(args[0], ",")); err != nil {
+			fail(err)
+		}
+		fail(faultExec(args[1:]))
+	case "memlock":
+		n, err := strconv.ParseUint(args[0], 10, 64)
+		if err != nil {
+			fail(err)
+		}
+		lim := unix.Rlimit{Cur: n, Max: n}
+		if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+			fail(err)
+		}
+		fail(faultExec(args[1:]))
+	case "memlock-probe":
+		lim := unix.Rlimit{Cur: 0, Max: 0}
+		if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+			fail(err)
+		}
+		// The smallest map: with RLIMIT_MEMLOCK 0 only a kernel that
+		// charges memory to the memory cgroup creates it.
+		attr := struct{ typ, keySize, valueSize, maxEntries uint32 }{unix.BPF_MAP_TYPE_ARRAY, 4, 4, 1}
+		fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_MAP_CREATE, uintptr(unsafe.Pointer(&attr)), unsafe.Sizeof(attr))
+		switch {
+		case errno == 0:
+			unix.Close(int(fd))
+			fmt.Println("memcg")
+		case errno == unix.EPERM:
+			fmt.Println("charged")
+		default:
+			fail(fmt.Errorf("create a map: %w", errno))
+		}
+		os.Exit(0)
+	case "self-leak":
+		if err := loopback.Up(); err != nil {
+			fail(err)
+		}
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		cl, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			fail(err)
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			fail(err)
+		}
+		if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
+			fail(err)
+		}
+		fmt.Println("leak", ln.Addr().(*net.TCPAddr).Port, cl.LocalAddr().(*net.TCPAddr).Port)
+		holdForever()
+		_ = srv
+	}
+	fail(fmt.Errorf("faults: unknown sub-role %q", sub))
+}
+
+// faultExec replaces the process with args: "tcptrace" is this binary as
+// tcptrace; any other program gets this binary's path for "@tcptrace" in
+// its arguments (setpriv ... @tcptrace closewait).
+func faultExec(args []string) error {
+	env := append(os.Environ(), runMainEnv+"=1")
+	if args[0] == "tcptrace" {
+		return syscall.Exec(os.Args[0], append([]string{"tcptrace"}, args[1:]...), env)
+	}
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		return err
+	}
+	for i, a := range args {
+		if a == "@tcptrace" {
+			args[i] = os.Args[0]
+		}
+	}
+	return syscall.Exec(path, args, env)
+}
+
+// faultMounts makes this thread's mount namespace private and sets it up:
+//
+//	no-bpffs    nothing mounted at /sys/fs/bpf (as on a host that never
+//	            mounted a bpf filesystem)
+//	no-tracefs  neither tracefs nor debugfs mounted
+//	cgroup-v1:DIR  no cgroup2 mount anywhere; /sys/fs/cgroup a tmpfs with
+//	            the v1 hierarchy mounted at DIR (a path on the host) bound
+//	            in as /sys/fs/cgroup/DIRNAME, as a cgroup v1 host has its
+//	            hierarchies
+func faultMounts(setups []string) error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("unshare mount namespace: %w", err)
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	for _, s := range setups {
+		name, arg, _ := strings.Cut(s, ":")
+		switch name {
+		case "no-bpffs":
+			if err := unmountAll("/sys/fs/bpf"); err != nil {
+				return err
+			}
+		case "no-tracefs":
+			for _, p := range []string{"/sys/kernel/debug/tracing", "/sys/kernel/tracing", "/sys/kernel/debug"} {
+				if err := unmountAll(p); err != nil {
+					return err
+				}
+			}
+		case "cgroup-v1":
+			// Bind the v1 hierarchy aside first: /sys/fs/cgroup is
+			// covered next.
+			aside, err := os.MkdirTemp("", "tcptrace-v1-")
+			if err != nil {
+				return err
+			}
+			if err := unix.Mount(arg, aside, "", unix.MS_BIND, ""); err != nil {
+				return fmt.Errorf("bind %s: %w", arg, err)
+			}
+			for _, p := range cgroup2Mounts() {
+				if err := unmountAll(p); err != nil {
+					return err
+				}
+			}
+			if err := unmountAll("/sys/fs/cgroup"); err != nil {
+				return err
+			}
+			if err := unix.Mount("tmpfs", "/sys/fs/cgroup", "tmpfs", 0, "mode=755"); err != nil {
+				return fmt.Errorf("mount tmpfs on /sys/fs/cgroup: %w", err)
+			}
+			dir := filepath.Join("/sys/fs/cgroup", filepath.Base(arg))
+			if err := os.Mkdir(dir, 0o755); err != nil {
+				return err
+			}
+			if err := unix.Mount(aside, dir, "", unix.MS_MOVE, ""); err != nil {
+				return fmt.Errorf("move the v1 hierarchy to %s: %w", dir, err)
+			}
+			if len(cgroup2Mounts()) != 0 {
+				return fmt.Errorf("cgroup2 still mounted at %v", cgroup2Mounts())
+			}
+		default:
+			return fmt.Errorf("unknown mount setup %q", s)
+		}
+	}
+	return nil
+}
+
+// unmountAll unmounts whatever is mounted at path, mounts stacked there
+// included, until nothing is.
+func unmountAll(path string) error {
+	for {
+		err := unix.Unmount(path, unix.MNT_DETACH)
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+			return nil // not a mount point (any more)
+		default:
+			return fmt.Errorf("unmount %s: %w", path, err)
+		}
+	}
+}
+
+// cgroup2Mounts lists the mount points of cgroup2 file systems in this
+// mount namespace, deepest first.
+func cgroup2Mounts() []string {
+	data, _ := os.ReadFile("/proc/thread-self/mountinfo")
+	var found []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		for i := 6; i+1 < len(f); i++ {
+			if f[i] == "-" {
+				if f[i+1] == "cgroup2" {
+					found = append([]string{f[4]}, found...)
+				}
+				break
+			}
+		}
+	}
+	return found
+}
+
+// runFault runs a faults helper to completion: its stdout, stderr and exit
+// code.
+func runFault(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := helperCommand("faults", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case errors.As(err, &exit):
+		return stdout.String(), stderr.String(), exit.ExitCode()
+	case err != nil:
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), 0
+}
+
+// oneErrorLine checks that stderr ends with one "tcptrace: " line that
+// says each of want, and no panic.
+func oneErrorLine(t *testing.T, what, stderr string, want ...string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "tcptrace: ") || strings.Contains(stderr, "panic") {
+		t.Errorf("%s: stderr %q, want it to end with one tcptrace: line", what, stderr)
+		return
+	}
+	for _, w := range want {
+		if !strings.Contains(last, w) {
+			t.Errorf("%s: error %q does not say %q", what, last, w)
+		}
+	}
+}
+
+// A kernel without BTF (see pretendUnsupported): every command that loads
+// eBPF says what is missing in one line, exit 1. closewait and trace are
+// TestUnsupportedKernelFailsClearly's; kill used to fail with the loader's
+// words about CO-RE relocations, twice, blaming Linux 5.9.
+func TestNoBTFEveryCommand(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	for _, args := range [][]string{
+		{"kill", "--older-than", "0s", "--any-age", "--dry-run"},
+		{"top", "--once", "--duration", "1s"},
+	} {
+		cmd := helperCommand("no-btf", args...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		if exit, ok := err.(*exec.ExitError); !ok || exit.ExitCode() != 1 {
+			t.Errorf("%v without BTF: %v, want exit 1; stderr %q", args, err, stderr.String())
+			continue
+		}
+		if n := strings.Count(strings.TrimSpace(stderr.String()), "\n"); n != 0 {
+			t.Errorf("%v without BTF: %d lines on stderr, want one: %q", args, n+1, stderr.String())
+		}
+		oneErrorLine(t, strings.Join(args, " "), stderr.String(), "CONFIG_DEBUG_INFO_BTF")
+		if stdout.Len() != 0 {
+			t.Errorf("%v without BTF wrote to stdout: %q", args, stdout.String())
+		}
+	}
+}
