@@ -295,6 +295,7 @@ func runKill(c *cli.Context) error {
 	}
 	results, destroyErr := d.Destroy(targets)
 	var destroyed, left, failed int
+	var writeErr error
 	for i := range selected {
 		ev := selected[i].ev
 		ev.Time = time.Now()
@@ -315,11 +316,16 @@ func runKill(c *cli.Context) error {
 			ev.Kind, ev.Reason = events.KindNotDestroyed, "failed: "+r.String()
 			failed++
 		}
-		if err := report(&ev); err != nil {
-			return err
+		// The sockets are destroyed already: an output that fails (a full
+		// disk, a reader gone) must not hide how many, so go on counting.
+		if err := report(&ev); err != nil && writeErr == nil {
+			writeErr = err
 		}
 	}
 	log.Info("done", "destroyed", destroyed, "left_alone", left, "failed", failed, "method", d.Method())
+	if writeErr != nil {
+		return fmt.Errorf("write output: %w; of %d sockets, %d destroyed, %d left alone, %d failed", writeErr, len(selected), destroyed, left, failed)
+	}
 	if destroyErr != nil {
 		return destroyErr
 	}
