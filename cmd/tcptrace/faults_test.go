@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -288,5 +289,110 @@ func TestNoBTFEveryCommand(t *testing.T) {
 		if stdout.Len() != 0 {
 			t.Errorf("%v without BTF wrote to stdout: %q", args, stdout.String())
 		}
+	}
+}
+
+// faultWait polls cond every 10 ms until it holds, failing the test after
+// eventTimeout.
+func faultWait(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(eventTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, eventTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// exitOf waits for cmd (started) to exit, within eventTimeout, and returns
+// its exit code; a command still running then is killed and fails the
+// test.
+func exitOf(t *testing.T, cmd *exec.Cmd, stderr fmt.Stringer) int {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			return exit.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	case <-time.After(eventTimeout):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("%v still running after %v; stderr:\n%s", cmd.Args, eventTimeout, stderr)
+		return -1
+	}
+}
+
+// devFull opens /dev/full, where every write fails with ENOSPC, as on a
+// full disk.
+func devFull(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.OpenFile("/dev/full", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skipf("no /dev/full: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// stdout fails with ENOSPC (/dev/full): every command ends with exit 1
+// and one line saying so; closewait and trace still write their summary,
+// counting no event as written; kill, which has destroyed the sockets by
+// the time it reports them, says how many it destroyed (it used to stop
+// at the first failed line, saying nothing of what it had done).
+// TestSummaryCountsLinesWritten fills a small file system instead.
+func TestStdoutENOSPC(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	for _, mode := range [][]string{{"closewait", "--all"}, {"trace"}} {
+		ln := listen(t, "tcp4", "127.0.0.1:0")
+		cmd := tcptraceCmd(nil, append(mode, "--port", portArg(ln), "--output", "json")...)
+		var stderr syncBuffer
+		cmd.Stdout, cmd.Stderr = devFull(t), &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		faultWait(t, "tcptrace attached", func() bool { return strings.Contains(stderr.String(), "msg=attached") })
+		healthyChurn(t, ln, 5)
+		if code := exitOf(t, cmd, &stderr); code != 1 {
+			t.Errorf("%v > /dev/full: exit %d, want 1; stderr:\n%s", mode, code, stderr.String())
+		}
+		oneErrorLine(t, mode[0]+" > /dev/full", stderr.String(), "no space left on device")
+		if !strings.Contains(stderr.String(), "msg=stopped events=0 ") {
+			t.Errorf("%v > /dev/full: no summary counting 0 events written:\n%s", mode, stderr.String())
+		}
+	}
+
+	top := tcptraceCmd(nil, "top", "--once", "--duration", "1s", "--output", "json")
+	var stderr syncBuffer
+	top.Stdout, top.Stderr = devFull(t), &stderr
+	if err := top.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitOf(t, top, &stderr); code != 1 {
+		t.Errorf("top > /dev/full: exit %d, want 1; stderr:\n%s", code, stderr.String())
+	}
+	oneErrorLine(t, "top > /dev/full", stderr.String(), "no space left on device")
+
+	f := startFixture(t)
+	kill := tcptraceCmd(nil, "kill", "--output", "json", "--older-than", "0s", "--any-age",
+		"--netns", strconv.FormatUint(f.netns, 10), "--port", strconv.Itoa(f.portA), "--yes")
+	stderr = syncBuffer{}
+	kill.Stdout, kill.Stderr = devFull(t), &stderr
+	if err := kill.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitOf(t, kill, &stderr); code != 1 {
+		t.Errorf("kill > /dev/full: exit %d, want 1; stderr:\n%s", code, stderr.String())
+	}
+	oneErrorLine(t, "kill > /dev/full", stderr.String(), "no space left on device", "2 destroyed")
+	if got := f.probe(t); got["a1"] != "ECONNABORTED" || got["a2"] != "ECONNABORTED" || got["a3"] != "open" || got["b1"] != "eof" {
+		t.Errorf("after kill > /dev/full: %v, want a1 and a2 destroyed, the rest as they were", got)
 	}
 }
