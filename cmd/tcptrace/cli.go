@@ -138,6 +138,7 @@ var envOf = map[string]string{
 	"kubeconfig":         "TCPTRACE_KUBECONFIG",
 	"pin-table":          "TCPTRACE_PIN_TABLE",
 	"pin-dir":            "TCPTRACE_PIN_DIR",
+	"ready-file":         "TCPTRACE_READY_FILE",
 }
 
 // usage appends the flag's environment variable, as urfave/cli shows it.
@@ -197,6 +198,7 @@ func commonFlags() []cli.Flag {
 		str(catFilter, "cgroup", "", "only sockets of this cgroup v2 (a path, or a container id) and below it (in the kernel)"),
 		str(catOutput, "output", string(output.FormatAuto), "json, table, or auto: a table on a terminal, JSON lines otherwise", "o"),
 		str(catOutput, "log-level", "info", "stderr log level: debug, info, warn or error"),
+		str(catOutput, "ready-file", "", "create this file once tracing runs (attached, start-up snapshot taken), remove it at exit: for scripts and tests"),
 		str(catKernel, "attach", string(tracer.AttachAuto), "kernel hook: auto, tp_btf or tracepoint (auto tries tp_btf, then the tracepoint)"),
 		str(catKernel, "max-tracked", strconv.Itoa(tracer.DefaultMaxTracked), "bound on sockets tracked at once, in the kernel and in tcptrace; excess is counted as lost"),
 		str(catKernel, "ring-buffer-size", strconv.Itoa(tracer.DefaultRingBufBytes), "kernel ring buffer size in bytes, a power of two"),
@@ -340,6 +342,8 @@ type options struct {
 	format output.Format
 	width  int // terminal width for a table, 0 when not a terminal
 	level  slog.Level
+	// readyFile is created once tracing runs, and removed at exit.
+	readyFile string
 
 	// closewait
 	selection       pipeline.Selection
@@ -379,6 +383,12 @@ func parseOptions(c *cli.Context, mode tracer.Mode) (options, error) {
 	lvl, from := f.get("log-level")
 	if err := o.level.UnmarshalText([]byte(lvl)); err != nil {
 		return o, f.errorf(from, lvl, "want debug, info, warn or error")
+	}
+	if v, from := f.get("ready-file"); v != "" {
+		if st, err := os.Stat(filepath.Dir(v)); err != nil || !st.IsDir() {
+			return o, f.errorf(from, v, "its directory must exist")
+		}
+		o.readyFile = v
 	}
 	if mode == tracer.ModeCloseWait {
 		if err := closewaitOptions(f, &o); err != nil {

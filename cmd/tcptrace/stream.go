@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -107,7 +109,16 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	} else {
 		logger.Info("tracing transitions", "ports", o.tracer.Ports, "netns", o.tracer.NetNS, "cgroup_id", o.tracer.CgroupID)
 	}
-	runErr := p.Run(c.Context)
+	var runErr error
+	if o.readyFile != "" {
+		// Whoever waits for it would wait for ever: stop rather than run.
+		if runErr = writeReadyFile(o.readyFile); runErr == nil {
+			defer os.Remove(o.readyFile)
+		}
+	}
+	if runErr == nil {
+		runErr = p.Run(c.Context)
+	}
 	// Before Close: the summary reads the kernel's counts.
 	attrs := append([]any{"events", out.Written()}, p.Summary()...)
 	if mode == tracer.ModeCloseWait {
@@ -131,6 +142,20 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	attrs = append(attrs, "goroutines", runtime.NumGoroutine())
 	logger.Info("stopped", attrs...)
 	return oneline.Join(runErr, closeErr)
+}
+
+// writeReadyFile creates path whole (written aside, then renamed), so
+// that whoever polls for it never sees it half written. It holds the pid.
+func writeReadyFile(path string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("--ready-file: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("--ready-file: %w", err)
+	}
+	return nil
 }
 
 // sinkFunc is a pipeline sink that only writes.
