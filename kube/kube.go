@@ -49,11 +49,15 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Stats counts lookups since New. Every lookup with a pod UID counts once.
+// Stats counts lookups since New (every lookup with a pod UID counts
+// once), and the pods the cache holds now.
 type Stats struct {
 	Hits     uint64 // answered from a live pod
 	NotFound uint64 // pod unknown, or deleted longer ago than the grace
 	Deleted  uint64 // answered from a deleted pod within its grace
+
+	LivePods    int // pods of the node that exist
+	DeletedPods int // deleted pods kept for their grace period
 }
 
 // Pods is a node-scoped cache of pods, safe for concurrent use.
@@ -238,9 +242,19 @@ func (p *Pods) Lookup(podUID, containerID string) *events.K8s {
 	return e.pod
 }
 
-// Stats returns the lookup counts so far.
+// Stats returns the lookup counts so far and the pods cached now.
 func (p *Pods) Stats() Stats {
-	return Stats{Hits: p.hits.Load(), NotFound: p.missed.Load(), Deleted: p.deleted.Load()}
+	st := Stats{Hits: p.hits.Load(), NotFound: p.missed.Load(), Deleted: p.deleted.Load()}
+	p.mu.RLock()
+	for _, e := range p.pods {
+		if e.deletedAt.IsZero() {
+			st.LivePods++
+		} else {
+			st.DeletedPods++
+		}
+	}
+	p.mu.RUnlock()
+	return st
 }
 
 // set records a pod that was added or updated.

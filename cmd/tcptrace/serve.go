@@ -146,11 +146,15 @@ func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*clust
 		}))
 		lookups := prometheus.NewDesc(metrics.Namespace+"_kubernetes_pod_lookups_total",
 			"Pod name lookups by result: hit, deleted (a pod deleted within the grace period), not_found.", []string{"result"}, nil)
-		c.reg.MustRegister(funcCollector{lookups, func(ch chan<- prometheus.Metric) {
+		cached := prometheus.NewDesc(metrics.Namespace+"_kubernetes_cached_pods",
+			"Pods of this node in the cache: live, or deleted and kept for --deleted-grace.", []string{"state"}, nil)
+		c.reg.MustRegister(funcCollector{[]*prometheus.Desc{lookups, cached}, func(ch chan<- prometheus.Metric) {
 			st := c.pods.Stats()
 			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Hits), "hit")
 			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Deleted), "deleted")
 			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.NotFound), "not_found")
+			ch <- prometheus.MustNewConstMetric(cached, prometheus.GaugeValue, float64(st.LivePods), "live")
+			ch <- prometheus.MustNewConstMetric(cached, prometheus.GaugeValue, float64(st.DeletedPods), "deleted")
 		}})
 		if c.srv != nil {
 			c.srv.Ready("kubernetes", func() error {
@@ -212,11 +216,15 @@ func (c *cluster) close() error {
 
 // funcCollector is an unchecked collector of a few const metrics.
 type funcCollector struct {
-	desc    *prometheus.Desc
+	descs   []*prometheus.Desc
 	collect func(chan<- prometheus.Metric)
 }
 
-func (f funcCollector) Describe(ch chan<- *prometheus.Desc) { ch <- f.desc }
+func (f funcCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range f.descs {
+		ch <- d
+	}
+}
 func (f funcCollector) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }
 
 // closeWaitHandler lists the kernel's CLOSE-WAIT table as close_wait
