@@ -35,9 +35,11 @@ func TestStuckDiagnosis(t *testing.T) {
 		const threshold = 300 * time.Millisecond
 		p := startTracer(t, "closewait", "--attach", attach, "--port", portArg(ln),
 			"--threshold", threshold.String(), "--flush-interval", "20ms")
+		dialed := time.Now()
 		eof, unread := dial(t, ln), dial(t, ln)
+		established := time.Now() // both were established in between
 		const quiet = 200 * time.Millisecond
-		time.Sleep(quiet)
+		time.Sleep(quiet) // so that "since established" and "since the FIN" differ
 
 		// The clients shut down their side and keep their sockets: an
 		// orphan could be reset under the kernel's orphan limit.
@@ -50,18 +52,20 @@ func TestStuckDiagnosis(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		// The data came at most this long before the FIN (tens of ms in a
-		// VM under emulation).
-		dataBeforeFIN := time.Since(sent)
+		finned := time.Now() // the data and both FINs arrived between sent and now
 		if n, err := eof.server.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
 			t.Fatalf("server read %d, %v; want EOF", n, err)
 		}
+		byeBefore := time.Now()
 		if _, err := eof.server.Write([]byte("bye")); err != nil { // the client still reads
 			t.Fatal(err)
 		}
+		byeAfter := time.Now()
 
-		a := p.next(5*time.Second, "stuck of the server that read EOF", of("stuck", eof))
-		b := p.next(5*time.Second, "stuck of the server that never read", of("stuck", unread))
+		a := p.next(eventTimeout, "stuck of the server that read EOF", of("stuck", eof))
+		aAt := time.Now()
+		b := p.next(eventTimeout, "stuck of the server that never read", of("stuck", unread))
+		bAt := time.Now()
 		for _, c := range []struct {
 			name   string
 			ev     jsonEvent
@@ -79,23 +83,33 @@ func TestStuckDiagnosis(t *testing.T) {
 			t.Logf("%s: age %v since_send %v since_recv %v", c.name, time.Duration(*ev.AgeNS),
 				time.Duration(*ev.SinceSendNS), time.Duration(*ev.SinceRecvNS))
 		}
-		// Times have the kernel's tick resolution, and the sock_diag request
-		// comes a little after the age is taken (tens of ms in a VM under
-		// emulation).
-		const tick, late = 20 * time.Millisecond, 150 * time.Millisecond
-		within := func(what string, ns int64, lo, hi time.Duration) {
-			if d := time.Duration(ns); d < lo-tick || d > hi+late {
+		// The socket is read when the report is made, at or after the
+		// report's time and before this test received it: each time lies
+		// between bounds measured here, whatever the machine's speed, to
+		// the kernel's tick (tcp_info counts in jiffies, 4 ms at HZ=250).
+		const tick = 20 * time.Millisecond
+		within := func(what string, ns int64, report jsonEvent, received, from, to time.Time) {
+			t.Helper()
+			at := eventTime(t, report)
+			lo, hi := at.Sub(to), received.Sub(from)
+			if d := time.Duration(ns); d < lo-tick || d > hi+tick {
 				t.Errorf("%s = %v, want within [%v, %v]", what, d, lo, hi)
 			}
 		}
 		if a.SinceSendNS != nil && b.SinceSendNS != nil {
-			// (a) sent "bye" right after the FIN; it never received data:
-			// since the connection was established.
-			within("(a) since_send", *a.SinceSendNS, threshold, time.Duration(*a.AgeNS))
-			within("(a) since_recv", *a.SinceRecvNS, quiet+threshold, quiet+time.Duration(*a.AgeNS)+time.Second)
+			// (a) sent "bye"; it never received data: since the
+			// connection was established.
+			within("(a) since_send", *a.SinceSendNS, a, aAt, byeBefore, byeAfter)
+			within("(a) since_recv", *a.SinceRecvNS, a, aAt, dialed, established)
 			// (b) received the data just before the FIN; it never sent.
-			within("(b) since_recv", *b.SinceRecvNS, threshold, time.Duration(*b.AgeNS)+dataBeforeFIN)
-			within("(b) since_send", *b.SinceSendNS, quiet+threshold, quiet+time.Duration(*b.AgeNS)+time.Second)
+			within("(b) since_recv", *b.SinceRecvNS, b, bAt, sent, finned)
+			within("(b) since_send", *b.SinceSendNS, b, bAt, dialed, established)
+			// The quiet period shows: each "since established" exceeds
+			// the corresponding time since the last data.
+			if *a.SinceRecvNS <= *a.SinceSendNS || *b.SinceSendNS <= *b.SinceRecvNS {
+				t.Errorf("times since the connection was established are not the longer ones: (a) recv %v send %v, (b) send %v recv %v",
+					time.Duration(*a.SinceRecvNS), time.Duration(*a.SinceSendNS), time.Duration(*b.SinceSendNS), time.Duration(*b.SinceRecvNS))
+			}
 		}
 	})
 }

@@ -435,6 +435,7 @@ type tracerProc struct {
 	done   chan struct{} // closed when stdout is fully read
 	seen   []jsonEvent   // everything received so far, in order
 	gate   chan struct{} // stdout is read once this is closed
+	ready  string        // the --ready-file
 }
 
 // tracerOpts varies how startTracerWith runs tcptrace.
@@ -481,6 +482,13 @@ func tcptraceCmd(wrap []string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// readyCmd is tcptraceCmd with a --ready-file, whose path it returns.
+func readyCmd(t *testing.T, args ...string) (*exec.Cmd, string) {
+	t.Helper()
+	ready := readyPath(t)
+	return tcptraceCmd(nil, append(args, "--ready-file", ready)...), ready
+}
+
 // startTracer runs tcptrace with args (JSON output) and waits until it has
 // attached. At cleanup it is interrupted and must exit 0.
 func startTracer(t *testing.T, args ...string) *tracerProc {
@@ -491,13 +499,15 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 func startTracerWith(t *testing.T, o tracerOpts, args ...string) *tracerProc {
 	t.Helper()
 	testenv.RequirePrivileged(t)
+	ready := readyPath(t)
 	p := &tracerProc{
 		t:      t,
-		cmd:    tcptraceCmd(o.wrap, append(args, "--output", "json")...),
+		cmd:    tcptraceCmd(o.wrap, append(args, "--output", "json", "--ready-file", ready)...),
 		events: make(chan jsonEvent, 100000),
 		stderr: &syncBuffer{},
 		done:   make(chan struct{}),
 		gate:   make(chan struct{}),
+		ready:  ready,
 	}
 	if !o.paused {
 		close(p.gate)
@@ -537,14 +547,38 @@ func startTracerWith(t *testing.T, o tracerOpts, args ...string) *tracerProc {
 			t.Error(readErr)
 		}
 	})
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(p.stderr.String(), "msg=attached") {
-		if time.Now().After(deadline) || p.exited() {
-			t.Fatalf("tcptrace did not attach; stderr:\n%s", p.stderr.String())
+	waitReady(t, ready, p.stderr, p.exited)
+	return p
+}
+
+// readyPath names a --ready-file for one tcptrace run.
+func readyPath(t *testing.T) string {
+	t.Helper()
+	f, err := os.CreateTemp("", "tcptrace-ready-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	t.Cleanup(func() { os.Remove(f.Name()) })
+	return f.Name()
+}
+
+// waitReady waits until tcptrace has created its --ready-file: it is
+// attached and has taken its start-up snapshot. It fails the test if
+// tcptrace exits first (exited may be nil).
+func waitReady(t *testing.T, path string, stderr *syncBuffer, exited func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(eventTimeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) || (exited != nil && exited()) {
+			t.Fatalf("tcptrace is not ready (no %s); stderr:\n%s", path, stderr.String())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return p
 }
 
 func (p *tracerProc) exited() bool {
@@ -575,13 +609,16 @@ func (p *tracerProc) stop() {
 		if err != nil {
 			p.t.Errorf("tcptrace exited with %v after SIGINT; stderr:\n%s", err, p.stderr.String())
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(eventTimeout):
 		_ = p.cmd.Process.Kill()
 		<-waited
-		p.t.Errorf("tcptrace did not exit within 10s of SIGINT; stderr:\n%s", p.stderr.String())
+		p.t.Errorf("tcptrace did not exit within %v of SIGINT; stderr:\n%s", eventTimeout, p.stderr.String())
 	}
 	if !strings.Contains(p.stderr.String(), "msg=stopped") {
 		p.t.Errorf("no exit summary on stderr:\n%s", p.stderr.String())
+	}
+	if _, err := os.Stat(p.ready); err == nil {
+		p.t.Errorf("--ready-file %s left behind at exit", p.ready)
 	}
 }
 
@@ -613,7 +650,7 @@ func (p *tracerProc) next(timeout time.Duration, what string, match func(jsonEve
 // closeWaitOf waits for the close_wait event of c's server socket.
 func (p *tracerProc) closeWaitOf(c conn) jsonEvent {
 	p.t.Helper()
-	return p.next(5*time.Second, "close_wait of the server socket", func(ev jsonEvent) bool {
+	return p.next(eventTimeout, "close_wait of the server socket", func(ev jsonEvent) bool {
 		return ev.Event == "close_wait" && c.isServer(ev)
 	})
 }
@@ -702,7 +739,7 @@ func attachModes(t *testing.T, f func(t *testing.T, attach string)) {
 // a1 and a2 leak in CLOSE-WAIT on A, a3 is ESTABLISHED on A, b1 leaks on
 // B (each client shuts down and keeps its socket, in FIN_WAIT2). It prints
 // "ports A B" and "clients a1=P a2=P a3=P b1=P", then obeys stdin:
-// "young" leaks a4 on A and prints "a4=P"; "probe" writes a byte to every
+// "young [NAME]" leaks NAME (a4 by default) on A and prints "NAME=P"; "probe" writes a byte to every
 // server socket it holds, then reads it, and prints for each
 // "name=eof|open|<error>": eof, still in CLOSE-WAIT; open, ESTABLISHED; a
 // destroyed socket fails the write (its reads only say end of file, as
@@ -748,9 +785,13 @@ func killFixture(fail func(error)) {
 	fmt.Printf("clients a1=%d a2=%d a3=%d b1=%d\n", a1.clientAt, a2.clientAt, a3.clientAt, b1.clientAt)
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
-		switch in.Text() {
+		cmd, name, _ := strings.Cut(in.Text(), " ")
+		switch cmd {
 		case "young":
-			fmt.Printf("a4=%d\n", leak("a4", lnA, true).clientAt)
+			if name == "" {
+				name = "a4"
+			}
+			fmt.Printf("%s=%d\n", name, leak(name, lnA, true).clientAt)
 		case "probe":
 			var out []string
 			for _, h := range all {
@@ -824,6 +865,8 @@ func leakMany(fail func(error)) {
 				io.Copy(io.Discard, c) // to the peer's FIN
 				time.Sleep(closeAfter)
 				c.Close()
+				// When, for the test's bounds on the FIN-to-close latency.
+				fmt.Printf("closed %d %d\n", c.RemoteAddr().(*net.TCPAddr).Port, time.Now().UnixNano())
 			}()
 			continue
 		}

@@ -49,9 +49,10 @@ func startFixture(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) young(t *testing.T) {
+// young leaks one more socket on port A, named name (a4 when empty).
+func (f *fixture) young(t *testing.T, name string) {
 	t.Helper()
-	fmt.Fprintln(f.h.stdin, "young")
+	fmt.Fprintln(f.h.stdin, "young", name)
 	name, port, _ := strings.Cut(f.h.line(t), "=")
 	f.clients[name], _ = strconv.Atoi(port)
 }
@@ -216,28 +217,86 @@ func TestKillDestroysOnlyWhatMatches(t *testing.T) {
 }
 
 // With --from, ages come from a running tcptrace: the old sockets are
-// destroyed, a younger one survives.
+// destroyed, a younger one survives. Whether a socket is younger than the
+// cut when kill decides depends on how long kill takes to start: a round
+// where the young socket had aged past the cut by then (every destroyed
+// socket's age says so) proves nothing, and the next round doubles the
+// cut.
 func TestKillAgesFromRunningTracer(t *testing.T) {
-	p := startTracer(t, "closewait", "--listen", "127.0.0.1:0")
-	base := "http://" + strings.Fields(strings.SplitAfter(p.stderr.String(), `msg="serving metrics" address=`)[1])[0]
+	_, base := startWithMetrics(t)
 	f := startFixture(t) // after tcptrace: it saw the FINs
-	time.Sleep(1500 * time.Millisecond)
-	f.young(t)
-	evs, stderr, code := kill(t, "--from", base, "--older-than", "1s", "--netns", strconv.FormatUint(f.netns, 10),
-		"--port", strconv.Itoa(f.portA), "--yes")
-	got := f.byClient(t, evs, "destroyed")
-	if code != 0 || names(got) != "a1,a2" {
-		t.Fatalf("kill --from: exit %d, %v, want a1 and a2 (a4 is younger):\n%s", code, evs, stderr)
+	ns, portA := strconv.FormatUint(f.netns, 10), strconv.Itoa(f.portA)
+	old := []string{"a1", "a2"}
+	for round, cut := 1, time.Second; ; round, cut = round+1, 2*cut {
+		// The old sockets are past the cut by the running tcptrace's
+		// count before the young one leaks.
+		waitAged(t, base, f, old, cut)
+		young := fmt.Sprintf("y%d", round)
+		f.young(t, young)
+		evs, stderr, code := kill(t, "--from", base, "--older-than", cut.String(), "--netns", ns, "--port", portA, "--yes")
+		got := f.byClient(t, evs, "destroyed")
+		if code != 0 {
+			t.Fatalf("kill --from: exit %d, %v:\n%s", code, evs, stderr)
+		}
+		for name, ev := range got {
+			if !*ev.AgeKnown || time.Duration(*ev.AgeNS) < cut {
+				t.Errorf("destroyed %s %v, want its age known from the running tcptrace and at least %v", name, ev, cut)
+			}
+		}
+		for _, name := range old {
+			if _, ok := got[name]; !ok {
+				t.Fatalf("kill --from --older-than %v: destroyed %v, want %v (older than the cut):\n%s", cut, evs, old, stderr)
+			}
+		}
+		if len(got) != len(old)+1 {
+			if len(got) != len(old) {
+				t.Fatalf("kill --from --older-than %v destroyed %v, want %v and perhaps %s", cut, evs, old, young)
+			}
+			// The young one survived: the cut was honoured.
+			if probe := f.probe(t); probe[young] != "eof" || probe["b1"] != "eof" {
+				t.Errorf("survivors %v, want %s (younger) and b1 (another port) in CLOSE-WAIT", probe, young)
+			}
+			break
+		}
+		if cut >= 32*time.Second {
+			t.Fatalf("kill destroyed the young socket in every round, up to a %v cut", cut)
+		}
+		t.Logf("round %d: %s was past the %v cut when kill listed it: again with %v", round, young, cut, 2*cut)
+		// Everything was destroyed: a new old socket for the next round.
+		next := fmt.Sprintf("o%d", round+1)
+		f.young(t, next)
+		old = []string{next}
 	}
-	if ev := got["a1"]; !*ev.AgeKnown || *ev.AgeNS < int64(1500*time.Millisecond) {
-		t.Errorf("destroyed %v, want its age known from the running tcptrace", ev)
-	}
-	if probe := f.probe(t); probe["a4"] != "eof" || probe["b1"] != "eof" {
-		t.Errorf("survivors %v, want a4 (younger) and b1 (another port) in CLOSE-WAIT", probe)
-	}
-	_, stderr, code = kill(t, "--from", "127.0.0.1:1", "--older-than", "1s", "--yes")
+	_, stderr, code := kill(t, "--from", "127.0.0.1:1", "--older-than", "1s", "--yes")
 	if code != 1 || !strings.Contains(stderr, "--from 127.0.0.1:1") {
 		t.Errorf("--from an address where nothing listens: exit %d, %q", code, stderr)
+	}
+}
+
+// waitAged waits until the running tcptrace at base gives every named
+// fixture socket an age of at least age.
+func waitAged(t *testing.T, base string, f *fixture, names []string, age time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(eventTimeout + age); ; time.Sleep(50 * time.Millisecond) {
+		ages := map[int]time.Duration{} // client port -> age
+		_, body := get(t, base+"/api/v1/closewait")
+		for _, line := range strings.Split(strings.TrimSpace(body), "\n") {
+			var ev jsonEvent
+			if json.Unmarshal([]byte(line), &ev) != nil || ev.NetNS != f.netns || ev.AgeKnown == nil || !*ev.AgeKnown {
+				continue
+			}
+			ages[ev.RemotePort] = time.Since(eventTime(t, ev))
+		}
+		aged := true
+		for _, name := range names {
+			aged = aged && ages[f.clients[name]] >= age
+		}
+		if aged {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the running tcptrace does not give %v an age of %v: %v\n%s", names, age, ages, body)
+		}
 	}
 }
 
@@ -256,7 +315,7 @@ func TestKillAsksOnATerminal(t *testing.T) {
 		defer tty.Close()
 		var out bytes.Buffer
 		buf := make([]byte, 4096)
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(eventTimeout)
 		for !strings.Contains(out.String(), "[y/N]") {
 			if time.Now().After(deadline) {
 				t.Fatalf("no question on the terminal:\n%s", out.String())
@@ -275,7 +334,7 @@ func TestKillAsksOnATerminal(t *testing.T) {
 		}
 		select {
 		case <-done:
-		case <-time.After(5 * time.Second):
+		case <-time.After(eventTimeout):
 		}
 		return out.String()
 	}

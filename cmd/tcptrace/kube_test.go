@@ -105,9 +105,18 @@ func TestKubernetesNames(t *testing.T) {
 	t.Setenv(helperCgroupEnv, podCgroup(t, pod.UID, containerID))
 	h, port, client, _ := leakFrom(t, "leak")
 	os.Unsetenv(helperCgroupEnv)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "1s", "--listen", "127.0.0.1:0",
+	p, base := startWithMetrics(t, "--port", port, "--threshold", "1s",
 		"--kubeconfig", writeKubeconfig(t, rc), "--node-name", node, "--deleted-grace", "1m")
-	base := "http://" + strings.Fields(strings.SplitAfter(p.stderr.String(), `msg="serving metrics" address=`)[1])[0]
+	// The leak starts once tcptrace's pod cache holds the pod: its stuck
+	// report, a threshold later, must not race the first sync.
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
+		if got := series(scrape(t, base), "tcptrace_kubernetes_cached_pods", map[string]string{"state": "live"}); len(got) == 1 && value(got[0]) >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tcptrace's pod cache holds no pod after %v", eventTimeout)
+		}
+	}
 	if err := client.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +170,17 @@ func TestKubernetesNames(t *testing.T) {
 	if err := cs.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &now}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // the informer sees the delete
+	// Once tcptrace's informer has seen the delete, the pod is kept as
+	// deleted.
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
+		cached := series(scrape(t, base), "tcptrace_kubernetes_cached_pods", map[string]string{"state": "deleted"})
+		if len(cached) == 1 && value(cached[0]) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tcptrace's pod cache did not see the delete within %v: kubernetes_cached_pods{state=deleted} %v", eventTimeout, cached)
+		}
+	}
 	if err := h.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -192,9 +211,7 @@ func TestKubernetesUnreachable(t *testing.T) {
 	t.Setenv(helperCgroupEnv, podCgroup(t, uid, containerID))
 	_, port, client, _ := leakFrom(t, "leak")
 	os.Unsetenv(helperCgroupEnv)
-	p := startTracer(t, "closewait", "--port", port, "--threshold", "1s", "--listen", "127.0.0.1:0",
-		"--kubeconfig", kubeconfig, "--node-name", "node-x")
-	base := "http://" + strings.Fields(strings.SplitAfter(p.stderr.String(), `msg="serving metrics" address=`)[1])[0]
+	p, base := startWithMetrics(t, "--port", port, "--threshold", "1s", "--kubeconfig", kubeconfig, "--node-name", "node-x")
 	if err := client.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +219,16 @@ func TestKubernetesUnreachable(t *testing.T) {
 	if got := string(ev.K8s); got != `{"node":"node-x","pod_not_found":true}` || ev.PodUID != string(uid) {
 		t.Errorf("stuck with the API server away: k8s %s pod_uid %s, want pod_not_found for %s", got, ev.PodUID, uid)
 	}
-	code, body := get(t, base+"/readyz")
-	if code != http.StatusServiceUnavailable || !strings.Contains(body, "kubernetes: pod cache not synced") || !strings.Contains(body, "tracer: ok") {
-		t.Errorf("/readyz %d %q, want 503 for Kubernetes alone", code, body)
+	// 503 for Kubernetes alone (the tracer's check may flap while a loaded
+	// machine stalls the ring buffer's reader: wait for it, do not sample).
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(50 * time.Millisecond) {
+		code, body := get(t, base+"/readyz")
+		if code == http.StatusServiceUnavailable && strings.Contains(body, "kubernetes: pod cache not synced") && strings.Contains(body, "tracer: ok") {
+			break
+		}
+		if code != http.StatusServiceUnavailable || !strings.Contains(body, "kubernetes: pod cache not synced") || time.Now().After(deadline) {
+			t.Errorf("/readyz %d %q, want 503 for Kubernetes alone", code, body)
+			break
+		}
 	}
 }

@@ -126,18 +126,34 @@ func TestMetricsOfLeaks(t *testing.T) {
 	}
 	const healthy, leaked, pooled = 300, 5, 7
 	healthyChurn(t, srv, healthy)
+	var leaks []func(jsonEvent) bool
 	for range leaked {
 		c := dial(t, srv)
 		if err := c.client.CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
+		leaks = append(leaks, c.isServer)
 	}
 	for range pooled {
 		c := dial(t, pool)
 		c.server.Close() // the server closes first: our client is in CLOSE-WAIT
+		leaks = append(leaks, c.isClient)
 	}
-	for range leaked + pooled {
-		p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
+	// Every leak's stuck report; a churned socket that a loaded machine
+	// kept open past the threshold is rightly reported too, and counted.
+	slowHealthy := 0
+	for reported := map[int]bool{}; len(reported) < len(leaks); {
+		ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
+		found := false
+		for i, isLeak := range leaks {
+			if isLeak(ev) {
+				reported[i], found = true, true
+			}
+		}
+		if !found {
+			slowHealthy++
+			t.Logf("a churned socket closed past the threshold: %v", ev)
+		}
 	}
 
 	fams := scrape(t, base)
@@ -172,7 +188,7 @@ func TestMetricsOfLeaks(t *testing.T) {
 	near("tcptrace_close_wait_entered_total", in, healthy+leaked)
 	near("tcptrace_close_wait_closed_total", in, healthy)
 	check("tcptrace_close_wait_aborted_total", in, 0)
-	check("tcptrace_stuck_reported_total", in, leaked)
+	check("tcptrace_stuck_reported_total", in, float64(leaked+slowHealthy))
 	check("tcptrace_stuck_reported_total", out, pooled)
 	comm := func(want map[string]string) map[string]string {
 		m := map[string]string{"comm": ownComm(t)}
@@ -232,8 +248,17 @@ func TestMetricsOfLeaks(t *testing.T) {
 	if hook := label(fams["tcptrace_hook_info"].GetMetric()[0], "hook"); !strings.Contains(p.stderr.String(), "point="+hook) {
 		t.Errorf("hook_info says %q; tcptrace attached:\n%s", hook, p.stderr.String())
 	}
-	if code, body := get(t, base+"/readyz"); code != http.StatusOK {
-		t.Errorf("/readyz %d after attach, want 200:\n%s", code, body)
+	// Ready once attached (it may flap to 503 while a loaded machine
+	// stalls the ring buffer's reader: wait, do not sample once).
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(50 * time.Millisecond) {
+		code, body := get(t, base+"/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("/readyz %d after attach, want 200:\n%s", code, body)
+			break
+		}
 	}
 }
 
@@ -264,7 +289,7 @@ func TestReadyOnlyOnceAttached(t *testing.T) {
 	go func() {
 		var seen []answer
 		defer func() { answers <- seen }()
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(eventTimeout)
 		for time.Now().Before(deadline) {
 			resp, err := http.Get("http://" + addr + "/readyz")
 			if err != nil {

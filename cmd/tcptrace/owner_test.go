@@ -111,8 +111,7 @@ func TestOwnerOfSocketAcceptedAfterFIN(t *testing.T) {
 // owner and an unknown age, reported stuck, and its close is seen.
 func TestSnapshotOfExistingCloseWait(t *testing.T) {
 	h, port, cl, _ := leakFrom(t, "leak")
-	cl.Close() // CLOSE-WAIT now, before the tracer runs
-	time.Sleep(50 * time.Millisecond)
+	cl.Close() // CLOSE-WAIT now, before the tracer runs: on loopback the FIN is handled within the close
 	p := startTracer(t, "closewait", "--all", "--port", port, "--threshold", "300ms")
 	isServer := func(ev jsonEvent) bool { return strconv.Itoa(ev.LocalPort) == port }
 	cw := p.next(eventTimeout, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" && isServer(ev) })
@@ -181,7 +180,7 @@ func TestSnapshotFindsEverySocket(t *testing.T) {
 	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m")
 	found := map[string]bool{}
 	for len(found) < n {
-		ev := p.next(10*time.Second, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
+		ev := p.next(eventTimeout, "snapshot close_wait", func(ev jsonEvent) bool { return ev.Event == "close_wait" })
 		if *ev.AgeKnown || ev.LocalPort != listenerPort(ln) || found[ev.Sock] {
 			t.Fatalf("after %d: unexpected %v", len(found), ev)
 		}

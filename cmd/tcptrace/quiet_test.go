@@ -89,7 +89,14 @@ func TestDefaultWritesOnlyLeaks(t *testing.T) {
 		all := p.drain()
 		var about []jsonEvent // not lost: the classic tracepoint counts recursion misses on 6.7+
 		for _, ev := range all {
-			if ev.Event != "lost" {
+			switch {
+			case ev.Event == "lost":
+			case !stuck[ev.Sock] && slowClose(ev, time.Second):
+				// A churned socket whose close came past the threshold
+				// (a loaded machine can stall the test that long): rightly
+				// written.
+				t.Logf("a healthy socket closed past the threshold: %v", ev)
+			default:
 				about = append(about, ev)
 			}
 		}
@@ -99,7 +106,7 @@ func TestDefaultWritesOnlyLeaks(t *testing.T) {
 					t.Errorf("written about a healthy socket: %v", ev)
 				}
 			}
-			t.Errorf("%d events written, want %d", len(about), 2*leaked)
+			t.Errorf("%d events written about the leaks, want %d", len(about), 2*leaked)
 		}
 		if !strings.Contains(p.stderr.String(), fmt.Sprintf("events=%d ", len(all))) {
 			t.Errorf("exit summary does not count the %d events written:\n%s", len(all), p.stderr.String())
@@ -127,12 +134,34 @@ func TestDefaultWritesOnlyLeaks(t *testing.T) {
 	})
 }
 
+// slowClose reports whether ev is rightly written about a socket that did
+// not leak: it stayed in CLOSE-WAIT at least limit (a stuck report, or the
+// close that followed one or came that late).
+func slowClose(ev jsonEvent, limit time.Duration) bool {
+	switch ev.Event {
+	case "stuck":
+		return ev.AgeNS != nil && time.Duration(*ev.AgeNS) >= limit
+	case "app_close":
+		return ev.FinToCloseNS != nil && time.Duration(*ev.FinToCloseNS) >= limit
+	}
+	return false
+}
+
+// onlyRecursionMisses reports whether ev is a lost event for skipped
+// program runs alone: the kernel counts those for every socket on the host.
+func onlyRecursionMisses(ev jsonEvent) bool {
+	return ev.Event == "lost" && len(ev.Counts) == 1 && ev.Counts["recursion_miss"] > 0
+}
+
 func TestAllWritesEverySocket(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "1m")
 	const n = 500
 	healthyChurn(t, ln, n)
-	time.Sleep(200 * time.Millisecond)
+	// Every close has happened; wait until it has been read.
+	for closes := 0; closes < n; closes++ {
+		p.next(eventTimeout, "app_close", func(ev jsonEvent) bool { return ev.Event == "app_close" })
+	}
 	counts := map[string]int{}
 	open := map[string]bool{} // close_wait seen, app_close not yet
 	for _, ev := range p.drain() {
@@ -171,8 +200,12 @@ func TestMinLatencyWritesSlowCloses(t *testing.T) {
 		t.Errorf("app_close %v, want the 700ms close, not stuck", ac)
 	}
 	healthyChurn(t, ln, 200)
-	if rest := p.drain(); len(rest) != 1 {
-		t.Errorf("wrote %d events, want only the slow close", len(rest))
+	for _, ev := range p.drain() {
+		// The slow close, and any churned socket that a loaded machine
+		// kept open past the floor, rightly written.
+		if ev.Sock != ac.Sock && !slowClose(ev, 500*time.Millisecond) && !onlyRecursionMisses(ev) {
+			t.Errorf("wrote %v, want only closes slower than 500ms", ev)
+		}
 	}
 }
 
@@ -192,7 +225,7 @@ func TestOwnersInManyNamespaces(t *testing.T) {
 	p := startTracer(t, "closewait", "--threshold", "1s")
 	reported := map[uint64]bool{}
 	for len(reported) < namespaces {
-		ev := p.next(15*time.Second, "stuck in a test namespace", func(ev jsonEvent) bool {
+		ev := p.next(eventTimeout, "stuck in a test namespace", func(ev jsonEvent) bool {
 			_, ours := holder[ev.NetNS]
 			return ev.Event == "stuck" && ours
 		})
@@ -226,12 +259,15 @@ func TestNetnsFilter(t *testing.T) {
 		fmt.Fprintln(h.stdin)
 		h.line(t)
 	}
-	p := startTracer(t, "closewait", "--threshold", "300ms", "--netns", strconv.FormatUint(nsA, 10))
+	// Both leaks predate tcptrace: were the other one let through, it would
+	// be due at the same time as the first. The repeated report comes
+	// later, so by then it would have been written.
+	p := startTracer(t, "closewait", "--threshold", "300ms", "--repeat", "300ms", "--netns", strconv.FormatUint(nsA, 10))
 	ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
 	if ev.NetNS != nsA || strconv.Itoa(ev.LocalPort) != portA {
 		t.Errorf("stuck %v, want the leak in netns %d", ev, nsA)
 	}
-	time.Sleep(500 * time.Millisecond)
+	p.next(eventTimeout, "the repeated stuck report", func(e jsonEvent) bool { return e.Event == "stuck" && e.Sock == ev.Sock })
 	for _, ev := range p.drain() {
 		if ev.NetNS != nsA && ev.Event != "lost" {
 			t.Errorf("--netns %d wrote an event of netns %d (the other is %d): %v", nsA, ev.NetNS, nsB, ev)
@@ -269,12 +305,14 @@ func TestCgroupAndProcessFilters(t *testing.T) {
 	ports := []string{"--port", portIn, "--port", portOut}
 	check := func(what string, args []string, wantPort string, wantPID int) {
 		t.Helper()
-		p := startTracer(t, append(append([]string{"closewait", "--threshold", "300ms"}, ports...), args...)...)
+		// Both leaks predate tcptrace, so both are due at once: the
+		// repeated report of the one kept comes after the other's would.
+		p := startTracer(t, append(append([]string{"closewait", "--threshold", "300ms", "--repeat", "300ms"}, ports...), args...)...)
 		ev := p.next(eventTimeout, "stuck", func(ev jsonEvent) bool { return ev.Event == "stuck" })
 		if strconv.Itoa(ev.LocalPort) != wantPort || len(ev.Owner) != 1 || ev.Owner[0].PID != wantPID {
 			t.Errorf("%s: stuck %v, want port %s held by %d", what, ev, wantPort, wantPID)
 		}
-		time.Sleep(500 * time.Millisecond)
+		p.next(eventTimeout, "the repeated stuck report", func(e jsonEvent) bool { return e.Event == "stuck" && e.Sock == ev.Sock })
 		for _, ev := range p.drain() {
 			if ev.Event == "stuck" && strconv.Itoa(ev.LocalPort) != wantPort {
 				t.Errorf("%s: reported the other leak: %v", what, ev)
@@ -313,14 +351,14 @@ func TestSummaryCountsLinesWritten(t *testing.T) {
 	}
 	defer f.Close()
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	cmd := tcptraceCmd(nil, "closewait", "--all", "--port", portArg(ln), "--output", "json")
+	cmd, ready := readyCmd(t, "closewait", "--all", "--port", portArg(ln), "--output", "json")
 	var stderr syncBuffer
 	cmd.Stdout, cmd.Stderr = f, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitAttached(t, &stderr)
+	waitReady(t, ready, &stderr, nil)
 	healthyChurn(t, ln, 300)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -329,7 +367,7 @@ func TestSummaryCountsLinesWritten(t *testing.T) {
 		if err == nil {
 			t.Errorf("tcptrace exited 0 with its output failing")
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(eventTimeout):
 		cmd.Process.Signal(syscall.SIGINT)
 		<-done
 		t.Fatalf("tcptrace went on with a full disk; stderr:\n%s", stderr.String())
@@ -352,7 +390,7 @@ func TestSummaryCountsLinesWritten(t *testing.T) {
 func TestBrokenPipeEndsCleanly(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	cmd := tcptraceCmd(nil, "closewait", "--all", "--port", portArg(ln), "--output", "json")
+	cmd, ready := readyCmd(t, "closewait", "--all", "--port", portArg(ln), "--output", "json")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -363,7 +401,7 @@ func TestBrokenPipeEndsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitAttached(t, &stderr)
+	waitReady(t, ready, &stderr, nil)
 	healthyChurn(t, ln, 5)
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || !strings.Contains(line, `"close_wait"`) {
@@ -372,7 +410,7 @@ func TestBrokenPipeEndsCleanly(t *testing.T) {
 	stdout.Close() // as head does after its lines
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	deadline := time.After(10 * time.Second)
+	deadline := time.After(eventTimeout)
 	for {
 		healthyChurn(t, ln, 20)
 		select {
@@ -391,24 +429,13 @@ func TestBrokenPipeEndsCleanly(t *testing.T) {
 	}
 }
 
-func waitAttached(t *testing.T, stderr *syncBuffer) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(stderr.String(), "msg=attached") {
-		if time.Now().After(deadline) {
-			t.Fatalf("tcptrace did not attach; stderr:\n%s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // On a terminal, a table, with a status row every --status-interval that
 // shows tcptrace at work when nothing leaks. tcptrace runs on a real
 // pseudo-terminal.
 func TestStatusRowsOnATerminal(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	cmd := tcptraceCmd(nil, "closewait", "--port", portArg(ln), "--status-interval", "1s")
+	cmd, ready := readyCmd(t, "closewait", "--port", portArg(ln), "--status-interval", "1s")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
@@ -422,9 +449,13 @@ func TestStatusRowsOnATerminal(t *testing.T) {
 		defer close(copied)
 		io.Copy(&out, tty) // ends with EIO once tcptrace has exited
 	}()
-	waitAttached(t, &stderr)
-	stop := time.Now().Add(2500 * time.Millisecond)
-	for time.Now().Before(stop) {
+	waitReady(t, ready, &stderr, nil)
+	// Healthy churn until two status rows have counted closes.
+	status := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d status +close-wait=\d+ stuck=0 closes/s=([1-9][\d.]*) p99<\S+\r?$`)
+	for deadline := time.Now().Add(eventTimeout); len(status.FindAllString(out.String(), -1)) < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("no two status rows with closes/s > 0 within %v:\n%s\nstderr:\n%s", eventTimeout, out.String(), stderr.String())
+		}
 		healthyChurn(t, ln, 20)
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -434,11 +465,10 @@ func TestStatusRowsOnATerminal(t *testing.T) {
 	}
 	select {
 	case <-copied:
-	case <-time.After(5 * time.Second):
+	case <-time.After(eventTimeout):
 		t.Fatal("the terminal's output did not end")
 	}
 	text := strings.ReplaceAll(out.String(), "\r", "")
-	status := regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d status +close-wait=\d+ stuck=0 closes/s=([1-9][\d.]*) p99<\S+$`)
 	if !strings.Contains(text, "TIME     EVENT") || len(status.FindAllString(text, -1)) < 2 {
 		t.Errorf("want a table header and two status rows with closes/s > 0, got %d bytes:\n%s\nstderr:\n%s", len(text), text, stderr.String())
 	}

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/tcptrace/tcptrace/internal/testenv"
 )
@@ -32,9 +31,11 @@ func TestTraceFullSequence(t *testing.T) {
 		c := dial(t, ln)
 		dial(t, other).server.Close()
 		c.client.Close()
-		// Let the client's FIN settle before the server closes, so neither
-		// end sees a simultaneous close.
-		time.Sleep(100 * time.Millisecond)
+		// The server's ACK of the client's FIN must arrive before the
+		// server closes, so neither end sees a simultaneous close.
+		p.next(eventTimeout, "client FIN_WAIT1 -> FIN_WAIT2", func(ev jsonEvent) bool {
+			return c.isClient(ev) && ev.OldState == "FIN_WAIT1" && ev.NewState == "FIN_WAIT2"
+		})
 		c.server.Close()
 		p.next(eventTimeout, "server LAST_ACK -> CLOSE", func(ev jsonEvent) bool {
 			return c.isServer(ev) && ev.OldState == "LAST_ACK" && ev.NewState == "CLOSE"
@@ -272,6 +273,7 @@ func TestBadInvocation(t *testing.T) {
 		{"closewait", "--max-aggregates", "1"},
 		{"closewait", "--threshold", "30"},
 		{"trace", "--netns", "-1"},
+		{"trace", "--ready-file", "/no/such/directory/ready"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(context.Background(), append([]string{"tcptrace"}, args...), &stdout, &stderr)
