@@ -100,7 +100,10 @@ func ensureTracefs() error {
 		}
 	}
 	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
-		return fmt.Errorf("mount tracefs at /sys/kernel/tracing: %w", err)
+		if errors.Is(err, unix.EPERM) {
+			err = fmt.Errorf("%w: %w (needs CAP_SYS_ADMIN; or mount it first: mount -t tracefs tracefs /sys/kernel/tracing)", ErrPrivilege, err)
+		}
+		return fmt.Errorf("no tracefs mounted, and cannot mount it at /sys/kernel/tracing: %w", err)
 	}
 	return nil
 }
