@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -365,15 +366,20 @@ func TestTopLiveView(t *testing.T) {
 	}
 	defer tty.Close()
 	var screen syncBuffer
-	go io.Copy(&screen, tty)
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		io.Copy(&screen, tty) // ends with EIO once top has exited
+	}()
+	// The row, then refreshes: its sockets turn stuck past the threshold.
+	stuck := regexp.MustCompile(`[1-9][0-9]* stuck`)
 	deadline := time.Now().Add(eventTimeout)
-	for !strings.Contains(screen.String(), strconv.Itoa(port)) {
+	for !strings.Contains(screen.String(), strconv.Itoa(port)) || !stuck.MatchString(screen.String()) {
 		if time.Now().After(deadline) {
-			t.Fatalf("no row for port %d on the screen:\n%q\n%s", port, screen.String(), stderr.String())
+			t.Fatalf("no row for port %d with stuck sockets on the screen:\n%q\n%s", port, screen.String(), stderr.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(time.Second) // a few refreshes
 	if _, err := tty.Write([]byte("q")); err != nil {
 		t.Fatal(err)
 	}
@@ -387,6 +393,11 @@ func TestTopLiveView(t *testing.T) {
 	case <-time.After(eventTimeout):
 		cmd.Process.Kill()
 		t.Fatal("q did not end the live view")
+	}
+	select {
+	case <-copied:
+	case <-time.After(eventTimeout):
+		t.Fatal("the terminal's output did not end")
 	}
 	if out := screen.String(); !strings.Contains(out, "\x1b[?1049l") {
 		t.Errorf("the alternate screen was not left: %q", out[max(0, len(out)-200):])
