@@ -329,12 +329,14 @@ func TestKillAsksOnATerminal(t *testing.T) {
 		fmt.Fprintln(tty, answer)
 		done := make(chan struct{})
 		go func() { io.Copy(&out, tty); close(done) }()
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("answered %q: %v\n%s", answer, err, out.String())
-		}
+		waitErr := cmd.Wait()
 		select {
-		case <-done:
+		case <-done: // the terminal's output read to its end
 		case <-time.After(eventTimeout):
+			t.Fatalf("answered %q: the terminal's output did not end", answer)
+		}
+		if waitErr != nil {
+			t.Errorf("answered %q: %v\n%s", answer, waitErr, out.String())
 		}
 		return out.String()
 	}
