@@ -95,6 +95,13 @@ func ListCloseWaitSockets(netns uint32) ([]CloseWaitSocket, error) {
 	defer coll.Close()
 	defer iter.Close()
 
+	if !helper {
+		// Cookies come from sock_diag then: without it every socket
+		// would look gone, and be left out without a word.
+		if err := tcpDiagCheck(); err != nil {
+			return nil, fmt.Errorf("the sockets' cookies, asked of sock_diag before Linux 5.12: %w", err)
+		}
+	}
 	nss := openNetworkNamespaces(uint64(netns))
 	if netns != 0 && len(nss) == 0 {
 		return nil, fmt.Errorf("network namespace %d not found", netns)
@@ -638,9 +645,18 @@ func sockDiagProbe() error {
 		}
 		return sockDestroyError(err)
 	}
+	return tcpDiagKnown(fd)
+}
+
+// tcpDiagKnown checks that sock_diag knows TCP sockets: it answers ENOENT
+// for any socket when TCP has no handler (tcp_diag not loaded), as for a
+// socket that does not exist. A get of a listener of ours tells them
+// apart. Handlers are the kernel's, not a namespace's: one check is
+// enough for every namespace.
+func tcpDiagKnown(fd int) error {
 	l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil // cannot tell; the request said ENOENT
+		return nil // cannot tell
 	}
 	defer unix.Close(l)
 	if unix.Bind(l, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}) != nil || unix.Listen(l, 1) != nil {
@@ -659,6 +675,16 @@ func sockDiagProbe() error {
 		return fmt.Errorf("TCP sockets unknown to sock_diag (is the tcp_diag module loaded?): %w", err)
 	}
 	return nil
+}
+
+// tcpDiagCheck is tcpDiagKnown with a sock_diag socket of its own.
+func tcpDiagCheck() error {
+	fd, err := sockDiagOpen()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	return tcpDiagKnown(fd)
 }
 
 // sockDiagOpen opens a NETLINK_SOCK_DIAG socket, which talks to the
