@@ -232,6 +232,13 @@ func sockDiagDump(fd int, family uint8, states uint32, ext uint8, msg func([]byt
 	return sockDiagExchange(fd, req, 1<<16, func(typ uint16, payload []byte) (bool, error) {
 		switch typ {
 		case unix.NLMSG_DONE:
+			// A dump that failed says why here (TCP unknown to sock_diag:
+			// ENOENT), rather than in an NLMSG_ERROR.
+			if len(payload) >= 4 {
+				if errno := int32(ne.Uint32(payload)); errno < 0 {
+					return true, unix.Errno(-errno)
+				}
+			}
 			// An interrupted dump (NLM_F_DUMP_INTR) may have missed or
 			// repeated sockets that came and went: fine for counts.
 			return true, nil
