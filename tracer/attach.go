@@ -118,8 +118,7 @@ func (t *Tracer) loadAndAttach() error {
 	if err != nil {
 		return fmt.Errorf("load eBPF object: %w", err)
 	}
-	// Only kernels before 5.11 charge eBPF memory to RLIMIT_MEMLOCK.
-	memlockErr := rlimit.RemoveMemlock()
+	memlockErr := removeMemlock()
 
 	var failures []error
 	for _, c := range cands {
@@ -131,10 +130,16 @@ func (t *Tracer) loadAndAttach() error {
 		t.cfg.Logger.Debug("attach point unusable", "candidate", c.String(), "error", err)
 		failures = append(failures, fmt.Errorf("%s: %w", c, err))
 	}
-	if memlockErr != nil {
-		failures = append(failures, fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", memlockErr))
+	return fmt.Errorf("no usable attach point: %w", oneline.Join(append(failures, memlockErr)...))
+}
+
+// removeMemlock lifts RLIMIT_MEMLOCK, to which only kernels before 5.11
+// charge eBPF memory; its error explains a load that fails after it.
+func removeMemlock() error {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("raise RLIMIT_MEMLOCK (needs CAP_SYS_RESOURCE on kernels before 5.11): %w", err)
 	}
-	return fmt.Errorf("no usable attach point: %w", oneline.Join(failures...))
+	return nil
 }
 
 // wakeupStepMin keeps the wake-up step above the size of one ring-buffer

@@ -14,7 +14,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/events"
@@ -130,7 +129,7 @@ func ListCloseWaitSockets(netns uint32) ([]CloseWaitSocket, error) {
 // loadCWList loads and attaches the listing program; helper says whether
 // it calls bpf_get_socket_cookie.
 func loadCWList() (*ebpf.Collection, *link.Iter, bool, error) {
-	_ = rlimit.RemoveMemlock() // only kernels before 5.11 charge RLIMIT_MEMLOCK
+	memlockErr := removeMemlock()
 	spec, err := loadDestroy()
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("load eBPF object: %w", err)
@@ -147,7 +146,7 @@ func loadCWList() (*ebpf.Collection, *link.Iter, bool, error) {
 		}
 		failures = append(failures, err)
 	}
-	return nil, nil, false, fmt.Errorf("%w: the CLOSE-WAIT listing (iter/tcp, Linux 5.9+): %w", ErrNoSnapshot, oneline.Join(failures...))
+	return nil, nil, false, fmt.Errorf("%w: the CLOSE-WAIT listing (iter/tcp, Linux 5.9+): %w", ErrNoSnapshot, oneline.Join(append(failures, memlockErr)...))
 }
 
 // loadDestroyIter loads the only program of spec and attaches it as an
@@ -373,7 +372,7 @@ func NewDestroyerWith(method string) (*Destroyer, error) {
 }
 
 func newKfuncDestroyer() (*Destroyer, error) {
-	_ = rlimit.RemoveMemlock()
+	memlockErr := removeMemlock()
 	spec, err := loadDestroy()
 	if err != nil {
 		return nil, fmt.Errorf("load eBPF object: %w", err)
@@ -383,6 +382,8 @@ func newKfuncDestroyer() (*Destroyer, error) {
 		switch {
 		case errors.Is(err, ebpf.ErrNotSupported):
 			err = fmt.Errorf("%w: %w (the kfunc needs Linux 6.5 or newer)", ErrUnsupportedKernel, err)
+		case memlockErr != nil:
+			err = oneline.Join(err, memlockErr)
 		case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
 			err = fmt.Errorf("%w: %w (needs CAP_BPF and CAP_PERFMON, or CAP_SYS_ADMIN)", ErrPrivilege, err)
 		}
