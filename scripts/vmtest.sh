@@ -20,7 +20,13 @@
 #           binary (CGO_ENABLED=0 go test -c), packed with its testdata under
 #           /pkg/<package dir>, and run there with -test.v, with
 #           TCPTRACE_REQUIRE_PRIVILEGED=1 so that a real-kernel test cannot
-#           pass by skipping.
+#           pass by skipping. To run some tests only, give the binaries
+#           yourself, e.g. "-- /tmp/tcptrace.test -test.v -test.run=TestX"
+#           (built with CGO_ENABLED=0 go test -c).
+#
+# scripts/vminit sets TCPTRACE_TEST_VM=1 for the programs it runs: the
+# tests that change the whole machine (the wall clock, kernel modules) run
+# only there, and skip elsewhere whatever TCPTRACE_REQUIRE_PRIVILEGED says.
 #
 # A boot passes when the console shows VMTEST_EXIT_CODE=0 (printed by
 # scripts/vminit, the initramfs' PID 1). The exit status is 0 when every

@@ -7,7 +7,8 @@
 //
 //	VMTEST_EXIT_CODE=<n>
 //
-// and powers the machine off. <n> is the exit status of the first program
+// and powers the machine off. The programs get TCPTRACE_TEST_VM=1 in
+// their environment: tests that change the whole machine run only there. <n> is the exit status of the first program
 // that failed (0 if none did), 128+signal if a signal killed it, or 125 if
 // the setup failed or a program could not be started.
 // Whatever happens, init ends in a power-off, never in a panic loop: if the
@@ -168,10 +169,14 @@ func setup() error {
 	loadModules()
 	// The kernel passes init HOME=/ and TERM=linux, plus any unknown
 	// NAME=value parameter from before "--"; keep those, fix the rest.
+	// TCPTRACE_TEST_VM tells tests that the machine is this throwaway VM:
+	// the tests that change the whole machine (its wall clock, its kernel
+	// modules) run only where it is set.
 	for k, v := range map[string]string{
-		"PATH":   "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME":   "/tmp",
-		"TMPDIR": "/tmp",
+		"PATH":             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME":             "/tmp",
+		"TMPDIR":           "/tmp",
+		"TCPTRACE_TEST_VM": "1",
 	} {
 		if err := os.Setenv(k, v); err != nil {
 			return err
