@@ -28,6 +28,7 @@ import (
 	"github.com/tcptrace/tcptrace/internal/loopback"
 	"github.com/tcptrace/tcptrace/internal/schemacheck"
 	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/tracer"
 )
 
 // faultsHelper runs the "faults" helper role: os.Args[1] is the sub-role.
@@ -252,6 +253,7 @@ func oneErrorLine(t *testing.T, what, stderr string, want ...string) {
 		t.Errorf("%s: stderr %q, want it to end with one tcptrace: line", what, stderr)
 		return
 	}
+	t.Logf("%s: %s", what, last)
 	for _, w := range want {
 		if !strings.Contains(last, w) {
 			t.Errorf("%s: error %q does not say %q", what, last, w)
@@ -675,5 +677,141 @@ func TestMemlockLimit(t *testing.T) {
 			t.Errorf("%s with RLIMIT_MEMLOCK 64 KiB and no CAP_SYS_RESOURCE: exit %d, want 1; stderr:\n%s", c.args[0], code, stderr)
 		}
 		oneErrorLine(t, c.args[0]+" with RLIMIT_MEMLOCK 64 KiB", stderr, "RLIMIT_MEMLOCK", "CAP_SYS_RESOURCE")
+	}
+}
+
+// vmEnv is set by scripts/vminit, PID 1 of the kernel matrix's VMs (make
+// vmtest): the machine is a throwaway one.
+const vmEnv = "TCPTRACE_TEST_VM"
+
+// requireVM skips a test that changes the whole machine (its wall clock,
+// its kernel modules) anywhere but in the kernel matrix's VMs. The skip is
+// not turned into a failure by TCPTRACE_REQUIRE_PRIVILEGED: such a test
+// must not run on a developer's or CI's host at all.
+func requireVM(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv(vmEnv) != "1" {
+		t.Skipf("%s, which changes the whole machine: runs only in the kernel matrix's VMs (make vmtest; scripts/vminit sets %s=1)", what, vmEnv)
+	}
+	testenv.RequirePrivileged(t)
+}
+
+// kfuncDestroy probes the bpf_sock_destroy kfunc (Linux 6.5+) as kill
+// does.
+func kfuncDestroy(t *testing.T) bool {
+	t.Helper()
+	d, err := tracer.NewDestroyerWith(tracer.DestroyKfunc)
+	if err != nil {
+		t.Logf("no bpf_sock_destroy kfunc here: %v", err)
+		return false
+	}
+	d.Close()
+	return true
+}
+
+// bpf_sock_destroy missing (before Linux 6.5: 5.10 and 6.1 in the kernel
+// matrix): kill destroys with sock_diag's SOCK_DESTROY instead, and says
+// which method it used. Where the kfunc loads, kill uses it.
+func TestKillMethodIsWhatTheKernelOffers(t *testing.T) {
+	f := startFixture(t)
+	want := tracer.DestroySockDiag
+	if kfuncDestroy(t) {
+		want = tracer.DestroyKfunc
+	}
+	evs, stderr, code := kill(t, "--older-than", "0s", "--any-age", "--netns", strconv.FormatUint(f.netns, 10),
+		"--port", strconv.Itoa(f.portA), "--yes")
+	got := f.byClient(t, evs, "destroyed")
+	if code != 0 || names(got) != "a1,a2" {
+		t.Fatalf("kill: exit %d, %v, want a1 and a2 destroyed:\n%s", code, evs, stderr)
+	}
+	for name, ev := range got {
+		if ev.Method != want {
+			t.Errorf("%s destroyed with method %q, want %q", name, ev.Method, want)
+		}
+	}
+	if !strings.Contains(stderr, "method="+want) {
+		t.Errorf("kill's log does not say method=%s:\n%s", want, stderr)
+	}
+	if probe := f.probe(t); probe["a1"] != "ECONNABORTED" || probe["a2"] != "ECONNABORTED" || probe["a3"] != "open" {
+		t.Errorf("after kill: %v, want a1 and a2 destroyed, a3 open", probe)
+	}
+}
+
+// SOCK_DESTROY missing: TCP unknown to sock_diag (the tcp_diag module not
+// loaded, and no modprobe to load it, as in the VM; Debian builds it as a
+// module), in the kernel matrix's VMs only, as it unloads the module.
+// With the kfunc, kill needs no sock_diag and destroys; without it (before
+// 6.5), kill fails in one line naming tcp_diag (and the kfunc's Linux 6.5
+// when it got that far), and destroys nothing. Its listing either finds
+// the sockets (the listing program reads their cookies from Linux 5.12)
+// or fails in one line naming tcp_diag: before 5.12 the cookies come from
+// sock_diag, and it used to leave every socket out without a word ("no
+// socket in CLOSE-WAIT matches"). top's peers, read with sock_diag, are
+// missing with a warning naming tcp_diag (the dump's error was dropped:
+// no peers, no word).
+func TestKillWithoutSockDiag(t *testing.T) {
+	requireVM(t, "unloads the tcp_diag module")
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		t.Fatal(err)
+	}
+	dir := "/modules/" + unix.ByteSliceToString(uts.Release[:])
+	if order, err := os.ReadFile(dir + "/order"); err != nil || !strings.Contains(string(order), "tcp_diag.ko") {
+		t.Skipf("tcp_diag is built into this kernel (no module in %s): it cannot be unloaded", dir)
+	}
+	f := startFixture(t)
+	kfunc := kfuncDestroy(t)
+	if err := unix.DeleteModule("tcp_diag", unix.O_NONBLOCK); err != nil {
+		t.Fatalf("unload tcp_diag: %v", err)
+	}
+	t.Cleanup(func() {
+		m, err := os.Open(dir + "/tcp_diag.ko")
+		if err == nil {
+			err = unix.FinitModule(int(m.Fd()), "", 0)
+			m.Close()
+		}
+		if err != nil {
+			t.Errorf("load tcp_diag again: %v: the tests after this one will fail", err)
+		}
+	})
+	ns, portA := strconv.FormatUint(f.netns, 10), strconv.Itoa(f.portA)
+
+	evs, stderr, code := kill(t, "--older-than", "0s", "--any-age", "--netns", ns, "--port", portA, "--dry-run")
+	listing := code == 0
+	if listed := f.byClient(t, evs, "not_destroyed"); code != 0 || names(listed) != "a1,a2" {
+		if code != 1 {
+			t.Errorf("kill --dry-run without tcp_diag: exit %d, %v; want a1 and a2 listed, or exit 1 naming tcp_diag:\n%s", code, evs, stderr)
+		}
+		oneErrorLine(t, "kill --dry-run without tcp_diag", stderr, "tcp_diag")
+	}
+
+	evs, stderr, code = kill(t, "--older-than", "0s", "--any-age", "--netns", ns, "--port", portA, "--yes")
+	probe := f.probe(t)
+	if kfunc {
+		if got := f.byClient(t, evs, "destroyed"); code != 0 || names(got) != "a1,a2" || got["a1"].Method != tracer.DestroyKfunc {
+			t.Errorf("kill without tcp_diag, with the kfunc: exit %d, %v; want a1 and a2 destroyed by the kfunc:\n%s", code, evs, stderr)
+		}
+		if probe["a1"] != "ECONNABORTED" || probe["a2"] != "ECONNABORTED" {
+			t.Errorf("after kill: %v, want a1 and a2 destroyed", probe)
+		}
+	} else {
+		if code != 1 || len(evs) != 0 {
+			t.Errorf("kill without tcp_diag nor the kfunc: exit %d, %v; want exit 1 and nothing destroyed:\n%s", code, evs, stderr)
+		}
+		want := []string{"tcp_diag"}
+		if listing {
+			want = append(want, "6.5") // it failed at the destroy
+		}
+		oneErrorLine(t, "kill without tcp_diag nor the kfunc", stderr, want...)
+		if probe["a1"] != "eof" || probe["a2"] != "eof" {
+			t.Errorf("after a failed kill: %v, want a1 and a2 still in CLOSE-WAIT", probe)
+		}
+	}
+
+	top := tcptraceCmd(nil, "top", "--once", "--duration", "1s", "--output", "json")
+	var out, topErr bytes.Buffer
+	top.Stdout, top.Stderr = &out, &topErr
+	if err := top.Run(); err != nil || !strings.Contains(topErr.String(), "tcp_diag") {
+		t.Errorf("top --once without tcp_diag: %v, want exit 0 and a warning naming tcp_diag; stderr:\n%s", err, topErr.String())
 	}
 }
