@@ -542,6 +542,7 @@ func (b *Builder) Report() (Report, error) {
 		}
 		slices.SortFunc(peers, comparePeers)
 		if len(peers) > b.cfg.MaxPeers {
+			rep.PeersOmitted = len(peers) - b.cfg.MaxPeers
 			peers = peers[:b.cfg.MaxPeers]
 		}
 		if peers != nil {

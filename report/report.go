@@ -18,6 +18,9 @@ type Report struct {
 	// Peers is the other side of leaks: remote endpoints our sockets wait
 	// on in FIN_WAIT2 (we closed, the peer never did) and TIME_WAIT counts.
 	Peers []Peer `json:"peers"`
+	// PeersOmitted counts the peers left out of Peers, beyond its bound
+	// (those with the fewest sockets waiting).
+	PeersOmitted int `json:"peers_omitted,omitempty"`
 }
 
 // Workload names a socket's cgroup: Kubernetes names when known, else the

@@ -2,6 +2,7 @@ package tui
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"strconv"
 	"strings"
@@ -282,6 +283,9 @@ func WriteTable(w io.Writer, r report.Report, width int) error {
 		put(peersTitle)
 		for _, l := range peerLines(sortPeers(r.Peers)) {
 			put(l)
+		}
+		if r.PeersOmitted > 0 {
+			put(fmt.Sprintf("and %d more peers not shown", r.PeersOmitted))
 		}
 	}
 	return bw.Flush()
