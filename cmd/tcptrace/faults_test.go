@@ -815,3 +815,225 @@ func TestKillWithoutSockDiag(t *testing.T) {
 		t.Errorf("top --once without tcp_diag: %v, want exit 0 and a warning naming tcp_diag; stderr:\n%s", err, topErr.String())
 	}
 }
+
+// nsLeak is one network namespace of manyNetNS, kept by a bind mount
+// under /run/netns (as ip netns add keeps one), with the server side of a
+// loopback connection in CLOSE-WAIT held by this process.
+type nsLeak struct {
+	ino         uint64
+	srv, client *net.TCPConn // the client shut down its side: FIN_WAIT2
+	clientPort  int
+}
+
+// manyNetNS makes n network namespaces, each with a leak on port, made on
+// threads of their own (a thread that unshared its namespace exits with
+// its goroutine). Cleaned up with the test.
+func manyNetNS(t *testing.T, n, port int) map[uint64]*nsLeak {
+	t.Helper()
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		leak *nsLeak
+		path string
+		err  error
+	}
+	results := make(chan result, n)
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		go func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			runtime.LockOSThread() // never unlocked: the thread leaves with the goroutine
+			r := result{path: fmt.Sprintf("/run/netns/tcptrace-faults-%d-%d", os.Getpid(), i)}
+			r.leak, r.err = leakInNewNetNS(r.path, port)
+			results <- r
+		}()
+	}
+	leaks := make(map[uint64]*nsLeak, n)
+	var failed error
+	for range n {
+		r := <-results
+		if r.path != "" {
+			t.Cleanup(func() { _ = unix.Unmount(r.path, unix.MNT_DETACH); os.Remove(r.path) })
+		}
+		if r.err != nil {
+			failed = r.err
+			continue
+		}
+		t.Cleanup(func() { r.leak.srv.Close(); r.leak.client.Close() })
+		leaks[r.leak.ino] = r.leak
+	}
+	if failed != nil {
+		t.Fatalf("make %d network namespaces: %v", n, failed)
+	}
+	return leaks
+}
+
+// leakInNewNetNS moves the calling thread (locked) to a new network
+// namespace, bind-mounts it at path and leaks a connection there.
+func leakInNewNetNS(path string, port int) (*nsLeak, error) {
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		return nil, fmt.Errorf("unshare: %w", err)
+	}
+	if err := loopback.Up(); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, nil, 0o444); err != nil {
+		return nil, err
+	}
+	if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
+		return nil, fmt.Errorf("bind mount %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, err
+	}
+	ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	cl, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		return nil, err
+	}
+	srv, err := ln.AcceptTCP()
+	if err != nil {
+		cl.Close()
+		return nil, err
+	}
+	if err := cl.CloseWrite(); err != nil {
+		return nil, err
+	}
+	return &nsLeak{ino: st.Ino, srv: srv, client: cl, clientPort: cl.LocalAddr().(*net.TCPAddr).Port}, nil
+}
+
+// tcpState is the kernel's TCP state of c (8: CLOSE_WAIT, 7: CLOSE).
+func tcpState(t *testing.T, c *net.TCPConn) uint8 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var state uint8
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			state = info.State
+		}
+	})
+	return state
+}
+
+// 1,000 network namespaces, as a node running that many pods, each with a
+// socket in CLOSE-WAIT (its client in FIN_WAIT2): kill --dry-run lists
+// every one with its holder, closewait reports every one stuck with its
+// holder and the diagnosis read in its namespace, top's peers listing
+// finds every FIN_WAIT2 client (the report shows the first 100 and says
+// how many it left out), and kill destroys every one. No assertion on
+// time: each step has the deadlines every test has.
+func TestThousandNetworkNamespaces(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	const n = 1000
+	// This process holds the port in its own namespace, so that no socket
+	// there uses it meanwhile.
+	hold := listen(t, "tcp4", "0.0.0.0:0")
+	port := listenerPort(hold)
+	t0 := time.Now()
+	leaks := manyNetNS(t, n, port)
+	t.Logf("%d network namespaces made in %v", n, time.Since(t0))
+	self := os.Getpid()
+	checkEach := func(what string, evs []jsonEvent, kind string, check func(*nsLeak, jsonEvent)) {
+		t.Helper()
+		seen := map[uint64]bool{}
+		for _, ev := range evs {
+			l := leaks[ev.NetNS]
+			if ev.Event != kind || l == nil || ev.LocalPort != port || ev.RemotePort != l.clientPort {
+				continue // not one of ours
+			}
+			if seen[ev.NetNS] {
+				t.Errorf("%s: namespace %d twice: %v", what, ev.NetNS, ev)
+			}
+			seen[ev.NetNS] = true
+			if ev.OwnerSource != "proc" || len(ev.Owner) != 1 || ev.Owner[0].PID != self {
+				t.Errorf("%s: %v, want its holder, this process (%d)", what, ev, self)
+			}
+			check(l, ev)
+		}
+		if len(seen) != n {
+			t.Errorf("%s: %d of the %d namespaces' sockets", what, len(seen), n)
+		}
+	}
+
+	t0 = time.Now()
+	evs, stderr, code := kill(t, "--older-than", "0s", "--any-age", "--port", strconv.Itoa(port), "--dry-run")
+	if code != 0 {
+		t.Fatalf("kill --dry-run: exit %d:\n%s", code, stderr)
+	}
+	t.Logf("kill --dry-run took %v", time.Since(t0))
+	checkEach("kill --dry-run", evs, "not_destroyed", func(_ *nsLeak, ev jsonEvent) {
+		if ev.Reason != "dry_run" {
+			t.Errorf("kill --dry-run: %v", ev)
+		}
+	})
+
+	t0 = time.Now()
+	p := startTracer(t, "closewait", "--port", strconv.Itoa(port), "--threshold", "1s")
+	var stuck []jsonEvent
+	for len(stuck) < n {
+		stuck = append(stuck, p.next(eventTimeout, fmt.Sprintf("stuck report %d of %d", len(stuck)+1, n), func(ev jsonEvent) bool {
+			return ev.Event == "stuck" && leaks[ev.NetNS] != nil
+		}))
+	}
+	p.stop()
+	t.Logf("closewait: %d stuck reports in %v", n, time.Since(t0))
+	checkEach("closewait's stuck reports", stuck, "stuck", func(_ *nsLeak, ev jsonEvent) {
+		// The server never read since its peer closed: no EOF read, no data.
+		if ev.ReadEOF == nil || *ev.ReadEOF || ev.UnreadBytes == nil || *ev.UnreadBytes != 0 || ev.SinceSendNS == nil || ev.SinceRecvNS == nil {
+			t.Errorf("stuck without its diagnosis (read in its namespace): %v", ev)
+		}
+	})
+
+	t0 = time.Now()
+	peers, err := tracer.ListPeers(0)
+	if err != nil {
+		t.Errorf("ListPeers: %v", err)
+	}
+	found := 0
+	for _, pr := range peers {
+		if leaks[uint64(pr.NetNS)] != nil && int(pr.Remote.Port()) == port && pr.FinWait2 == 1 {
+			found++
+		}
+	}
+	if found != n {
+		t.Errorf("the peers listing found FIN_WAIT2 clients in %d of the %d namespaces", found, n)
+	}
+	t.Logf("peers listed in %v", time.Since(t0))
+	t0 = time.Now()
+	r := topOnce(t, "--duration", "1s", "--port", strconv.Itoa(port))
+	t.Logf("top --once took %v", time.Since(t0))
+	if row := rowOf(r, port); row == nil || row.InCloseWait < n {
+		t.Errorf("top: row %+v, want %d sockets in CLOSE-WAIT on port %d", row, n, port)
+	}
+	shown := 0
+	for _, pr := range r.Peers {
+		if leaks[uint64(pr.NetNS)] != nil && pr.Addr == fmt.Sprintf("127.0.0.1:%d", port) && pr.FinWait2 == 1 {
+			shown++
+		}
+	}
+	if shown != len(r.Peers) || shown+r.PeersOmitted < n {
+		t.Errorf("top: %d peers shown (%d ours), %d left out, want ours only and %d in all", len(r.Peers), shown, r.PeersOmitted, n)
+	}
+
+	t0 = time.Now()
+	evs, stderr, code = kill(t, "--older-than", "0s", "--any-age", "--port", strconv.Itoa(port), "--yes")
+	if code != 0 {
+		t.Fatalf("kill: exit %d:\n%s", code, stderr)
+	}
+	t.Logf("kill took %v", time.Since(t0))
+	checkEach("kill", evs, "destroyed", func(l *nsLeak, ev jsonEvent) {
+		if st := tcpState(t, l.srv); st != 7 {
+			t.Errorf("destroyed %v, but its socket is in state %d, want CLOSE (7)", ev, st)
+		}
+	})
+}
