@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/loopback"
@@ -39,8 +41,11 @@ import (
 //	memlock BYTES PROG [ARGS...]  with RLIMIT_MEMLOCK at BYTES, exec PROG
 //	memlock-probe  print "charged" when the kernel charges eBPF maps to
 //	        RLIMIT_MEMLOCK (before 5.11), "memcg" otherwise
-//	self-leak  in a network namespace of its own: leak the server side of
-//	        a connection to itself (print "leak PORT CLIENTPORT"), then hold
+//	self-leak [PORT]  leak the server side of a connection to itself on
+//	        PORT (default any: print "leak PORT CLIENTPORT"), then obey
+//	        stdin: "probe" prints the server socket's state (eof: still in
+//	        CLOSE-WAIT; or the error of a write, ECONNABORTED once destroyed)
+//	pidns   PID 1 of a pid namespace: see pidnsInit
 func faultsHelper(fail func(error)) {
 	if len(os.Args) < 2 {
 		fail(errors.New("faults: no sub-role"))
@@ -87,27 +92,9 @@ func faultsHelper(fail func(error)) {
 		}
 		os.Exit(0)
 	case "self-leak":
-		if err := loopback.Up(); err != nil {
-			fail(err)
-		}
-		ln, err := net.Listen("tcp4", "127.0.0.1:0")
-		if err != nil {
-			fail(err)
-		}
-		cl, err := net.Dial("tcp4", ln.Addr().String())
-		if err != nil {
-			fail(err)
-		}
-		srv, err := ln.Accept()
-		if err != nil {
-			fail(err)
-		}
-		if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
-			fail(err)
-		}
-		fmt.Println("leak", ln.Addr().(*net.TCPAddr).Port, cl.LocalAddr().(*net.TCPAddr).Port)
-		holdForever()
-		_ = srv
+		selfLeak(fail, args)
+	case "pidns":
+		pidnsInit(fail)
 	}
 	fail(fmt.Errorf("faults: unknown sub-role %q", sub))
 }
@@ -1036,4 +1023,334 @@ func TestThousandNetworkNamespaces(t *testing.T) {
 			t.Errorf("destroyed %v, but its socket is in state %d, want CLOSE (7)", ev, st)
 		}
 	})
+}
+
+func selfLeak(fail func(error), args []string) {
+	port := "0"
+	if len(args) > 0 {
+		port = args[0]
+	}
+	if err := loopback.Up(); err != nil {
+		fail(err)
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:"+port)
+	if err != nil {
+		fail(err)
+	}
+	cl, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		fail(err)
+	}
+	srv, err := ln.Accept()
+	if err != nil {
+		fail(err)
+	}
+	// Deferred, so that they stay reachable: a net.Conn the collector
+	// finds unreachable is closed by its finalizer.
+	defer srv.Close()
+	defer cl.Close()
+	if err := cl.(*net.TCPConn).CloseWrite(); err != nil {
+		fail(err)
+	}
+	fmt.Println("leak", ln.Addr().(*net.TCPAddr).Port, cl.LocalAddr().(*net.TCPAddr).Port)
+	ln.Close()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		if in.Text() != "probe" {
+			continue
+		}
+		srv.SetDeadline(time.Now().Add(time.Second))
+		_, err := srv.Write([]byte{1})
+		if err == nil {
+			_, err = srv.Read(make([]byte, 1))
+		}
+		var errno syscall.Errno
+		switch {
+		case errors.Is(err, io.EOF):
+			fmt.Println("eof")
+		case errors.As(err, &errno):
+			fmt.Println(unix.ErrnoName(errno))
+		default:
+			fmt.Println(strings.ReplaceAll(fmt.Sprint(err), " ", "_"))
+		}
+	}
+	os.Exit(0)
+}
+
+// pidnsInit is PID 1 of a pid namespace of its own (with a mount
+// namespace where /proc is that pid namespace's, and a network namespace):
+// there it can choose the pid of the next process (ns_last_pid), so that
+// a new process gets the pid of one that died. It obeys stdin:
+//
+//	leak NAME PID PORT  start a self-leak named NAME at pid PID (0: any) on
+//	        PORT (0: any); prints "leaked NAME PID PORT CLIENTPORT"
+//	kill NAME           SIGKILL it and reap it; prints "killed NAME"
+//	probe NAME          prints "probe NAME RESULT" (see self-leak)
+//	ask ARGS...         run tcptrace ARGS on a terminal; prints "out LINE"
+//	        for each line it writes, "prompt" at its question
+//	answer TEXT         answer it; prints its remaining lines, "exit CODE"
+//	run ARGS...         run tcptrace ARGS; prints "out LINE" for each line
+//	        of its stdout, then "exit CODE"
+func pidnsInit(fail func(error)) {
+	if os.Getpid() != 1 {
+		fail(fmt.Errorf("pidns: pid %d, want 1 (CLONE_NEWPID)", os.Getpid()))
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		fail(err)
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		fail(fmt.Errorf("mount this pid namespace's /proc: %w", err))
+	}
+	if err := loopback.Up(); err != nil {
+		fail(err)
+	}
+	type leaker struct {
+		cmd   *exec.Cmd
+		stdin io.Writer
+		out   *bufio.Scanner
+	}
+	leakers := map[string]*leaker{}
+	start := func(name, port string) (*leaker, error) {
+		cmd := helperCommand("faults", "self-leak", port)
+		cmd.Env = append(cmd.Env, helperCommEnv+"="+name)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		return &leaker{cmd, stdin, bufio.NewScanner(stdout)}, nil
+	}
+	var ptyOut chan string
+	var ptyFile *os.File
+	var ptyCmd *exec.Cmd
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		f := strings.Fields(in.Text())
+		if len(f) == 0 {
+			continue
+		}
+		switch f[0] {
+		case "leak":
+			name, pid := f[1], f[2]
+			want, _ := strconv.Atoi(pid)
+			var l *leaker
+			// The runtime's own threads take pids too: try again until the
+			// process gets the one asked for.
+			for try := 0; ; try++ {
+				if want > 0 {
+					if err := os.WriteFile("/proc/sys/kernel/ns_last_pid", []byte(strconv.Itoa(want-1)), 0); err != nil {
+						fail(err)
+					}
+				}
+				var err error
+				if l, err = start(name, f[3]); err != nil {
+					fail(err)
+				}
+				if want == 0 || l.cmd.Process.Pid == want {
+					break
+				}
+				_ = l.cmd.Process.Kill()
+				_ = l.cmd.Wait()
+				if try == 20 {
+					fail(fmt.Errorf("pid %d: the new process got %d, 20 times", want, l.cmd.Process.Pid))
+				}
+			}
+			if !l.out.Scan() {
+				fail(fmt.Errorf("leak %s: no output", name))
+			}
+			var port, client int
+			if _, err := fmt.Sscanf(l.out.Text(), "leak %d %d", &port, &client); err != nil {
+				fail(fmt.Errorf("leak %s: %q: %w", name, l.out.Text(), err))
+			}
+			leakers[name] = l
+			fmt.Println("leaked", name, l.cmd.Process.Pid, port, client)
+		case "kill":
+			l := leakers[f[1]]
+			_ = l.cmd.Process.Kill()
+			_ = l.cmd.Wait()
+			delete(leakers, f[1])
+			fmt.Println("killed", f[1])
+		case "probe":
+			l := leakers[f[1]]
+			fmt.Fprintln(l.stdin, "probe")
+			if !l.out.Scan() {
+				fail(fmt.Errorf("probe %s: no answer", f[1]))
+			}
+			fmt.Println("probe", f[1], l.out.Text())
+		case "ask":
+			ptyCmd = exec.Command(os.Args[0], f[1:]...)
+			ptyCmd.Env = append(os.Environ(), runMainEnv+"=1")
+			var err error
+			if ptyFile, err = pty.StartWithSize(ptyCmd, &pty.Winsize{Rows: 50, Cols: 250}); err != nil {
+				fail(err)
+			}
+			ptyOut = make(chan string, 1000)
+			go func() {
+				defer close(ptyOut)
+				var line []byte
+				buf := make([]byte, 4096)
+				for {
+					n, err := ptyFile.Read(buf)
+					for _, b := range buf[:n] {
+						switch b {
+						case '\r':
+						case '\n':
+							ptyOut <- string(line)
+							line = line[:0]
+						default:
+							line = append(line, b)
+							if bytes.HasSuffix(line, []byte("[y/N] ")) {
+								ptyOut <- "\x00prompt"
+								line = line[:0]
+							}
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+			for l := range ptyOut {
+				if l == "\x00prompt" {
+					fmt.Println("prompt")
+					break
+				}
+				fmt.Println("out", l)
+			}
+		case "answer":
+			fmt.Fprintln(ptyFile, strings.Join(f[1:], " "))
+			err := ptyCmd.Wait()
+			for l := range ptyOut { // ends once its terminal is read to the end
+				fmt.Println("out", l)
+			}
+			ptyFile.Close()
+			fmt.Println("exit", exitCodeOf(err))
+		case "run":
+			cmd := exec.Command(os.Args[0], f[1:]...)
+			cmd.Env = append(os.Environ(), runMainEnv+"=1")
+			cmd.Stderr = os.Stderr
+			out, err := cmd.Output()
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				fmt.Println("out", l)
+			}
+			fmt.Println("exit", exitCodeOf(err))
+		default:
+			fail(fmt.Errorf("pidns: unknown command %q", in.Text()))
+		}
+	}
+	os.Exit(0)
+}
+
+// exitCodeOf is the exit code that err (of exec.Cmd.Run or Wait) says.
+func exitCodeOf(err error) int {
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return exit.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// pidnsEvents reads a pidns helper's "out" lines as events until a line
+// that is not one ("prompt", "exit N"), which it returns too.
+func pidnsEvents(t *testing.T, h *helper) ([]jsonEvent, string) {
+	t.Helper()
+	var evs []jsonEvent
+	for {
+		l := h.line(t)
+		text, ok := strings.CutPrefix(l, "out ")
+		if !ok {
+			return evs, l
+		}
+		if !strings.HasPrefix(text, "{") {
+			continue // not an event: the question's own words
+		}
+		if err := schemacheck.Line(t, text); err != nil {
+			t.Errorf("line fails the schema: %v\n%s", err, text)
+		}
+		var ev jsonEvent
+		if err := json.Unmarshal([]byte(text), &ev); err != nil {
+			t.Fatalf("%v: %q", err, text)
+		}
+		evs = append(evs, ev)
+	}
+}
+
+// A pid reused between kill's listing and its destroy: kill lists a
+// socket of holder-a (pid P) and asks; meanwhile holder-a dies (its
+// socket closes) and holder-b starts with the same pid P (chosen with
+// ns_last_pid, in a pid namespace of the test's own) and leaks a socket on
+// the same port. Answered yes, kill destroys nothing: the socket it
+// listed is gone, and holder-b's socket, never listed, is left alone
+// (sockets are destroyed by cookie, not by pid or addresses). Its report
+// names holder-a, who held the listed socket, never holder-b. A fresh
+// listing names holder-b.
+func TestKillPidReused(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	h := startHelperWith(t, "faults", syscall.CLONE_NEWPID|syscall.CLONE_NEWNS|syscall.CLONE_NEWNET, "pidns")
+	const pid = 300
+	leak := func(name string, port int) (gotPid, gotPort, client int) {
+		t.Helper()
+		fmt.Fprintf(h.stdin, "leak %s %d %d\n", name, pid, port)
+		var got string
+		if _, err := fmt.Sscanf(h.line(t), "leaked %s %d %d %d", &got, &gotPid, &gotPort, &client); err != nil || got != name {
+			t.Fatalf("leak %s: %v", name, err)
+		}
+		return gotPid, gotPort, client
+	}
+	pidA, port, clientA := leak("holder-a", 0)
+	if pidA != pid {
+		t.Fatalf("holder-a got pid %d, want %d", pidA, pid)
+	}
+	args := fmt.Sprintf("kill --output json --older-than 0s --any-age --port %d", port)
+	fmt.Fprintln(h.stdin, "ask", args)
+	listed, end := pidnsEvents(t, h)
+	if end != "prompt" || len(listed) != 1 || listed[0].RemotePort != clientA || listed[0].Reason != "awaiting_confirmation" ||
+		len(listed[0].Owner) != 1 || listed[0].Owner[0].PID != pid || listed[0].Owner[0].Comm != "holder-a" {
+		t.Fatalf("kill listed %v, then %q; want holder-a's socket (client port %d), pid %d, and the question", listed, end, clientA, pid)
+	}
+
+	fmt.Fprintln(h.stdin, "kill holder-a")
+	if l := h.line(t); l != "killed holder-a" {
+		t.Fatalf("kill holder-a: %q", l)
+	}
+	pidB, _, clientB := leak("holder-b", port)
+	if pidB != pid {
+		t.Fatalf("holder-b got pid %d, want holder-a's %d", pidB, pid)
+	}
+
+	fmt.Fprintln(h.stdin, "answer y")
+	results, end := pidnsEvents(t, h)
+	if end != "exit 0" {
+		t.Errorf("kill answered yes: %q, want exit 0", end)
+	}
+	if len(results) != 1 {
+		t.Fatalf("kill answered yes reported %v, want holder-a's socket only", results)
+	}
+	r := results[0]
+	if r.Event != "not_destroyed" || (r.Reason != "not_found" && r.Reason != "left_close_wait") || r.RemotePort != clientA {
+		t.Errorf("kill answered yes: %v, want holder-a's socket not destroyed (gone)", r)
+	}
+	if len(r.Owner) != 1 || r.Owner[0].Comm != "holder-a" {
+		t.Errorf("kill answered yes: owner %v, want holder-a (pid %d), who held the listed socket", r.Owner, pid)
+	}
+	fmt.Fprintln(h.stdin, "probe holder-b")
+	if l := h.line(t); l != "probe holder-b eof" {
+		t.Errorf("holder-b's socket after kill: %q, want it still in CLOSE-WAIT (eof)", l)
+	}
+
+	fmt.Fprintln(h.stdin, "run", args, "--dry-run")
+	fresh, end := pidnsEvents(t, h)
+	if end != "exit 0" || len(fresh) != 1 || fresh[0].RemotePort != clientB || len(fresh[0].Owner) != 1 ||
+		fresh[0].Owner[0].PID != pid || fresh[0].Owner[0].Comm != "holder-b" {
+		t.Errorf("a fresh kill --dry-run: %v, %q; want holder-b's socket (client port %d), pid %d", fresh, end, clientB, pid)
+	}
 }
