@@ -263,11 +263,11 @@ func TestListCWUnknownNetNS(t *testing.T) {
 // lacks it.
 func dstDestroyer(t *testing.T, method string) *tracer.Destroyer {
 	t.Helper()
-	if method == tracer.DestroyKfunc && !testenv.KernelAtLeast(t, 6, 5) {
+	if method == tracer.DestroyKfunc && !kfuncOffered(t) {
 		if _, err := tracer.NewDestroyerWith(method); err == nil {
-			t.Errorf("the kfunc loaded before Linux 6.5")
+			t.Errorf("the kfunc method loaded where the kernel does not offer bpf_sock_destroy")
 		}
-		t.Skip("the bpf_sock_destroy kfunc needs Linux 6.5")
+		t.Skip("the kernel does not offer the bpf_sock_destroy kfunc (Linux 6.5) to TCP iterators")
 	}
 	d, err := tracer.NewDestroyerWith(method)
 	if errors.Is(err, tracer.ErrUnsupportedKernel) && method == tracer.DestroySockDiag {
@@ -289,6 +289,22 @@ func dstDestroyer(t *testing.T, method string) *tracer.Destroyer {
 
 var dstDestroyMethods = []string{tracer.DestroyKfunc, tracer.DestroySockDiag}
 
+// kfuncOffered probes, with programs of the test's own, whether kill's
+// kfunc method can work here: the kernel has bpf_sock_destroy (Linux 6.5)
+// and lets TCP iterators load.
+func kfuncOffered(t *testing.T) bool {
+	t.Helper()
+	if !testenv.HasKernelFunc(t, "bpf_sock_destroy") {
+		t.Log("the kernel has no bpf_sock_destroy kfunc")
+		return false
+	}
+	if ok, why := testenv.CanLoadIter(t, "tcp"); !ok {
+		t.Logf("the kernel refuses TCP iterators: %v", why)
+		return false
+	}
+	return true
+}
+
 func TestDestroyerProbe(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	d, err := tracer.NewDestroyer()
@@ -297,7 +313,7 @@ func TestDestroyerProbe(t *testing.T) {
 	}
 	defer d.Close()
 	want := tracer.DestroySockDiag
-	if testenv.KernelAtLeast(t, 6, 5) {
+	if kfuncOffered(t) {
 		want = tracer.DestroyKfunc
 	}
 	if d.Method() != want {

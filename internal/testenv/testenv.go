@@ -4,12 +4,9 @@
 package testenv
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/tracer"
 )
@@ -34,21 +31,6 @@ func RequirePrivileged(tb testing.TB) {
 		tb.Fatalf("privileged test cannot run (%s=1): %s", RequireEnv, reason)
 	}
 	tb.Skipf("needs root and kernel BTF (%s); set %s=1 to fail instead of skipping", reason, RequireEnv)
-}
-
-// KernelAtLeast reports whether the running kernel is major.minor or newer.
-func KernelAtLeast(tb testing.TB, major, minor int) bool {
-	tb.Helper()
-	var uts unix.Utsname
-	if err := unix.Uname(&uts); err != nil {
-		tb.Fatal(err)
-	}
-	release := unix.ByteSliceToString(uts.Release[:])
-	var ma, mi int
-	if _, err := fmt.Sscanf(release, "%d.%d", &ma, &mi); err != nil {
-		tb.Fatalf("kernel release %q: %v", release, err)
-	}
-	return ma > major || (ma == major && mi >= minor)
 }
 
 // ToolsEnv turns a test's skip for want of a program into a failure.
