@@ -64,7 +64,7 @@ func TestStuckDiagnosed(t *testing.T) {
 			t.Errorf("tracker: %+v, want diag_known and unread data for sock 1 only", info)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for {
 		src.mu.Lock()
 		n, r := src.diagnose, src.release

@@ -160,17 +160,26 @@ func (a *fakeAttr) Owners(ev *events.Event) time.Duration {
 	return 0
 }
 
+// waitTimeout bounds every wait for a condition: the condition ends it,
+// so it is no margin a verdict depends on; generous, for a loaded machine.
+const waitTimeout = 60 * time.Second
+
 // recorder is a sink that keeps what it is given.
 type recorder struct {
-	mu     sync.Mutex
-	evs    []events.Event
-	status []Status
-	err    error // returned by Write
-	block  chan struct{}
+	mu      sync.Mutex
+	evs     []events.Event
+	status  []Status
+	err     error         // returned by Write
+	block   chan struct{} // Write waits for it to close
+	blocked chan struct{} // gets a value each time Write waits on block
 }
 
 func (r *recorder) Write(ev *events.Event) error {
 	if r.block != nil {
+		select {
+		case r.blocked <- struct{}{}: // nil: never
+		default:
+		}
 		<-r.block
 	}
 	r.mu.Lock()
@@ -197,7 +206,7 @@ func (r *recorder) events() []events.Event {
 
 func (r *recorder) waitFor(t *testing.T, what string, match func(events.Event) bool) events.Event {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
 		for _, ev := range r.events() {
 			if match(ev) {
@@ -279,7 +288,7 @@ func (h *harness) stop(t *testing.T) error {
 			close(h.done)
 		}
 		return err
-	case <-time.After(5 * time.Second):
+	case <-time.After(waitTimeout):
 		t.Fatal("pipeline did not stop")
 		return nil
 	}
@@ -396,10 +405,12 @@ func TestStuckWaitsForOwner(t *testing.T) {
 		h.attr.busy = 1 << 30
 	})
 	h2.ticker(t)
-	began := time.Now()
+	// It comes at all (the owner never resolves): the bound works. How
+	// soon after the bound is track's TestStuckHeldBackForOwner, on a
+	// clock of its own.
 	st = h2.out.waitFor(t, "unresolved stuck", func(ev events.Event) bool { return ev.Kind == events.KindStuck })
-	if st.OwnerSource != events.OwnerUnresolved || time.Since(began) > 2*time.Second {
-		t.Errorf("stuck %+v after %v, want unresolved within the 100ms bound", st, time.Since(began))
+	if st.OwnerSource != events.OwnerUnresolved {
+		t.Errorf("stuck %+v, want unresolved past the 100ms bound", st)
 	}
 }
 
@@ -484,7 +495,7 @@ func TestClosedOutputEndsRun(t *testing.T) {
 		if !OutputClosed(h.p.Err()) {
 			t.Errorf("Err() = %v, want EPIPE", h.p.Err())
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(waitTimeout):
 		t.Fatal("run did not end when its output was closed")
 	}
 }
@@ -496,7 +507,7 @@ func TestStatus(t *testing.T) {
 		h.src.aggs = []events.Aggregate{{Entered: 10, Closed: 4, Aborted: 1}}
 	})
 	statuses := func(n int) []Status {
-		deadline := time.Now().Add(5 * time.Second)
+		deadline := time.Now().Add(waitTimeout)
 		for {
 			h.out.mu.Lock()
 			got := append([]Status(nil), h.out.status...)
@@ -530,12 +541,17 @@ func TestStatus(t *testing.T) {
 // outside the lock.
 func TestTrackerReadableDuringSlowSink(t *testing.T) {
 	block := make(chan struct{})
+	blocked := make(chan struct{}, 1)
 	h := start(t, Config{}, Selection{}, func(h *harness) {
 		h.src.put(socket(1, 2*threshold))
-		h.out.block = block
+		h.out.block, h.out.blocked = block, blocked
 	})
 	h.src.progress() // the stuck report's Write blocks
-	time.Sleep(50 * time.Millisecond)
+	select {
+	case <-blocked:
+	case <-time.After(waitTimeout):
+		t.Fatal("the stuck report was never written")
+	}
 	read := make(chan int)
 	go func() {
 		n := 0
@@ -549,7 +565,7 @@ func TestTrackerReadableDuringSlowSink(t *testing.T) {
 		if n != 3 {
 			t.Errorf("All+Len+Stuck = %d while the report is written, want 3", n)
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(waitTimeout):
 		t.Error("reading the tracker waited for a blocked sink")
 	}
 	close(block)
@@ -573,14 +589,15 @@ func TestLostCloseIsSweptAfterProgress(t *testing.T) {
 	h.src.closeSocket(1) // its close record is lost
 	h.src.closeSocket(2)
 	h.src.send(closeOf(2, fin)) // this one arrives
-	time.Sleep(300 * time.Millisecond)
+	h.out.waitFor(t, "app_close of sock 2", func(ev events.Event) bool { return ev.Kind == events.KindAppClose && ev.Sock == 2 })
+	waitMarks(t, h.p, 3) // marks the loop handled meanwhile
 	if h.p.Tracker().Len() != 1 {
 		t.Fatalf("tracker holds %d before any drop is known, want 1: only a drop makes it check", h.p.Tracker().Len())
 	}
 	h.src.mu.Lock()
 	h.src.lost[events.LostRingbufFull]++ // the kernel counted the drop
 	h.src.mu.Unlock()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for h.p.Tracker().Len() != 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -590,12 +607,31 @@ func TestLostCloseIsSweptAfterProgress(t *testing.T) {
 	h.out.waitFor(t, "app_close of sock 2", func(ev events.Event) bool { return ev.Kind == events.KindAppClose && ev.Sock == 2 && ev.WasStuck })
 }
 
+// waitMarks waits until the loop has handled n more progress marks.
+func waitMarks(t *testing.T, p *Pipeline, n int) {
+	t.Helper()
+	last := p.LastProgress()
+	for deadline := time.Now().Add(waitTimeout); n > 0; time.Sleep(5 * time.Millisecond) {
+		if now := p.LastProgress(); now.After(last) {
+			last = now
+			n--
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the loop handled no progress mark in %v", waitTimeout)
+		}
+	}
+}
+
 // A scan is skipped while the kernel counts no socket in CLOSE-WAIT that
 // the tracker does not have: nothing in the table to take in.
 func TestScanSkippedWhenAllTracked(t *testing.T) {
 	h := start(t, Config{}, Selection{}, nil)
 	h.ticker(t)
-	time.Sleep(300 * time.Millisecond)
+	for deadline := time.Now().Add(waitTimeout); h.p.scansSkipped.Load() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no scan skipped in %v", waitTimeout)
+		}
+	}
 	if h.p.scans.Load() != 0 || h.p.scansSkipped.Load() == 0 {
 		t.Errorf("%d scans, %d skipped with nothing in CLOSE-WAIT; want none, some", h.p.scans.Load(), h.p.scansSkipped.Load())
 	}
@@ -616,12 +652,12 @@ func TestTableFullCountedOnce(t *testing.T) {
 	})
 	h.ticker(t)
 	h.out.waitFor(t, "stuck", func(ev events.Event) bool { return ev.Kind == events.KindStuck })
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for h.p.scans.Load() < 4 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if n := h.p.scans.Load(); n < 4 {
-		t.Fatalf("%d scans in a second, want several to offer the socket again", n)
+		t.Fatalf("%d scans in %v, want several to offer the socket again", n, waitTimeout)
 	}
 	if n := h.p.Tracker().TableFull(); n != 1 {
 		t.Errorf("table_full = %d after %d scans, want 1", n, h.p.scans.Load())

@@ -3,6 +3,7 @@ package tracer_test
 import (
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -128,8 +129,13 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 		s.Close()
 		return t2.Sub(t1), time.Since(t0)
 	}
+	// Every close's latency lies within bounds measured here: each check
+	// of the histogram, the sum and the records below holds between what
+	// those bounds allow, however slow or loaded the machine.
+	var all [][2]time.Duration
 	for range healthy {
-		closeAfter(0)
+		lo, hi := closeAfter(0)
+		all = append(all, [2]time.Duration{lo, hi})
 	}
 	// Known delays, in buckets [4.096, 8.192) ms, [131, 262) ms, [1.05, 2.10) s
 	// when the sleeps are on time; a slow machine (a VM under emulation)
@@ -140,6 +146,20 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 	for d := range delays {
 		lo, hi := closeAfter(d)
 		measured[d] = [2]time.Duration{lo, hi}
+		all = append(all, measured[d])
+	}
+	// between counts the closes whose latency is surely, and perhaps, at
+	// least d.
+	between := func(d time.Duration) (surely, perhaps uint64) {
+		for _, b := range all {
+			if b[0] >= d {
+				surely++
+			}
+			if b[1] >= d {
+				perhaps++
+			}
+		}
+		return surely, perhaps
 	}
 
 	// A client whose server closes first: the client's socket enters
@@ -153,10 +173,10 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 		s.Close()
 		clients = append(clients, c)
 	}
-	time.Sleep(50 * time.Millisecond) // the FINs are processed
-
 	in := events.AggregateKey{CgroupID: cg, Port: port, Dir: events.DirInbound}
 	out := events.AggregateKey{CgroupID: cg, Port: port, Dir: events.DirOutbound}
+	// The FINs reach the clients in softirq context, perhaps deferred.
+	waitAggregate(t, tr, out, func(a events.Aggregate, misses uint64) bool { return a.Entered+misses >= pool })
 	aggs := aggregates(t, tr)
 	if len(aggs) != 2 {
 		t.Errorf("aggregates %+v, want exactly the keys %+v and %+v", aggs, in, out)
@@ -197,27 +217,38 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 				lo, hi, measured[d][0], measured[d][1], d, a.Hist)
 		}
 	}
-	// Nothing else is that slow: the slowest buckets hold exactly the
-	// 200 ms and 1.5 s closes.
+	// The slow buckets hold the 200 ms and 1.5 s closes, and any healthy
+	// close the machine held up that long. (The log2 bucket of 100 ms
+	// starts at 65.5 ms.)
 	var slow uint64
 	for b := events.HistBucket(100 * time.Millisecond); b < events.HistBuckets; b++ {
 		slow += a.Hist[b]
 	}
-	if slow > 2 || slow+misses < 2 {
-		t.Errorf("%d closes of 100 ms or more, want 2 (the 200ms and 1.5s ones); histogram %v", slow, a.Hist)
+	bucketStart := events.HistUpperBound(events.HistBucket(100*time.Millisecond) - 1)
+	surely, perhaps := between(bucketStart)
+	if slow > perhaps || slow+misses < surely || surely < 2 {
+		t.Errorf("%d closes of %v or more, want %d to %d (the 200ms and 1.5s ones, and healthy ones as measured); histogram %v",
+			slow, bucketStart, surely, perhaps, a.Hist)
 	}
-	// The sum holds the known delays as measured, and the healthy closes
-	// add little (each well under a millisecond on an idle machine, but
-	// allow for a busy one).
+	// The sum lies within the measured bounds of every close.
 	var lo, hi time.Duration
-	for _, m := range measured {
+	for _, m := range all {
 		lo, hi = lo+m[0], hi+m[1]
 	}
-	if (a.Sum < lo && misses == 0) || a.Sum > hi+time.Duration(healthy)*10*time.Millisecond {
-		t.Errorf("latency sum %v, want the known closes' %v to %v and little more", a.Sum, lo, hi)
+	if (a.Sum < lo && misses == 0) || a.Sum > hi {
+		t.Errorf("latency sum %v, want within the closes' measured %v to %v", a.Sum, lo, hi)
 	}
-	if q, ok := events.Quantile(&a.Hist, 0.5); !ok || q > 4*time.Millisecond {
-		t.Errorf("median FIN-to-close %v, want the healthy closes' (well under 4ms)", q)
+	// The median: the healthy closes', within the buckets of their
+	// measured bounds' medians.
+	los, his := make([]time.Duration, len(all)), make([]time.Duration, len(all))
+	for i, m := range all {
+		los[i], his[i] = m[0], m[1]
+	}
+	slices.Sort(los)
+	slices.Sort(his)
+	mlo, mhi := events.HistUpperBound(events.HistBucket(los[len(los)/2])), events.HistUpperBound(events.HistBucket(his[len(his)/2]))
+	if q, ok := events.Quantile(&a.Hist, 0.5); !ok || q < mlo || q > mhi {
+		t.Errorf("median FIN-to-close %v, want within %v and %v (the buckets of the measured bounds)", q, mlo, mhi)
 	}
 	o := aggs[out]
 	if !within(o.Entered, pool) || o.InCloseWait() != o.Entered {
@@ -272,21 +303,46 @@ func testAggregates(t *testing.T, attach tracer.Attach) {
 		t.Errorf("ListCloseWait listed %d, %v; want %d", listed, err, pool)
 	}
 	for _, c := range clients {
-		c.Close()
+		c.Close() // CLOSE_WAIT -> LAST_ACK, within the call
 	}
-	time.Sleep(50 * time.Millisecond)
-	if o := aggregates(t, tr)[out]; o.Closed != pool || o.InCloseWait() != 0 {
+	if o := aggregates(t, tr)[out]; o.Closed+misses < pool || o.Closed > pool || o.InCloseWait() > misses {
 		t.Errorf("outbound after close: closed %d, in CLOSE-WAIT %d, want %d, 0", o.Closed, o.InCloseWait(), pool)
 	}
 
-	// Records: only the close past the 1 s floor.
+	// Records: only the closes past the 1 s floor: the 1.5 s one, and any
+	// healthy close held up that long.
 	got := wait()
-	if len(got) != 1 || got[0].Kind != events.KindAppClose || got[0].AgeNS < int64(1500*time.Millisecond) {
-		var kinds []string
-		for _, ev := range got {
-			kinds = append(kinds, ev.Kind.String())
+	surely, perhaps = between(time.Second)
+	late := 0
+	for _, ev := range got {
+		if ev.Kind != events.KindAppClose || ev.AgeNS < int64(time.Second) {
+			t.Errorf("record %+v, want only app_close of closes past the 1s floor", ev)
 		}
-		t.Errorf("records %v, want one app_close (the 1.5s close)", kinds)
+		if ev.AgeNS >= int64(1500*time.Millisecond) {
+			late++
+		}
+	}
+	if uint64(len(got)) > perhaps || uint64(len(got))+misses < surely || late == 0 {
+		t.Errorf("%d records, want %d to %d app_close, the 1.5s close among them", len(got), surely, perhaps)
+	}
+}
+
+// waitAggregate waits until key's aggregate satisfies ok (given the
+// kernel's count of skipped program runs).
+func waitAggregate(t *testing.T, tr *tracer.Tracer, key events.AggregateKey, ok func(events.Aggregate, uint64) bool) {
+	t.Helper()
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(10 * time.Millisecond) {
+		lost, err := tr.Lost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := aggregates(t, tr)[key]
+		if ok(a, lost[events.LostRecursion]) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("aggregate %+v after %v: %+v", key, waitTimeout, a)
+		}
 	}
 }
 
@@ -305,10 +361,9 @@ func TestEmitAllSendsEverySocket(t *testing.T) {
 	for range n {
 		c, s := connect(t, ln)
 		c.Close()
-		s.Read(make([]byte, 1))
+		s.Read(make([]byte, 1)) // EOF: the server is in CLOSE-WAIT
 		s.Close()
 	}
-	time.Sleep(20 * time.Millisecond)
 	var entered uint64
 	for _, a := range aggregates(t, tr) {
 		entered += a.Entered

@@ -116,7 +116,7 @@ func dstConnect(t *testing.T, network, listenAddr, dialHost string, closeWait bo
 
 func dstWaitState(t *testing.T, c *net.TCPConn, want uint8) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for dstTcpState(t, c) != want {
 		if time.Now().After(deadline) {
 			t.Fatalf("socket in state %d, want %d", dstTcpState(t, c), want)
@@ -360,7 +360,7 @@ func dstCheckDestroyedOwner(t *testing.T, p *dstTcpPair, unread string) {
 			t.Errorf("owner: poll revents %#x, want POLLERR|POLLHUP", fds[0].Revents)
 		}
 	})
-	p.srv.SetDeadline(time.Now().Add(5 * time.Second))
+	p.srv.SetDeadline(time.Now().Add(waitTimeout))
 	if unread != "" {
 		buf := make([]byte, len(unread))
 		if _, err := io.ReadFull(p.srv, buf); err != nil || string(buf) != unread {
@@ -382,7 +382,7 @@ func dstCheckDestroyedOwner(t *testing.T, p *dstTcpPair, unread string) {
 	if !errors.Is(err, syscall.EPIPE) {
 		t.Errorf("owner's second write after destroy: %v, want EPIPE", err)
 	}
-	p.cli.SetDeadline(time.Now().Add(5 * time.Second))
+	p.cli.SetDeadline(time.Now().Add(waitTimeout))
 	_, err = p.cli.Read(make([]byte, 16))
 	t.Logf("peer: read after destroy: %v", err)
 	if !errors.Is(err, syscall.ECONNRESET) {
@@ -495,7 +495,7 @@ func TestDestroy(t *testing.T) {
 				t.Fatal(err)
 			}
 			buf := make([]byte, 4)
-			established.srv.SetDeadline(time.Now().Add(5 * time.Second))
+			established.srv.SetDeadline(time.Now().Add(waitTimeout))
 			if _, err := io.ReadFull(established.srv, buf); err != nil || string(buf) != "ping" {
 				t.Errorf("established connection after Destroy: %q, %v", buf, err)
 			}

@@ -78,7 +78,9 @@ func TestListPeers(t *testing.T) {
 		}
 		return c.(*net.TCPConn), s
 	}
+	var firstFIN, lastFIN time.Time // the FIN_WAIT2 sockets sent their FINs in between
 	inNS(func() {
+		firstFIN = time.Now()
 		// t.Fatal on this goroutine ends it, and the test below.
 		closed, shutL, good := listen(&closedAP), listen(&shutAP), listen(&goodAP)
 		defer closed.Close()
@@ -95,10 +97,11 @@ func TestListPeers(t *testing.T) {
 			shut = append(shut, c)
 			c.CloseWrite()
 		}
+		lastFIN = time.Now()
 		for range 4 {
 			c, s := connect(good, goodAP)
 			c.Close()
-			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			s.SetReadDeadline(time.Now().Add(waitTimeout))
 			if _, err := io.Copy(io.Discard, s); err != nil {
 				t.Error(err)
 			}
@@ -108,13 +111,17 @@ func TestListPeers(t *testing.T) {
 	if t.Failed() || len(shut) != 3 {
 		t.FailNow()
 	}
-	const waited = time.Second
-	time.Sleep(waited)
-	if st := peersTCPState(shut[0]); st != 5 {
-		t.Fatalf("a client shut down for writing is in state %d, want FIN_WAIT2 (5)", st)
+	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(time.Millisecond) {
+		if st := peersTCPState(shut[0]); st == 5 {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("a client shut down for writing is in state %d, want FIN_WAIT2 (5)", st)
+		}
 	}
+	time.Sleep(time.Second) // so that the FIN_WAIT2 sockets' ages are well above 0
 
-	check := func(t *testing.T, peers []tracer.PeerSockets) {
+	// check checks a listing made between from and to.
+	check := func(t *testing.T, peers []tracer.PeerSockets, from, to time.Time) {
 		t.Helper()
 		for _, want := range []struct {
 			what               string
@@ -138,8 +145,12 @@ func TestListPeers(t *testing.T) {
 			switch {
 			case want.finWait2 == 0 && p.OldestFinWait2 != 0:
 				t.Errorf("%s: oldest FIN_WAIT2 %v without one", want.what, p.OldestFinWait2)
-			case want.finWait2 > 0 && (p.OldestFinWait2 < waited/2 || p.OldestFinWait2 > 30*time.Second):
-				t.Errorf("%s: oldest FIN_WAIT2 %v after %v", want.what, p.OldestFinWait2, waited)
+			case want.finWait2 > 0:
+				// From tcp_info's last ACK received, in jiffies.
+				const tick = 20 * time.Millisecond
+				if lo, hi := from.Sub(lastFIN)-tick, to.Sub(firstFIN)+tick; p.OldestFinWait2 < lo || p.OldestFinWait2 > hi {
+					t.Errorf("%s: oldest FIN_WAIT2 %v, want within [%v, %v] (measured around the FINs and the listing)", want.what, p.OldestFinWait2, lo, hi)
+				}
 			}
 		}
 		// Nothing else in the namespace: the leaky servers' sides are in
@@ -151,11 +162,12 @@ func TestListPeers(t *testing.T) {
 		}
 	}
 	t.Run("netns", func(t *testing.T) {
+		from := time.Now()
 		peers, err := tracer.ListPeers(ino)
 		if err != nil {
 			t.Fatal(err)
 		}
-		check(t, peers)
+		check(t, peers, from, time.Now())
 		for _, p := range peers {
 			if p.NetNS != ino {
 				t.Errorf("peer of another namespace listed: %+v", p)
@@ -163,11 +175,12 @@ func TestListPeers(t *testing.T) {
 		}
 	})
 	t.Run("node", func(t *testing.T) {
+		from := time.Now()
 		peers, err := tracer.ListPeers(0)
 		if err != nil {
 			t.Logf("ListPeers(0): %v", err) // others' namespaces come and go
 		}
-		check(t, peers)
+		check(t, peers, from, time.Now())
 	})
 }
 

@@ -50,10 +50,15 @@ func bpfObjects(t *testing.T) (fds int, progs []ebpf.ProgramID) {
 	return fds, progs
 }
 
+// waitTimeout bounds every wait for a condition: the condition ends it, so
+// it is no margin a verdict depends on; generous, for qemu's emulation on a
+// loaded machine.
+const waitTimeout = 60 * time.Second
+
 // gone waits for the kernel to free a program: it does so after an RCU
 // grace period, not at close.
 func gone(id ebpf.ProgramID) bool {
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
 		p, err := ebpf.NewProgramFromID(id)
 		if err != nil {
@@ -91,14 +96,20 @@ func TestLifecycle(t *testing.T) {
 		}
 		c.Close()
 		ln.Close()
-		time.Sleep(50 * time.Millisecond)
 
-		// Stop delivers what was produced before it, then closes Events.
-		tr.Stop()
+		// Listener CLOSE->LISTEN predates the tracer; the rest is traced:
+		// client 2+ transitions, child 2, listener LISTEN->CLOSE. Some
+		// follow in softirq context: wait for five, then Stop delivers
+		// what was produced before it and closes Events.
 		var got []events.Event
-		timeout := time.After(5 * time.Second)
+		timeout := time.After(waitTimeout)
+		stopped := false
 	drain:
 		for {
+			if len(got) >= 5 && !stopped {
+				tr.Stop()
+				stopped = true
+			}
 			select {
 			case batch, ok := <-tr.Events():
 				if !ok {
@@ -107,14 +118,12 @@ func TestLifecycle(t *testing.T) {
 				got = append(got, batch...)
 				tr.Recycle(batch)
 			case <-timeout:
-				t.Fatalf("%s: Events not closed 5s after Stop", attach)
+				t.Fatalf("%s: %d events and Events not closed (stopped %v) after %v", attach, len(got), stopped, waitTimeout)
 			}
 		}
 		if err := tr.Err(); err != nil {
 			t.Errorf("%s: Err after Stop = %v", attach, err)
 		}
-		// Listener CLOSE->LISTEN predates the tracer; the rest is traced:
-		// client 2+ transitions, child 2, listener LISTEN->CLOSE.
 		if len(got) < 5 {
 			t.Errorf("%s: %d events after Stop, want the connection's transitions", attach, len(got))
 		}
@@ -135,7 +144,7 @@ func TestLifecycle(t *testing.T) {
 			t.Errorf("%s: %d eBPF descriptors after Close, want %d as before New", attach, after, before)
 		}
 		if !gone(progs[0]) {
-			t.Errorf("%s: program %d still loaded 3s after Close", attach, progs[0])
+			t.Errorf("%s: program %d still loaded %v after Close", attach, progs[0], waitTimeout)
 		}
 	}
 }
@@ -170,7 +179,7 @@ func TestCloseWithoutStop(t *testing.T) {
 	}
 	for _, id := range progs {
 		if !gone(id) {
-			t.Errorf("program %d still loaded 3s after Close", id)
+			t.Errorf("program %d still loaded %v after Close", id, waitTimeout)
 		}
 	}
 }
@@ -275,7 +284,10 @@ func irqWork(t *testing.T) uint64 {
 
 // A reader that falls behind is woken once in a while, not by every event:
 // a wake-up costs the producing CPU an interrupt, which would make a busy
-// host pay most when the reader is already late.
+// host pay most when the reader is already late. IRQ work is counted for
+// the whole host, where other tracers (other tests' among them) raise
+// some too: a round with that much noise is run again, up to three times;
+// a wake-up per event would exceed the bound in every round.
 func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	ln, port := listenLoopback(t)
@@ -288,6 +300,21 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 			c.Close()
 		}
 	}()
+	for round := 1; ; round++ {
+		wakeups, lagging := laggingRound(t, ln, port)
+		if wakeups <= uint64(lagging)/4 {
+			return
+		}
+		if round == 3 {
+			t.Fatalf("%d IRQ-work interrupts while %d events waited behind a lagging reader, want far fewer (3 rounds)", wakeups, lagging)
+		}
+		t.Logf("round %d: %d IRQ-work interrupts for %d lagging events: again", round, wakeups, lagging)
+	}
+}
+
+// laggingRound makes a tracer's reader lag and returns the host's IRQ-work
+// interrupts meanwhile and how many events came past the wake-up mark.
+func laggingRound(t *testing.T, ln net.Listener, port uint16) (uint64, int) {
 	const ring = 256 << 10
 	tr, err := tracer.New(tracer.Config{
 		Mode: tracer.ModeTrace, Ports: []uint16{port},
@@ -308,7 +335,7 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 		}
 		c.Close()
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond) // queued IRQ work runs (an undercount could only pass wrongly)
 	wakeups := irqWork(t) - before
 
 	tr.Stop()
@@ -322,16 +349,14 @@ func TestLaggingReaderNotWokenPerEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Past a quarter of the ring, every event asked the old code for a
-	// wake-up; allow a few hundred for the host's other IRQ work.
+	// wake-up.
 	const recordBytes = 120
 	lagging := n - ring/4/recordBytes - 2*64
 	if lagging < 500 {
 		t.Fatalf("only %d events (lost %v): the reader never lagged by a quarter of the ring", n, lost)
 	}
-	if wakeups > uint64(lagging)/4 {
-		t.Errorf("%d IRQ-work interrupts while %d events waited behind a lagging reader, want far fewer", wakeups, lagging)
-	}
 	t.Logf("%d events, %d past the wake-up mark, %d IRQ-work interrupts, lost %v", n, lagging, wakeups, lost)
+	return wakeups, lagging
 }
 
 // In trace mode MaxTracked bounds the table of state timestamps: past it,
@@ -359,7 +384,8 @@ func TestTraceStateTableBounded(t *testing.T) {
 		}
 		defer s.Close()
 	}
-	time.Sleep(50 * time.Millisecond)
+	// Every socket was born before Accept returned: its child was
+	// established, and connect's transitions run in the connecting call.
 	tr.Stop()
 	withPrev := 0
 	for batch := range tr.Events() {
