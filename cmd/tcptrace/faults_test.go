@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +26,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
@@ -1353,4 +1356,209 @@ func TestKillPidReused(t *testing.T) {
 		fresh[0].Owner[0].PID != pid || fresh[0].Owner[0].Comm != "holder-b" {
 		t.Errorf("a fresh kill --dry-run: %v, %q; want holder-b's socket (client port %d), pid %d", fresh, end, clientB, pid)
 	}
+}
+
+// programsGone waits until none of ids is loaded any more: the kernel
+// frees a program once its last descriptor and link are gone.
+func programsGone(t *testing.T, what string, ids []ebpf.ProgramID) {
+	t.Helper()
+	faultWait(t, what+": its eBPF programs freed", func() bool {
+		for _, id := range ids {
+			if prog, err := ebpf.NewProgramFromID(id); err == nil {
+				prog.Close()
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// bpffsEntries lists /sys/fs/bpf (nothing when no bpffs is mounted there).
+func bpffsEntries() string {
+	entries, _ := os.ReadDir("/sys/fs/bpf")
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return strings.Join(names, " ")
+}
+
+// closeWaitOnPort counts the sockets in CLOSE-WAIT of this network
+// namespace with local port port, and those in any other state but
+// LISTEN, as ss lists them.
+func closeWaitOnPort(t *testing.T, port int) (closeWait, other int) {
+	t.Helper()
+	out, err := exec.Command(testenv.RequireTool(t, "ss", "iproute2"), "-Htan", "sport", "= :"+strconv.Itoa(port)).Output()
+	if err != nil {
+		t.Fatalf("ss: %v", err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		switch f := strings.Fields(l); {
+		case len(f) == 0, f[0] == "LISTEN":
+		case f[0] == "CLOSE-WAIT":
+			closeWait++
+		default:
+			other++
+		}
+	}
+	return closeWait, other
+}
+
+// SIGKILL in the middle of kill, at the points where it waits, found by
+// what it waits on and not by time: on its --from tracer (before
+// anything is loaded), at its question (the listing done), and blocked
+// writing its report (every socket destroyed, the destroy program still
+// loaded: stdout is a one-page pipe nobody reads). Each time, the kernel
+// frees whatever kill had loaded, nothing is left pinned, every socket is
+// either destroyed or as it was (never left in between), and a second
+// kill completes: destroys what is left, or finds nothing left to do.
+func TestSIGKILLInTheMiddleOfKill(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	pinned := bpffsEntries()
+	check := func(what string, pid int, progs []ebpf.ProgramID) {
+		t.Helper()
+		programsGone(t, what, progs)
+		if got := bpffsEntries(); got != pinned {
+			t.Errorf("%s: /sys/fs/bpf holds %q, %q before", what, got, pinned)
+		}
+	}
+
+	t.Run("waiting on --from", func(t *testing.T) {
+		f := startFixture(t)
+		entered, release := make(chan struct{}), make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}))
+		defer srv.Close()
+		defer close(release)
+		cmd := tcptraceCmd(nil, "kill", "--output", "json", "--from", srv.URL, "--older-than", "0s",
+			"--netns", strconv.FormatUint(f.netns, 10), "--port", strconv.Itoa(f.portA), "--yes")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-entered:
+		case <-time.After(eventTimeout):
+			_ = cmd.Process.Kill()
+			t.Fatal("kill never asked its --from tracer")
+		}
+		progs := programsOf(t, cmd.Process.Pid)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		check("killed waiting on --from", cmd.Process.Pid, progs)
+		if got := f.probe(t); got["a1"] != "eof" || got["a2"] != "eof" || got["a3"] != "open" {
+			t.Errorf("killed waiting on --from: %v, want every socket as it was", got)
+		}
+		secondKill(t, f, "a1,a2")
+	})
+
+	t.Run("at its question", func(t *testing.T) {
+		f := startFixture(t)
+		cmd := tcptraceCmd(nil, "kill", "--older-than", "0s", "--any-age",
+			"--netns", strconv.FormatUint(f.netns, 10), "--port", strconv.Itoa(f.portA))
+		tty, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 40, Cols: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tty.Close()
+		var screen bytes.Buffer
+		buf := make([]byte, 4096)
+		for !strings.Contains(screen.String(), "[y/N]") {
+			tty.SetReadDeadline(time.Now().Add(eventTimeout))
+			n, err := tty.Read(buf)
+			screen.Write(buf[:n])
+			if err != nil {
+				_ = cmd.Process.Kill()
+				t.Fatalf("no question on the terminal: %v\n%s", err, screen.String())
+			}
+		}
+		progs := programsOf(t, cmd.Process.Pid)
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		check("killed at its question", cmd.Process.Pid, progs)
+		if got := f.probe(t); got["a1"] != "eof" || got["a2"] != "eof" || got["a3"] != "open" {
+			t.Errorf("killed at its question: %v, want every socket as it was", got)
+		}
+		secondKill(t, f, "a1,a2")
+	})
+
+	t.Run("writing its report", func(t *testing.T) {
+		// Enough sockets that their report overflows a page.
+		_, port := leakServer(t)
+		const n = 40
+		for range n {
+			c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		faultWait(t, "the leaks in CLOSE-WAIT", func() bool { cw, _ := closeWaitOnPort(t, port); return cw == n })
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		if _, err := unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, os.Getpagesize()); err != nil {
+			t.Fatal(err)
+		}
+		cmd := tcptraceCmd(nil, "kill", "--output", "json", "--older-than", "0s", "--any-age", "--port", strconv.Itoa(port), "--yes")
+		cmd.Stdout = w
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		// Blocked: something queued in the pipe, and a thread of kill's
+		// asleep in pipe_write (the pipe merges a write into its page only
+		// when the whole write fits, so the page is rarely full to the byte).
+		faultWait(t, "kill blocked on its full stdout", func() bool {
+			queued, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ) // FIONREAD
+			return err == nil && queued > 0 && inPipeWrite(cmd.Process.Pid)
+		})
+		progs := programsOf(t, cmd.Process.Pid)
+		if kfuncDestroy(t) && len(progs) == 0 {
+			t.Errorf("kill, blocked on its report, holds no eBPF program: not the point this test means")
+		}
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		check("killed writing its report", cmd.Process.Pid, progs)
+		cw, other := closeWaitOnPort(t, port)
+		if other != 0 || cw != 0 && cw != n {
+			t.Errorf("killed writing its report: %d sockets in CLOSE-WAIT, %d in other states; want each destroyed or as it was", cw, other)
+		}
+		evs, stderr, code := kill(t, "--older-than", "0s", "--any-age", "--port", strconv.Itoa(port), "--yes")
+		if cw, _ := closeWaitOnPort(t, port); code != 0 || cw != 0 {
+			t.Errorf("a second kill: exit %d, %d events, %d sockets still in CLOSE-WAIT:\n%s", code, len(evs), cw, stderr)
+		}
+	})
+}
+
+// secondKill runs kill --yes again on the fixture's port A: it must
+// destroy want (names) and exit 0.
+func secondKill(t *testing.T, f *fixture, want string) {
+	t.Helper()
+	evs, stderr, code := kill(t, "--older-than", "0s", "--any-age", "--netns", strconv.FormatUint(f.netns, 10),
+		"--port", strconv.Itoa(f.portA), "--yes")
+	if got := f.byClient(t, evs, "destroyed"); code != 0 || names(got) != want {
+		t.Errorf("a second kill: exit %d, %v, want %s destroyed:\n%s", code, evs, want, stderr)
+	}
+}
+
+// inPipeWrite says whether a thread of pid sleeps in the kernel's
+// pipe_write (its wchan: anon_pipe_write on newer kernels).
+func inPipeWrite(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/wchan", pid))
+	for _, f := range tasks {
+		if b, err := os.ReadFile(f); err == nil && strings.HasSuffix(strings.TrimSpace(string(b)), "pipe_write") {
+			return true
+		}
+	}
+	return false
 }
