@@ -146,6 +146,9 @@ type Resolver struct {
 	lastCost time.Duration
 	stats    Stats
 	pinned   uint64 // inode being resolved, never evicted; 0 = none
+	// now is the clock the rate limits and confirmations count by:
+	// time.Now, or a test's own (scan costs are measured on the real one).
+	now func() time.Time
 }
 
 // NewResolver returns a Resolver with cfg's zero fields defaulted.
@@ -167,6 +170,7 @@ func NewResolver(cfg Config) *Resolver {
 	}
 	return &Resolver{
 		cfg:     cfg,
+		now:     time.Now,
 		epoch:   time.Now(),
 		entries: make(map[uint64]entry),
 		details: make(map[int]details),
@@ -186,7 +190,7 @@ func (r *Resolver) Cached(ino uint64) ([]Owner, Source) {
 		r.stats.CacheMisses++
 		return nil, SourceUnresolved
 	}
-	now := time.Now()
+	now := r.now()
 	if !r.verify(ino, now) {
 		r.stats.CacheMisses++
 		return nil, SourceUnresolved
@@ -221,7 +225,7 @@ func (r *Resolver) ResolveWait(ino uint64, netns uint64, hints []int) ([]Owner, 
 	defer r.mu.Unlock()
 	r.pinned = ino
 	defer func() { r.pinned = 0 }()
-	now := time.Now()
+	now := r.now()
 
 	scanned := false // a full scan ran in this call
 	if _, ok := r.entries[ino]; ok && r.verify(ino, now) {
@@ -260,7 +264,7 @@ func (r *Resolver) ResolveWait(ino uint64, netns uint64, hints []int) ([]Owner, 
 func (r *Resolver) ScanAllowedIn() time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.fullWait(time.Now())
+	return r.fullWait(r.now())
 }
 
 // Forget drops a socket from the cache (called when it closes).

@@ -248,11 +248,15 @@ func (c *child) next(t *testing.T, word string) []string {
 			t.Fatalf("child %d: got %q, wanted %q", c.pid(), line, word)
 		}
 		return f[1:]
-	case <-time.After(5 * time.Second):
-		t.Fatalf("child %d: timeout waiting for %q", c.pid(), word)
+	case <-time.After(waitTimeout):
+		t.Fatalf("child %d: no %q within %v", c.pid(), word, waitTimeout)
 	}
 	return nil
 }
+
+// waitTimeout bounds a wait for a child's line: generous, for a loaded
+// machine or qemu TCG; a passing run never waits for it.
+const waitTimeout = 60 * time.Second
 
 type sock struct {
 	ino uint64
@@ -861,6 +865,33 @@ func TestFullScanCoversAllNamespaces(t *testing.T) {
 	}
 }
 
+// clock is a Resolver's time, moved by the test alone: how long a loaded
+// machine takes between two calls must not decide whether a rate limit
+// still holds.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// fakeClock sets r's clock to one the test moves, from r's epoch.
+func fakeClock(r *Resolver) *clock {
+	c := &clock{t: r.epoch}
+	r.now = c.now
+	return c
+}
+
 // Within MinRescan a miss cannot scan: ResolveWait says so with a wait, and
 // a call after that wait scans and resolves. A miss is also what a socket
 // whose cached holders all let go of it is.
@@ -868,6 +899,7 @@ func TestResolveWaitMinRescan(t *testing.T) {
 	const minRescan = 100 * time.Millisecond
 	f := threeNamespaces(t)
 	r := NewResolver(Config{ProcRoot: f.root, MinRescan: minRescan, ScanShare: -1})
+	clk := fakeClock(r)
 	owners, src, wait := r.ResolveWait(1001, f.netns(101), nil)
 	ownerIs(t, "first", owners, src, wait, [2]int{101, 3})
 
@@ -887,7 +919,7 @@ func TestResolveWaitMinRescan(t *testing.T) {
 		t.Fatalf("%d full scans within MinRescan, want 1", st.FullScans)
 	}
 
-	time.Sleep(wait)
+	clk.advance(wait)
 	if in := r.ScanAllowedIn(); in != 0 {
 		t.Errorf("ScanAllowedIn = %v after the wait, want 0", in)
 	}
@@ -905,12 +937,12 @@ func TestResolveWaitMinRescan(t *testing.T) {
 	if src != SourceUnresolved || owners != nil || wait <= 0 || wait > minRescan {
 		t.Fatalf("holder gone within MinRescan: got %v %+v wait %v, want unresolved, wait in (0, %v]", src, owners, wait, minRescan)
 	}
-	time.Sleep(wait)
+	clk.advance(wait)
 	owners, src, wait = r.ResolveWait(1001, f.netns(101), nil)
 	ownerIs(t, "moved, after the wait", owners, src, wait, [2]int{302, 6})
 
 	// A scan that ran and did not find the socket is final for now too.
-	time.Sleep(r.ScanAllowedIn())
+	clk.advance(r.ScanAllowedIn())
 	if owners, src, wait := r.ResolveWait(999, 0, nil); src != SourceUnresolved || owners != nil || wait != 0 {
 		t.Errorf("unknown socket after a scan: got %v %+v wait %v, want unresolved, wait 0", src, owners, wait)
 	}
@@ -927,6 +959,7 @@ func TestResolveWaitScanShare(t *testing.T) {
 	const share, cost = 10, 20 * time.Millisecond
 	f := threeNamespaces(t)
 	r := NewResolver(Config{ProcRoot: f.root, MinRescan: time.Nanosecond, ScanShare: share})
+	clk := fakeClock(r)
 	owners, src, wait := r.ResolveWait(3001, f.netns(301), nil)
 	ownerIs(t, "first", owners, src, wait, [2]int{301, 3})
 	// Pretend the scan took cost, which the fake tree is too small for:
@@ -943,7 +976,7 @@ func TestResolveWaitScanShare(t *testing.T) {
 	owners, src, wait2 := r.ResolveWait(2002, f.netns(201), nil)
 	ownerIs(t, "cached, within the budget", owners, src, wait2, [2]int{201, 7})
 
-	time.Sleep(wait)
+	clk.advance(wait)
 	owners, src, wait = r.ResolveWait(1012, f.netns(101), nil)
 	ownerIs(t, "after the wait", owners, src, wait, [2]int{101, 12})
 	if st := r.Stats(); st.FullScans != 2 {
