@@ -117,6 +117,12 @@ func (l *tlog) Write(b []byte) (int, error) {
 // start makes and starts a Pods for node through rc, stopped with the test.
 func start(t *testing.T, rc *rest.Config, node string, grace time.Duration) *Pods {
 	t.Helper()
+	return startWith(t, rc, node, grace, nil)
+}
+
+// startWith is start with set, if not nil, applied before Start.
+func startWith(t *testing.T, rc *rest.Config, node string, grace time.Duration, set func(*Pods)) *Pods {
+	t.Helper()
 	w := &tlog{t: t}
 	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -125,12 +131,19 @@ func start(t *testing.T, rc *rest.Config, node string, grace time.Duration) *Pod
 		t.Fatal(err)
 	}
 	p.probeEvery = 200 * time.Millisecond
+	if set != nil {
+		set(p)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	t0 := time.Now()
-	p.Start(ctx)
-	if d := time.Since(t0); d > time.Second { // it only starts goroutines
-		t.Errorf("Start took %v", d)
+	// Start only starts goroutines: it returns whether or not the API
+	// server answers (TestAPIUnreachable starts it with none reachable).
+	started := make(chan struct{})
+	go func() { p.Start(ctx); close(started) }()
+	select {
+	case <-started:
+	case <-time.After(60 * time.Second):
+		t.Fatal("Start did not return within 60 s")
 	}
 	return p
 }
@@ -254,7 +267,13 @@ func TestDeletedPod(t *testing.T) {
 	e := newEnv(t)
 	node := e.node("node-a")
 	pod := e.running(e.pod("doomed", node, nil), map[string]string{"app": "containerd://" + hexID('a')})
-	p := start(t, e.cfg, node, grace)
+	// The grace runs on a clock the test moves: a loaded machine's pause
+	// between the delete and the lookup must not end it.
+	var clockMu sync.Mutex
+	now := time.Now()
+	p := startWith(t, e.cfg, node, grace, func(p *Pods) {
+		p.now = func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	})
 	eventually(t, 30*time.Second, "sync", p.Synced)
 	if k := p.Lookup(string(pod.UID), hexID('a')); k.Container != "app" {
 		t.Fatalf("before the delete: %+v", k)
@@ -277,8 +296,13 @@ func TestDeletedPod(t *testing.T) {
 	if s := p.Stats(); s.Deleted != 1 {
 		t.Fatalf("stats %+v, want one Deleted", s)
 	}
-	eventually(t, 2*grace, "past the grace", func() bool { return !found(p, pod.UID) })
-	eventually(t, 2*grace, "purge", func() bool {
+	clockMu.Lock()
+	now = now.Add(grace + time.Millisecond)
+	clockMu.Unlock()
+	if found(p, pod.UID) {
+		t.Fatal("past the grace, the deleted pod still answers")
+	}
+	eventually(t, 30*time.Second, "purge", func() bool {
 		p.mu.RLock()
 		defer p.mu.RUnlock()
 		return len(p.pods) == 0
@@ -293,6 +317,15 @@ type proxy struct {
 	mu     sync.Mutex
 	up     bool
 	conns  map[net.Conn]bool
+	// refused counts the connections closed at once while down.
+	refused int
+}
+
+// refusals returns how many connections the proxy refused so far.
+func (x *proxy) refusals() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.refused
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -319,6 +352,9 @@ func (x *proxy) serve() {
 func (x *proxy) forward(c net.Conn) {
 	x.mu.Lock()
 	up := x.up
+	if !up {
+		x.refused++
+	}
 	x.mu.Unlock()
 	if !up {
 		c.Close()
@@ -374,17 +410,17 @@ func TestAPIUnreachable(t *testing.T) {
 	x := newProxy(t, host)
 	rc.Host = "https://" + x.ln.Addr().String() // same 127.0.0.1, so the certificate still fits
 
-	p := start(t, rc, node, 0) // checks that Start returns at once
-	time.Sleep(3 * time.Second)
+	p := start(t, rc, node, 0) // checks that Start returns
+	// The client tried, and was refused, twice: its first list and a retry.
+	eventually(t, 60*time.Second, "two connections refused", func() bool { return x.refusals() >= 2 })
 	if p.Synced() {
 		t.Fatal("synced through a proxy that is down")
 	}
 	if k := p.Lookup(string(first.UID), ""); !k.NotFound || k.Node != node {
 		t.Fatalf("lookup while down: %+v", k)
 	}
-	if p.Healthy() == nil {
-		t.Error("Healthy while the API server is unreachable")
-	}
+	// The failure is recorded when the failed list returns to the informer.
+	eventually(t, 60*time.Second, "Healthy to fail while the API server is unreachable", func() bool { return p.Healthy() != nil })
 
 	x.set(true)
 	d := eventually(t, 60*time.Second, "sync once the API server is reachable", p.Synced)
@@ -396,7 +432,10 @@ func TestAPIUnreachable(t *testing.T) {
 
 	x.set(false)
 	second := e.pod("second", node, nil) // through the direct config
-	time.Sleep(2 * time.Second)
+	// The watch broke and its retries were refused: what the cache holds
+	// now is what it keeps in an outage.
+	before := x.refusals()
+	eventually(t, 60*time.Second, "the watch's retries refused", func() bool { return x.refusals() >= before+2 })
 	if k := p.Lookup(string(first.UID), ""); k.NotFound {
 		t.Fatalf("cached pod lost in an outage: %+v", k)
 	}

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -88,8 +89,17 @@ func TestAsServiceAccount(t *testing.T) {
 	if _, err := cs.RbacV1().RoleBindings(ns).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err != nil {
-		t.Fatalf("list pods with the binding: %v", err)
+	// The authorizer learns of the binding from its own watch: allowed
+	// once it has, which a loaded machine makes later.
+	for deadline := time.Now().Add(60 * time.Second); ; {
+		_, err := sa.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsForbidden(err) || time.Now().After(deadline) {
+			t.Fatalf("list pods with the binding: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	if _, err := sa.CoreV1().Pods("default").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
 		t.Fatalf("list pods in another namespace: %v, want forbidden", err)
