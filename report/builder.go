@@ -645,10 +645,14 @@ func comparePeers(x, y Peer) int {
 }
 
 // KernelPeers lists the node's peers (tracer.ListPeers) in every network
-// namespace (netns 0) or in one.
-func KernelPeers(netns uint32) PeerLister {
+// namespace (netns 0) or in one, and, when ports are given, only those
+// waiting on one of them: the selection the rows have (--port).
+func KernelPeers(netns uint32, ports []uint16) PeerLister {
 	return func() ([]Peer, error) {
 		ps, err := tracer.ListPeers(netns)
+		if len(ports) > 0 {
+			ps = slices.DeleteFunc(ps, func(p tracer.PeerSockets) bool { return !slices.Contains(ports, p.Remote.Port()) })
+		}
 		return PeersOf(ps), err
 	}
 }

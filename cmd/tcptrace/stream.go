@@ -84,7 +84,7 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 			names = cl.names
 		}
 		b = report.NewBuilder(report.Config{Threshold: o.track.Threshold, Warn: warnOnce(logger)}, tr, p.Tracker(), names,
-			report.KernelPeers(o.tracer.NetNS))
+			report.KernelPeers(o.tracer.NetNS, o.tracer.Ports))
 		stopSampling = sampleEvery(c.Context, b, time.Second, logger)
 	}
 	stopPrune := func() {}

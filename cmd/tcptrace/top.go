@@ -200,7 +200,7 @@ func startLocalReport(ctx context.Context, o topOptions, log *slog.Logger) (tui.
 		log.Warn("start-up snapshot incomplete", "error", err)
 	}
 	b := report.NewBuilder(report.Config{Threshold: o.threshold, Warn: warnOnce(log)}, tr, p.Tracker(),
-		attribute.NewWorkloads(nil), report.KernelPeers(o.tracer.NetNS))
+		attribute.NewWorkloads(nil), report.KernelPeers(o.tracer.NetNS, o.tracer.Ports))
 	runDone := make(chan error, 1)
 	go func() { runDone <- p.Run(ctx) }()
 	stopSampling := sampleEvery(ctx, b, min(o.refresh, time.Second), log)
