@@ -170,11 +170,15 @@ func (tm *term) snapshot() []string {
 	return tm.scr.lines()
 }
 
-// waitFor waits (at most 15s) until cond holds on the screen, and returns
+// waitTimeout bounds every wait on the terminal: generous, for a loaded
+// machine or qemu TCG; a passing run never waits for it.
+const waitTimeout = 60 * time.Second
+
+// waitFor waits (at most waitTimeout) until cond holds on the screen, and returns
 // that screen.
 func (tm *term) waitFor(what string, cond func(lines []string) bool) []string {
 	tm.t.Helper()
-	deadline := time.After(15 * time.Second)
+	deadline := time.After(waitTimeout)
 	for {
 		lines := tm.snapshot()
 		if cond(lines) {
@@ -188,7 +192,7 @@ func (tm *term) waitFor(what string, cond func(lines []string) bool) []string {
 			}
 			tm.t.Fatalf("the child exited before %s; screen:\n%s", what, strings.Join(lines, "\n"))
 		case <-deadline:
-			tm.t.Fatalf("no %s in 15s; screen:\n%s", what, strings.Join(lines, "\n"))
+			tm.t.Fatalf("no %s in %v; screen:\n%s", what, waitTimeout, strings.Join(lines, "\n"))
 		}
 	}
 }
@@ -229,7 +233,7 @@ func startChild(t *testing.T, mode string, w, h int, answers []query) (*exec.Cmd
 	return cmd, newTerm(t, ptmx, w, h, answers)
 }
 
-// waitExit waits (at most 15s) for the child to exit, and for its output.
+// waitExit waits (at most waitTimeout) for the child to exit, and for its output.
 func waitExit(t *testing.T, cmd *exec.Cmd, tm *term) error {
 	t.Helper()
 	exited := make(chan error, 1)
@@ -237,13 +241,13 @@ func waitExit(t *testing.T, cmd *exec.Cmd, tm *term) error {
 	var err error
 	select {
 	case err = <-exited:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("the child did not exit in 15s; screen:\n%s", strings.Join(tm.snapshot(), "\n"))
+	case <-time.After(waitTimeout):
+		t.Fatalf("the child did not exit in %v; screen:\n%s", waitTimeout, strings.Join(tm.snapshot(), "\n"))
 	}
 	select {
 	case <-tm.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the terminal did not close in 5s after the child exited")
+	case <-time.After(waitTimeout):
+		t.Fatalf("the terminal did not close in %v after the child exited", waitTimeout)
 	}
 	return err
 }
@@ -431,9 +435,8 @@ func TestNoStartupProbe(t *testing.T) {
 	if raw != "hello\r\n" {
 		t.Errorf("on the terminal: %q, want %q (probes %q)", raw, "hello\r\n", probed([]byte(raw)))
 	}
-	if took > time.Second {
-		t.Errorf("the child took %v to print hello and exit", took)
-	}
+	// No probe written (above) is no wait for its answer: how long the
+	// child took is logged, not asserted, for a loaded machine's sake.
 	t.Logf("the child printed hello and exited in %v", took.Round(time.Millisecond))
 }
 
@@ -506,8 +509,8 @@ func TestRunContext(t *testing.T) {
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("Run: %v, want context.Canceled", err)
 		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("Run did not return in 15s after ctx ended")
+	case <-time.After(waitTimeout):
+		t.Fatalf("Run did not return in %v after ctx ended", waitTimeout)
 	}
 	t.Logf("Run returned %v after ctx ended", time.Since(cancelled).Round(time.Millisecond))
 	tty.Close() // EIO on ptmx: all the output is read
