@@ -422,3 +422,31 @@ func TestStuckHeldBackForOwner(t *testing.T) {
 		t.Errorf("stuck after retry = %+v, want the owner found on the retry", last)
 	}
 }
+
+// A first report late by less than Repeat (a loaded machine's slow tick)
+// does not push the next back: it stays due at threshold + repeat. Late by
+// more, the next is a whole repeat after the late one (no burst).
+func TestRepeatAfterLateReport(t *testing.T) {
+	tk := newTracker(t, 200*time.Millisecond, 150*time.Millisecond, 10)
+	var out sink
+	tk.Observe(closeWait(1, 0), out.emit)
+	tk.Expire(300*ms, nil, nil, out.emit) // due at 200, reported at 300
+	tk.Expire(349*ms, nil, nil, out.emit)
+	if len(out) != 2 || out[1].AgeNS != 300*ms {
+		t.Fatalf("events %v, want close_wait and one stuck at 300ms", out.kinds())
+	}
+	tk.Expire(350*ms, nil, nil, out.emit)
+	if len(out) != 3 || out[2].AgeNS != 350*ms {
+		t.Fatalf("events %v, want a second stuck at 350ms (200ms + 150ms)", out.kinds())
+	}
+	// Due at 500, reported at 900: the next is due at 1050, not 650.
+	tk.Expire(900*ms, nil, nil, out.emit)
+	tk.Expire(1049*ms, nil, nil, out.emit)
+	if len(out) != 4 || out[3].AgeNS != 900*ms {
+		t.Fatalf("%d events, want a third stuck at 900ms and no burst", len(out))
+	}
+	tk.Expire(1050*ms, nil, nil, out.emit)
+	if len(out) != 5 || out[4].AgeNS != 1050*ms {
+		t.Fatalf("%d events, want a fourth stuck at 1050ms", len(out))
+	}
+}
