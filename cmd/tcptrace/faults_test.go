@@ -1562,3 +1562,61 @@ func inPipeWrite(pid int) bool {
 	}
 	return false
 }
+
+// stepWallClock moves CLOCK_REALTIME by d.
+func stepWallClock(t *testing.T, d time.Duration) {
+	t.Helper()
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		t.Fatal(err)
+	}
+	ts = unix.NsecToTimespec(ts.Nano() + d.Nanoseconds())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		t.Fatalf("step the wall clock by %v: %v", d, err)
+	}
+}
+
+// A wall-clock step (NTP, a bad RTC at boot, date -s) changes no age: ages
+// come from the boot clock. With the clock stepped an hour ahead after
+// closewait started, kill --from reads each socket's true age from its
+// table (it read an hour more, so --older-than 1h would have destroyed
+// sockets seconds old), and the events written after the step carry the
+// new wall-clock time.
+func TestWallClockJump(t *testing.T) {
+	requireVM(t, "a wall-clock step")
+	p, base := startWithMetrics(t, "--all")
+	f := startFixture(t)
+	ns, portA := strconv.FormatUint(f.netns, 10), strconv.Itoa(f.portA)
+	waitAged(t, base, f, []string{"a1", "a2"}, time.Second)
+
+	stepWallClock(t, time.Hour)
+	stepped := time.Now()
+	t.Cleanup(func() { stepWallClock(t, -time.Hour) })
+
+	evs, stderr, code := kill(t, "--from", base, "--older-than", "1h", "--dry-run", "--netns", ns, "--port", portA)
+	if got := f.byClient(t, evs, "not_destroyed"); code != 0 || len(got) != 0 {
+		t.Errorf("kill --from --older-than 1h after an hour's step: exit %d, listed %v; want nothing listed, the sockets being seconds old:\n%s", code, evs, stderr)
+	}
+	evs, stderr, code = kill(t, "--from", base, "--older-than", "0s", "--dry-run", "--netns", ns, "--port", portA)
+	got := f.byClient(t, evs, "not_destroyed")
+	_, a1 := got["a1"]
+	_, a2 := got["a2"]
+	if code != 0 || !a1 || !a2 {
+		t.Fatalf("kill --from --older-than 0s: exit %d, %v; want a1 and a2 listed:\n%s", code, evs, stderr)
+	}
+	for name, ev := range got {
+		if age := time.Duration(*ev.AgeNS); !*ev.AgeKnown || age < time.Second || age >= time.Hour {
+			t.Errorf("%s listed %v: want its age known, at least 1s and well short of the hour's step", name, ev)
+		}
+	}
+
+	// A socket entering CLOSE-WAIT after the step is stamped with the
+	// stepped clock (within the second the offset may be stale).
+	f.young(t, "late")
+	ev := p.next(eventTimeout, "close_wait of late", func(ev jsonEvent) bool {
+		return ev.Event == "close_wait" && ev.NetNS == f.netns && ev.RemotePort == f.clients["late"]
+	})
+	if at := eventTime(t, ev); at.Sub(stepped) < -2*time.Second {
+		t.Errorf("close_wait after the step at %v, %v before the stepped clock's time: its offset was not sampled again", at, stepped.Sub(at))
+	}
+}

@@ -135,27 +135,10 @@ func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*clust
 		c.pods.Start(ctx)
 		lookup = c.pods.Lookup
 		log.Info("Kubernetes enrichment on", "node", o.nodeName, "api", rc.Host)
-		c.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: metrics.Namespace, Name: "kubernetes_cache_synced",
-			Help: "1 once the node's pod cache has synced with the API server, 0 before.",
-		}, func() float64 {
-			if c.pods.Synced() {
-				return 1
-			}
-			return 0
-		}))
-		lookups := prometheus.NewDesc(metrics.Namespace+"_kubernetes_pod_lookups_total",
-			"Pod name lookups by result: hit, deleted (a pod deleted within the grace period), not_found.", []string{"result"}, nil)
-		cached := prometheus.NewDesc(metrics.Namespace+"_kubernetes_cached_pods",
-			"Pods of this node in the cache: live, or deleted and kept for --deleted-grace.", []string{"state"}, nil)
-		c.reg.MustRegister(funcCollector{[]*prometheus.Desc{lookups, cached}, func(ch chan<- prometheus.Metric) {
+		c.reg.MustRegister(metrics.NewKubeCollector(c.pods.Synced, func() metrics.KubeStats {
 			st := c.pods.Stats()
-			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Hits), "hit")
-			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.Deleted), "deleted")
-			ch <- prometheus.MustNewConstMetric(lookups, prometheus.CounterValue, float64(st.NotFound), "not_found")
-			ch <- prometheus.MustNewConstMetric(cached, prometheus.GaugeValue, float64(st.LivePods), "live")
-			ch <- prometheus.MustNewConstMetric(cached, prometheus.GaugeValue, float64(st.DeletedPods), "deleted")
-		}})
+			return metrics.KubeStats{Hits: st.Hits, Deleted: st.Deleted, NotFound: st.NotFound, LivePods: st.LivePods, DeletedPods: st.DeletedPods}
+		}))
 		if c.srv != nil {
 			c.srv.Ready("kubernetes", func() error {
 				if !c.pods.Synced() {
@@ -214,19 +197,6 @@ func (c *cluster) close() error {
 	return err
 }
 
-// funcCollector is an unchecked collector of a few const metrics.
-type funcCollector struct {
-	descs   []*prometheus.Desc
-	collect func(chan<- prometheus.Metric)
-}
-
-func (f funcCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range f.descs {
-		ch <- d
-	}
-}
-func (f funcCollector) Collect(ch chan<- prometheus.Metric) { f.collect(ch) }
-
 // closeWaitHandler lists the kernel's CLOSE-WAIT table as close_wait
 // events, one JSON object per line: their time is the FIN's, so a client
 // (tcptrace kill --from) knows every socket's age.
@@ -236,6 +206,10 @@ func closeWaitHandler(tr *tracer.Tracer) http.Handler {
 		bw := bufio.NewWriterSize(w, 64<<10)
 		var line []byte
 		var writeErr error
+		// FIN times as the wall clock says now: the client (kill --from)
+		// takes ages from them with its own clock, and a wall-clock step
+		// since the last sample would add to every age.
+		tr.Clock().Sync()
 		err := tr.Table(func(ev *events.Event) {
 			if writeErr != nil {
 				return
