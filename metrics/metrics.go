@@ -97,6 +97,102 @@ var otherSeries = series{Workload{Other, Other, Other, Other}, Other, Other}
 
 var seriesLabels = []string{"namespace", "pod", "container", "cgroup", "port", "direction"}
 
+// Info describes one metric: the catalog (Catalog) that the collectors
+// are made from, and that docs/metrics.md is generated from.
+type Info struct {
+	Name   string // without the namespace
+	Type   string // counter, gauge or histogram
+	Help   string
+	Labels []string
+}
+
+// FullName is the metric's name with the namespace.
+func (i Info) FullName() string { return Namespace + "_" + i.Name }
+
+func (i Info) desc() *prometheus.Desc {
+	return prometheus.NewDesc(i.FullName(), i.Help, i.Labels, nil)
+}
+
+var stuckLabels = append(append([]string{}, seriesLabels...), "comm")
+
+var (
+	infoCloseWait = Info{"close_wait_sockets", "gauge", "Sockets in CLOSE-WAIT now: the peer closed, the application has not.", seriesLabels}
+	infoEntered   = Info{"close_wait_entered_total", "counter", "Sockets that entered CLOSE-WAIT (the peer's FIN arrived), and those found in it at start-up.", seriesLabels}
+	infoClosed    = Info{"close_wait_closed_total", "counter", "Sockets in CLOSE-WAIT that the application closed or shut down.", seriesLabels}
+	infoAborted   = Info{"close_wait_aborted_total", "counter", "Sockets that left CLOSE-WAIT without the application closing them: reset, timeout, destroyed.", seriesLabels}
+	infoLatency   = Info{"fin_to_close_seconds", "histogram",
+		"Time from the peer's FIN to the application's close, from the kernel's log2 histogram (sockets whose FIN tcptrace saw).", seriesLabels}
+	infoStuck = Info{"stuck_sockets", "gauge",
+		"Sockets in CLOSE-WAIT past the threshold now, by the command name of their first holder (empty: unresolved).", stuckLabels}
+	infoStuckReported = Info{"stuck_reported_total", "counter", "Stuck reports made (with --repeat, one per report).", seriesLabels}
+	infoLost          = Info{"events_lost_total", "counter", "Events dropped, by cause (see docs/events.md: every drop is counted).", []string{"cause"}}
+	infoOverflows     = Info{"kernel_aggregate_overflows_total", "counter", "Sockets counted in the kernel's overflow aggregate because its table was full (--max-aggregates).", nil}
+	infoBuild         = Info{"build_info", "gauge", "tcptrace's version, and the Go version that built it.", []string{"version", "goversion"}}
+	infoHook          = Info{"hook_info", "gauge", "The kernel hook tcptrace attached to.", []string{"hook"}}
+	infoSeries        = Info{"metrics_series", "gauge", "Label sets (workload, port, direction) with series of their own.", nil}
+	infoFolded        = Info{"metrics_series_folded_total", "counter",
+		"Label sets folded into the series labelled \"other\" because of the series cap (--metrics-max-series).", nil}
+
+	infoKubeSynced  = Info{"kubernetes_cache_synced", "gauge", "1 once the node's pod cache has synced with the API server, 0 before.", nil}
+	infoKubeLookups = Info{"kubernetes_pod_lookups_total", "counter",
+		"Pod name lookups by result: hit, deleted (a pod deleted within the grace period), not_found.", []string{"result"}}
+	infoKubeCached = Info{"kubernetes_cached_pods", "gauge", "Pods of this node in the cache: live, or deleted and kept for --deleted-grace.", []string{"state"}}
+)
+
+// Catalog lists every tcptrace_* metric tcptrace serves, in the order of
+// the reference. The Kubernetes ones come with Kubernetes enrichment on.
+func Catalog() []Info {
+	return []Info{
+		infoCloseWait, infoEntered, infoClosed, infoAborted, infoLatency,
+		infoStuck, infoStuckReported, infoLost, infoOverflows,
+		infoBuild, infoHook, infoSeries, infoFolded,
+		infoKubeSynced, infoKubeLookups, infoKubeCached,
+	}
+}
+
+// KubeStats is what the Kubernetes metrics count (kube.Stats, as the
+// wiring converts it).
+type KubeStats struct {
+	Hits, Deleted, NotFound uint64 // lookups by result
+	LivePods, DeletedPods   int    // cached pods
+}
+
+// KubeCollector serves the pod cache's metrics: synced says whether the
+// cache has synced, stats reads its counters.
+type KubeCollector struct {
+	synced func() bool
+	stats  func() KubeStats
+	descs  [3]*prometheus.Desc
+}
+
+// NewKubeCollector returns the pod cache's collector.
+func NewKubeCollector(synced func() bool, stats func() KubeStats) *KubeCollector {
+	return &KubeCollector{synced: synced, stats: stats,
+		descs: [3]*prometheus.Desc{infoKubeSynced.desc(), infoKubeLookups.desc(), infoKubeCached.desc()}}
+}
+
+// Describe sends the three descriptors.
+func (k *KubeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range k.descs {
+		ch <- d
+	}
+}
+
+// Collect reads the cache's state.
+func (k *KubeCollector) Collect(ch chan<- prometheus.Metric) {
+	synced := 0.0
+	if k.synced() {
+		synced = 1
+	}
+	st := k.stats()
+	ch <- prometheus.MustNewConstMetric(k.descs[0], prometheus.GaugeValue, synced)
+	ch <- prometheus.MustNewConstMetric(k.descs[1], prometheus.CounterValue, float64(st.Hits), "hit")
+	ch <- prometheus.MustNewConstMetric(k.descs[1], prometheus.CounterValue, float64(st.Deleted), "deleted")
+	ch <- prometheus.MustNewConstMetric(k.descs[1], prometheus.CounterValue, float64(st.NotFound), "not_found")
+	ch <- prometheus.MustNewConstMetric(k.descs[2], prometheus.GaugeValue, float64(st.LivePods), "live")
+	ch <- prometheus.MustNewConstMetric(k.descs[2], prometheus.GaugeValue, float64(st.DeletedPods), "deleted")
+}
+
 // Collector is a prometheus.Collector and a pipeline sink.
 type Collector struct {
 	cfg   Config
@@ -131,32 +227,25 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 	if cfg.Grace <= 0 {
 		cfg.Grace = DefaultGrace
 	}
-	d := func(name, help string, labels ...string) *prometheus.Desc {
-		return prometheus.NewDesc(Namespace+"_"+name, help, labels, nil)
-	}
-	stuckLabels := append(append([]string{}, seriesLabels...), "comm")
 	return &Collector{
 		cfg: cfg, src: src, namer: namer, now: time.Now,
-		closeWait: d("close_wait_sockets", "Sockets in CLOSE-WAIT now: the peer closed, the application has not.", seriesLabels...),
-		entered:   d("close_wait_entered_total", "Sockets that entered CLOSE-WAIT (the peer's FIN arrived), and those found in it at start-up.", seriesLabels...),
-		closed:    d("close_wait_closed_total", "Sockets in CLOSE-WAIT that the application closed or shut down.", seriesLabels...),
-		aborted:   d("close_wait_aborted_total", "Sockets that left CLOSE-WAIT without the application closing them: reset, timeout, destroyed.", seriesLabels...),
-		latency: d("fin_to_close_seconds",
-			"Time from the peer's FIN to the application's close, from the kernel's log2 histogram (sockets whose FIN tcptrace saw).", seriesLabels...),
-		stuck: d("stuck_sockets",
-			"Sockets in CLOSE-WAIT past the threshold now, by the command name of their first holder (empty: unresolved).", stuckLabels...),
-		stuckReported: d("stuck_reported_total", "Stuck reports made (with --repeat, one per report).", seriesLabels...),
-		lost:          d("events_lost_total", "Events dropped, by cause (see the README: every drop is counted).", "cause"),
-		overflows:     d("kernel_aggregate_overflows_total", "Sockets counted in the kernel's overflow aggregate because its table was full (--max-aggregates)."),
-		buildInfo:     d("build_info", "tcptrace's version, and the Go version that built it.", "version", "goversion"),
-		hookInfo:      d("hook_info", "The kernel hook tcptrace attached to.", "hook"),
-		seriesNow:     d("metrics_series", "Label sets (workload, port, direction) with series of their own."),
-		folded: d("metrics_series_folded_total",
-			"Label sets folded into the series labelled \"other\" because of the series cap (--metrics-max-series)."),
-		admitted:   make(map[series]struct{}),
-		foldedSets: make(map[series]struct{}),
-		reports:    make(map[events.AggregateKey]uint64),
-		deadSince:  make(map[uint64]time.Time),
+		closeWait:     infoCloseWait.desc(),
+		entered:       infoEntered.desc(),
+		closed:        infoClosed.desc(),
+		aborted:       infoAborted.desc(),
+		latency:       infoLatency.desc(),
+		stuck:         infoStuck.desc(),
+		stuckReported: infoStuckReported.desc(),
+		lost:          infoLost.desc(),
+		overflows:     infoOverflows.desc(),
+		buildInfo:     infoBuild.desc(),
+		hookInfo:      infoHook.desc(),
+		seriesNow:     infoSeries.desc(),
+		folded:        infoFolded.desc(),
+		admitted:      make(map[series]struct{}),
+		foldedSets:    make(map[series]struct{}),
+		reports:       make(map[events.AggregateKey]uint64),
+		deadSince:     make(map[uint64]time.Time),
 	}
 }
 

@@ -1,6 +1,9 @@
 package metrics
 
 import (
+	"iter"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -9,6 +12,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/track"
 )
 
 // tableSource is a kernel aggregate table for unit tests: it records
@@ -180,5 +184,62 @@ func TestGoneWorkloadsPruned(t *testing.T) {
 	}
 	if _, ok := src.aggs[key(1, 80)]; ok || len(src.aggs) != 2 {
 		t.Errorf("kernel aggregates %v, want the gone workload's dropped and the one with a socket in CLOSE-WAIT kept", src.aggs)
+	}
+}
+
+// stuckSockets is a tracker holding one stuck socket.
+type stuckSockets struct{}
+
+func (stuckSockets) All() iter.Seq[track.Info] {
+	return func(yield func(track.Info) bool) {
+		yield(track.Info{Stuck: true, CgroupID: 1, LocalPort: 80, Dir: events.DirInbound})
+	}
+}
+
+// The catalog (docs/metrics.md is made from it) is what is served: every
+// family a collector with everything to say writes is in it, with its
+// type, help and labels, and every catalog entry is served.
+func TestCatalogIsWhatIsServed(t *testing.T) {
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{key(1, 80): {AggregateKey: key(1, 80), Entered: 2, Closed: 1}}}
+	c := New(Config{Version: "v1", Hook: "tp_btf", Lost: func() events.LostCounts {
+		return events.LostCounts{events.LostRingbufFull: 1}
+	}}, src, namer{})
+	c.SetSockets(stuckSockets{})
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c, NewKubeCollector(func() bool { return true }, func() KubeStats { return KubeStats{Hits: 1} }))
+	fams, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	catalog := map[string]Info{}
+	for _, i := range Catalog() {
+		catalog[i.FullName()] = i
+	}
+	served := map[string]bool{}
+	for _, f := range fams {
+		served[f.GetName()] = true
+		i, ok := catalog[f.GetName()]
+		if !ok {
+			t.Errorf("%s served, not in the catalog", f.GetName())
+			continue
+		}
+		if got := strings.ToLower(f.GetType().String()); got != i.Type || f.GetHelp() != i.Help {
+			t.Errorf("%s served as %s %q, catalog says %s %q", f.GetName(), got, f.GetHelp(), i.Type, i.Help)
+		}
+		for _, m := range f.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName())
+			}
+			want := slices.Sorted(slices.Values(i.Labels))
+			if !slices.Equal(labels, want) {
+				t.Errorf("%s served with labels %v, catalog says %v", f.GetName(), labels, want)
+			}
+		}
+	}
+	for name := range catalog {
+		if !served[name] {
+			t.Errorf("%s in the catalog, not served", name)
+		}
 	}
 }
