@@ -8,7 +8,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export BPF2GO_CC := $(CLANG)
 export BPF2GO_STRIP := $(LLVM_STRIP)
 
-.PHONY: all build generate test vet check-generated soak bench bigleak vmtest clean image
+.PHONY: all build generate test docs check-docs vet check-generated soak bench bigleak vmtest clean image
 
 all: build
 
@@ -26,8 +26,24 @@ generate:
 
 # Unit tests run anywhere; real-kernel tests skip without root unless
 # TCPTRACE_REQUIRE_PRIVILEGED=1, which turns the skip into a failure.
+# With the race detector (TEST_RACE=0 turns it off; the kernel matrix's
+# static test binaries run without it). A generous timeout: cmd/tcptrace takes minutes on a loaded
+# machine, more under qemu TCG; no test relies on it.
+TEST_RACE ?= 1
+TEST_TIMEOUT ?= 45m
 test:
-	$(GO) test -count=1 $(GOTESTFLAGS) ./...
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(if $(filter 1,$(TEST_RACE)),-race) $(GOTESTFLAGS) ./...
+
+# The generated reference pages (docs/cli.md, docs/events.md,
+# docs/metrics.md), from the CLI, the event schema and the metrics catalog.
+docs:
+	TCPTRACE_UPDATE_DOCS=1 $(GO) test -count=1 -run '^TestGeneratedDocs$$' ./cmd/tcptrace
+
+# Fails when a generated page is stale or a relative link of the README or
+# docs/ is broken.
+check-docs:
+	$(GO) test -count=1 -run '^(TestGeneratedDocs|TestDocLinks)$$' ./cmd/tcptrace
+	$(GO) test -count=1 ./internal/docgen
 
 vet:
 	$(GO) vet ./...
