@@ -319,6 +319,26 @@ type proxy struct {
 	conns  map[net.Conn]bool
 	// refused counts the connections closed at once while down.
 	refused int
+	// While held is open, accepted connections wait before they are
+	// forwarded (a slow API server); waiting counts them.
+	held    chan struct{}
+	waiting int
+}
+
+// hold makes the proxy slow: connections wait until the returned func
+// releases them.
+func (x *proxy) hold() (release func()) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.held = make(chan struct{})
+	held := x.held
+	return sync.OnceFunc(func() { close(held) })
+}
+
+func (x *proxy) waitingConns() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.waiting
 }
 
 // refusals returns how many connections the proxy refused so far.
@@ -350,6 +370,15 @@ func (x *proxy) serve() {
 }
 
 func (x *proxy) forward(c net.Conn) {
+	x.mu.Lock()
+	held := x.held
+	if held != nil {
+		x.waiting++
+	}
+	x.mu.Unlock()
+	if held != nil {
+		<-held
+	}
 	x.mu.Lock()
 	up := x.up
 	if !up {
@@ -452,4 +481,36 @@ func TestAPIUnreachable(t *testing.T) {
 	d = eventually(t, 60*time.Second, "pod created during the outage", func() bool { return found(p, second.UID) })
 	t.Logf("pod created during the outage found %v after the API server came back", d)
 	eventually(t, 10*time.Second, "Healthy once the API server is back", func() bool { return p.Healthy() == nil })
+}
+
+// A slow API server (its answers held back, as long as the test likes)
+// holds nothing up: Start returns, lookups answer NotFound at once from the
+// empty cache, and once the answers come the cache syncs and names pods.
+func TestAPISlow(t *testing.T) {
+	e := newEnv(t)
+	node := e.node("node-a")
+	first := e.pod("first", node, nil)
+	rc := rest.CopyConfig(e.cfg)
+	host := strings.TrimPrefix(strings.TrimSuffix(rc.Host, "/"), "https://")
+	x := newProxy(t, host)
+	x.set(true)
+	release := x.hold()
+	t.Cleanup(release)
+	rc.Host = "https://" + x.ln.Addr().String()
+
+	p := start(t, rc, node, 0)
+	eventually(t, 60*time.Second, "the list held at the API server", func() bool { return x.waitingConns() >= 1 })
+	for range 100 {
+		if k := p.Lookup(string(first.UID), ""); !k.NotFound || k.Node != node {
+			t.Fatalf("lookup while the API server is slow: %+v", k)
+		}
+	}
+	if p.Synced() {
+		t.Fatal("synced while every answer was held back")
+	}
+	release()
+	eventually(t, 60*time.Second, "sync once the API server answers", p.Synced)
+	if k := p.Lookup(string(first.UID), ""); k.NotFound || k.Pod != "first" {
+		t.Errorf("after the sync: %+v", k)
+	}
 }
