@@ -9,6 +9,23 @@
 #   SOAK_MODES    modes to run (default "closewait trace")
 #   SOAK_STRICT   1: fail on any unaccounted != 0, even when the causes that
 #                 are only upper bounds (recursion_miss, *table_full) explain it
+#
+# Timed mode, with SOAK_DURATION set (e.g. 1h): the quiet default
+# (tcptrace closewait, no --all) for that long under connection churn, with
+# SOAK_STUCK sockets stuck in CLOSE-WAIT coming and going (scripts/leakcycle:
+# SOAK_LEAK_RATE a second end, closed by the application or destroyed by a
+# tcptrace kill that runs every SOAK_KILL_EVERY, and as many new ones leak).
+# The tracer's RSS, goroutines and open descriptors are sampled from its
+# /metrics every SOAK_SAMPLE; scripts/soakcheck reports their slopes per
+# hour and the events unaccounted for.
+#
+#   SOAK_DURATION   how long to churn (a Go duration: 1h, 20m)
+#   SOAK_STUCK      stuck sockets held at once (default 1000)
+#   SOAK_LEAK_RATE  leaks ended and made per second (default 15)
+#   SOAK_THRESHOLD  closewait --threshold (default 5s)
+#   SOAK_KILL_EVERY seconds between tcptrace kill runs (default 30; they
+#                   destroy leaks older than 60 s)
+#   SOAK_SAMPLE     seconds between samples (default 10)
 set -euo pipefail
 
 N=${SOAK_N:-1000000}
@@ -32,8 +49,10 @@ mkdir -p "$bin"
 tracer_pid=
 sampler_pid=
 witness_pid=
+leak_pid=
 cleanup() {
 	local rc=$?
+	[[ -n $leak_pid ]] && kill "$leak_pid" 2>/dev/null || true
 	[[ -n $sampler_pid ]] && kill "$sampler_pid" 2>/dev/null || true
 	[[ -n $witness_pid ]] && kill -INT "$witness_pid" 2>/dev/null || true
 	if [[ -n $tracer_pid ]] && kill -0 "$tracer_pid" 2>/dev/null; then
@@ -74,7 +93,89 @@ tcp_timeouts() {
 [[ $(id -u) == 0 ]] || die "needs root to load eBPF"
 echo "building into $bin" >&2
 (cd "$repo" && go build -o "$bin/tcptrace" ./cmd/tcptrace && go build -o "$bin/churn" ./cmd/churn &&
-	go build -o "$bin/soakcheck" ./scripts/soakcheck)
+	go build -o "$bin/soakcheck" ./scripts/soakcheck && go build -o "$bin/leakcycle" ./scripts/leakcycle)
+
+# metric NAME FILE: the value of an unlabelled sample in a /metrics page.
+metric() {
+	awk -v n="$1" '$1 == n { print $2; exit }' "$2"
+}
+
+timed_soak() {
+	local d=$dir/timed stuck=${SOAK_STUCK:-1000} rate=${SOAK_LEAK_RATE:-15}
+	local threshold=${SOAK_THRESHOLD:-5s} kill_every=${SOAK_KILL_EVERY:-30} every=${SOAK_SAMPLE:-10}
+	mkdir -p "$d"
+	local port addr leak_port churn_pid
+	port=$(first_free_port "$BASE_PORT")
+	echo "== timed soak: $SOAK_DURATION of churn ($WORKERS workers, port $port), $stuck stuck sockets, $rate/s ending and leaking" >&2
+	"$bin/tcptrace" closewait --threshold "$threshold" --listen 127.0.0.1:0 --output json --log-level info \
+		>"$d/events.jsonl" 2>"$d/stderr" &
+	tracer_pid=$!
+	for ((i = 0; i < ATTACH_TIMEOUT * 10; i++)); do
+		grep -q 'msg=attached' "$d/stderr" && break
+		kill -0 "$tracer_pid" 2>/dev/null || die "tcptrace exited before attaching: $(cat "$d/stderr")"
+		sleep 0.1
+	done
+	grep -q 'msg=attached' "$d/stderr" || die "tcptrace not attached after ${ATTACH_TIMEOUT}s"
+	addr=$(sed -n 's/.*msg="serving metrics" address=\([^ ]*\).*/\1/p' "$d/stderr" | head -n 1)
+	[[ -n $addr ]] || die "no serving metrics line in $d/stderr"
+
+	coproc LEAK { exec "$bin/leakcycle" -n "$stuck" -rate "$rate" -log "$d/leaks.log"; }
+	leak_pid=$LEAK_PID
+	read -r _ leak_port <&"${LEAK[0]}" || die "leakcycle did not start"
+	read -r _ _ <&"${LEAK[0]}" || die "leakcycle did not get its leaks"
+	echo "leak on port $leak_port; metrics on $addr" >&2
+
+	"$bin/churn" -duration "$SOAK_DURATION" -c "$WORKERS" -addr "127.0.0.1:$port" -json >"$d/churn.json" &
+	churn_pid=$!
+	local t0=$SECONDS next_kill=$((SECONDS + kill_every))
+	while kill -0 "$churn_pid" 2>/dev/null; do
+		if curl -sf "http://$addr/metrics" -o "$d/metrics.txt"; then
+			echo "$(date +%s) $(metric process_resident_memory_bytes "$d/metrics.txt") $(metric go_goroutines "$d/metrics.txt") $(metric process_open_fds "$d/metrics.txt")" >>"$d/samples.tsv"
+		else
+			warn "scrape failed at $((SECONDS - t0)) s"
+		fi
+		if ((SECONDS >= next_kill)); then
+			# Ages from the running closewait: a fresh listing has none.
+			"$bin/tcptrace" kill --from "$addr" --older-than 60s --port "$leak_port" --yes --output json >>"$d/kill.jsonl" 2>>"$d/kill.err" ||
+				warn "tcptrace kill failed: $(tail -n 1 "$d/kill.err")"
+			next_kill=$((SECONDS + kill_every))
+		fi
+		sleep "$every"
+	done
+	local churn_rc=0
+	wait "$churn_pid" || churn_rc=$?
+	local stopped_ns
+	stopped_ns=$(date +%s%N)
+	kill -TERM "$leak_pid"
+	read -r _ _ <&"${LEAK[0]}" || true
+	wait "$leak_pid" 2>/dev/null || true
+	leak_pid=
+	settle "$leak_port"
+	kill -INT "$tracer_pid"
+	local tracer_rc=0
+	wait "$tracer_pid" || tracer_rc=$?
+	tracer_pid=
+	local stopped lost
+	stopped=$(grep 'msg=stopped' "$d/stderr" | tail -n 1 || true)
+	lost=$(field lost "$stopped")
+	echo
+	echo "churn: $(json_int completed "$d/churn.json") connections, $(sed -n 's/.*"conn_per_second":\([0-9]*\).*/\1/p' "$d/churn.json") per second, $(json_int errors "$d/churn.json") errors (exit $churn_rc)"
+	local destroyed=0
+	[[ -f $d/kill.jsonl ]] && destroyed=$(grep -c '"event":"destroyed"' "$d/kill.jsonl" || true)
+	echo "kill: $destroyed destroyed in $(((SECONDS - t0) / kill_every)) runs"
+	echo "tcptrace: exit $tracer_rc; $stopped"
+	local rc=0
+	"$bin/soakcheck" timed -events "$d/events.jsonl" -leaks "$d/leaks.log" -samples "$d/samples.tsv" \
+		-port "$leak_port" -threshold "$threshold" -stopped "$stopped_ns" -lost "${lost:-0}" || rc=1
+	((tracer_rc == 0 && churn_rc == 0)) || rc=1
+	if ((rc != 0)); then
+		echo "soak: FAILED" >&2
+		exit 1
+	fi
+	echo "soak: ok"
+	exit 0
+}
+[[ -z ${SOAK_DURATION:-} ]] || timed_soak
 
 use_time=false
 [[ -x /usr/bin/time ]] && use_time=true

@@ -96,12 +96,16 @@ func run() int {
 	delay := fs.Duration("server-delay", 0, "how long the server waits before closing each connection")
 	clientFirst := fs.Bool("client-closes-first", false, "the client closes first, so server sockets sit in CLOSE-WAIT for -server-delay")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	duration := fs.Duration("duration", 0, "run this long instead of for -n connections (soak runs)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
 	}
-	if fs.NArg() > 0 || *n < 1 || *workers < 1 || *delay < 0 {
-		fmt.Fprintln(os.Stderr, "churn: -n and -c must be positive, -server-delay not negative, and no arguments")
+	if fs.NArg() > 0 || *n < 1 || *workers < 1 || *delay < 0 || *duration < 0 {
+		fmt.Fprintln(os.Stderr, "churn: -n and -c must be positive, -server-delay and -duration not negative, and no arguments")
 		return 2
+	}
+	if *duration > 0 {
+		*n = 1 << 62 // until the duration ends
 	}
 
 	ln, err := net.Listen("tcp", *addr)
@@ -132,6 +136,7 @@ func run() int {
 
 	var (
 		next      atomic.Int64 // connections handed out
+		attempts  atomic.Int64 // dials made
 		connected atomic.Int64 // dials that succeeded: the server will accept these
 		completed atomic.Int64
 		wg        sync.WaitGroup
@@ -144,12 +149,13 @@ func run() int {
 			dl := d // own copy: LocalAddr changes per dial
 			for {
 				i := next.Add(1) - 1
-				if i >= *n {
+				if i >= *n || *duration > 0 && time.Since(start) >= *duration {
 					return
 				}
 				if sources > 0 {
 					dl.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%int64(sources)))}
 				}
+				attempts.Add(1)
 				c, err := dl.Dial("tcp", lnAddr.String())
 				if err != nil {
 					errs.add(err)
@@ -178,7 +184,7 @@ func run() int {
 
 	done := completed.Load()
 	res := result{
-		Connections:             *n,
+		Connections:             attempts.Load(),
 		Completed:               done,
 		Errors:                  errs.n.Load(),
 		ElapsedSeconds:          elapsed.Seconds(),

@@ -5,6 +5,7 @@
 // never delivered to the tracepoint's programs by the kernel at all.
 //
 // Usage: soakcheck A.jsonl B.jsonl
+// (soakcheck timed checks a timed soak instead: see timed.go.)
 // Every socket of the run is expected to make 5 transitions, except the
 // listener (2). Prints the number of transitions missing from both.
 package main
@@ -73,8 +74,11 @@ func missing(s *socket) int {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "timed" {
+		os.Exit(timed(os.Args[2:]))
+	}
 	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: soakcheck A.jsonl B.jsonl")
+		fmt.Fprintln(os.Stderr, "usage: soakcheck A.jsonl B.jsonl, or soakcheck timed -h")
 		os.Exit(2)
 	}
 	a, err := read(os.Args[1])
