@@ -54,7 +54,10 @@ check-generated: generate
 	scripts/checkgen.sh
 
 # Not in CI: 1,000,000 connections (SOAK_N) under closewait and trace; prints
-# emitted/lost/unaccounted, peak RSS and goroutines. Needs root.
+# emitted/lost/unaccounted, peak RSS and goroutines. With SOAK_DURATION (1h):
+# the quiet closewait that long under churn with 1,000 stuck sockets coming
+# and going; slopes of RSS, goroutines and fds per hour (docs/soak.md).
+# Needs root.
 soak:
 	scripts/soak.sh
 
