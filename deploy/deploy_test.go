@@ -505,15 +505,15 @@ func TestDaemonSetSecurity(t *testing.T) {
 	}
 }
 
-// readmeCapabilities reads the least-privilege table of the README's
-// Kernel requirements: its rows start with a capability name, marked
-// "(optional)" when it is.
+// readmeCapabilities reads the least-privilege table of the Kernel
+// requirements in docs/operations.md: its rows start with a capability
+// name, marked "(optional)" when it is.
 func readmeCapabilities(t *testing.T) (required, optional []string) {
 	t.Helper()
-	readme := string(readFile(t, filepath.Join(repoRoot, "README.md")))
+	readme := string(readFile(t, filepath.Join(repoRoot, "docs", "operations.md")))
 	start := strings.Index(readme, "\n## Kernel requirements")
 	if start < 0 {
-		t.Fatal("README.md: no Kernel requirements section")
+		t.Fatal("docs/operations.md: no Kernel requirements section")
 	}
 	section := readme[start+1:]
 	if end := strings.Index(section, "\n## "); end >= 0 {
@@ -528,7 +528,7 @@ func readmeCapabilities(t *testing.T) (required, optional []string) {
 		}
 	}
 	if !slices.Contains(required, "BPF") || !slices.Contains(required, "PERFMON") {
-		t.Fatalf("README.md: capability table not found or changed shape (required %v, optional %v)", required, optional)
+		t.Fatalf("docs/operations.md: capability table not found or changed shape (required %v, optional %v)", required, optional)
 	}
 	return required, optional
 }

@@ -271,7 +271,7 @@ func (s OwnerSource) String() string {
 }
 
 // Event is one reported fact. Which fields are meaningful depends on Kind;
-// see the README and schema.json.
+// see docs/events.md and schema.json.
 type Event struct {
 	Kind Kind
 	Time time.Time

@@ -144,7 +144,7 @@ func witness(t *testing.T, port string) func() (written uint64, lost map[string]
 // With a consumer too slow for the events, what is not written is counted.
 // A second tracer with a fast consumer, on the same run, shows what the
 // kernel delivered: a rare transition reaches no program at all (see the
-// README), and none should be blamed on tcptrace.
+// guarantees in docs/operations.md), and none should be blamed on tcptrace.
 func TestEveryTransitionEmittedOrCounted(t *testing.T) {
 	const n = 20000
 	ln := listen(t, "tcp4", "127.0.0.1:0")
@@ -421,7 +421,7 @@ func replaceInvalidBytes(s string) string {
 }
 
 // With only CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH,
-// as the README documents, tcptrace does its whole job, naming the owner
+// as docs/operations.md documents, tcptrace does its whole job, naming the owner
 // of a socket held by a process of another uid (whose /proc/PID/fd is
 // mode 0500); without CAP_BPF it says so.
 func TestLeastPrivilege(t *testing.T) {

@@ -316,7 +316,7 @@ func TestDurationNeedsUnit(t *testing.T) {
 }
 
 // A bad environment variable does not override a valid flag: the
-// command line wins, as the README says.
+// command line wins, as docs/user-guide.md says.
 func TestFlagWinsOverBadEnvironment(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	t.Setenv("TCPTRACE_THRESHOLD", "banana")
