@@ -14,8 +14,9 @@
 #   PROG    a static executable on the host; it is packed into the initramfs
 #           as /vmtest/<basename> and run in /vmtest. A lone ';' separates
 #           several programs run in one boot. A PROG found under $VMTEST_ROOT
-#           is used at that path instead. Arguments cannot contain spaces or
-#           quotes (they travel on the kernel command line). Without "--",
+#           is used at that path instead. The words travel in the initramfs
+#           (/vmtest/args, one per line), so any number of them, with
+#           spaces, but no newlines. Without "--",
 #           every package of the module with tests is built as a static test
 #           binary (CGO_ENABLED=0 go test -c), packed with its testdata under
 #           /pkg/<package dir>, and run there with -test.v, with
@@ -88,10 +89,13 @@ progs=("$@")
 for s in "${series[@]}"; do
 	[[ $s =~ ^[0-9]+\.[0-9]+$ ]] || die "bad kernel series '$s' (want e.g. 6.12)"
 done
-# The kernel splits its command line at spaces and treats quotes specially.
-for a in "${progs[@]}" ${VMTEST_ENV:-}; do
-	[[ $a != *[[:space:]\"]* ]] || die "argument with a space or quote: '$a'"
-	[[ $a != -- ]] || die "a second -- would end the arguments (use ';' between programs)"
+for a in "${progs[@]}"; do
+	[[ $a != *$'\n'* ]] || die "argument with a newline: '$a'"
+done
+# The environment travels on the kernel command line, which the kernel
+# splits at spaces and where it treats quotes specially.
+for a in ${VMTEST_ENV:-}; do
+	[[ $a != *[[:space:]\"]* ]] || die "environment with a space or quote: '$a'"
 done
 read -ra qemu_opts <<<"${VMTEST_QEMU_OPTS:-}"
 
@@ -383,6 +387,10 @@ build_initramfs() {
 			cp -Ln "$lib" "$root$lib"
 		done
 	done
+	# The program list goes in a file, one word per line: the kernel hands
+	# init at most 32 arguments (MAX_INIT_ARGS) and panics at boot with
+	# "Too many boot init vars" past that, which the module's tests exceed.
+	printf '%s\n' "${progs[@]}" >"$root/vmtest/args"
 	(cd "$root" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet | gzip -1) >"$WORK/initramfs.gz"
 	log "initramfs: $(du -h "$WORK/initramfs.gz" | cut -f1) in $(since "$t0")s"
 }
@@ -434,7 +442,7 @@ declare -A kernel
 } 9>"$CACHE/lock"
 build_initramfs
 
-CMDLINE="console=ttyS0 panic=-1 quiet ${VMTEST_APPEND:-} ${VMTEST_ENV:-} -- ${progs[*]}"
+CMDLINE="console=ttyS0 panic=-1 quiet ${VMTEST_APPEND:-} ${VMTEST_ENV:-}"
 ((${#CMDLINE} < 2000)) || die "kernel command line too long (${#CMDLINE} bytes)"
 
 # VMTEST_JOBS>1 boots several kernels at once (each qemu -smp 1 keeps one host

@@ -1,9 +1,10 @@
 // Command init is PID 1 of the vmtest initramfs (see vmtest.sh).
 //
 // It mounts the pseudo file systems a BPF test needs, brings up the loopback
-// interface, runs the program named by its arguments (the kernel hands
-// everything after "--" on its command line to init as argv[1:]; a lone ";"
-// separates several programs) with the console as stdout and stderr, prints
+// interface, runs the programs named by /vmtest/args, one word per line
+// (or by its arguments: the kernel hands everything after "--" on its
+// command line to init as argv[1:], at most 32 of them); a lone ";"
+// separates several programs with the console as stdout and stderr, prints
 //
 //	VMTEST_EXIT_CODE=<n>
 //
@@ -82,9 +83,9 @@ func run() int {
 		logf("setup: %v", err)
 		return setupFail
 	}
-	args := os.Args[1:]
-	if len(args) == 0 {
-		logf("no program to run: append \"-- /path/to/prog [args]\" to the kernel command line")
+	args, err := programs()
+	if err != nil {
+		logf("%v", err)
 		return setupFail
 	}
 	var uts unix.Utsname
@@ -107,6 +108,35 @@ func run() int {
 		args = args[min(n+1, len(args)):]
 	}
 	return code
+}
+
+// argsFile lists the programs, one word per line, when the kernel command
+// line names none: the kernel hands init at most 32 arguments.
+const argsFile = "/vmtest/args"
+
+// programs returns the words naming the programs to run: init's own
+// arguments when there are any, otherwise the lines of argsFile.
+func programs() ([]string, error) {
+	if args := os.Args[1:]; len(args) > 0 {
+		return args, nil
+	}
+	b, err := os.ReadFile(argsFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no program to run: no %s and nothing after \"--\" on the kernel command line", argsFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var args []string
+	for _, w := range strings.Split(string(b), "\n") {
+		if w != "" {
+			args = append(args, w)
+		}
+	}
+	if len(args) == 0 {
+		return nil, fmt.Errorf("no program to run: %s is empty", argsFile)
+	}
+	return args, nil
 }
 
 // runProg runs one program in its own directory and returns its exit code.
