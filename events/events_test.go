@@ -70,6 +70,9 @@ func samples() []events.Event {
 	abort := base
 	abort.Kind, abort.AgeNS, abort.AgeKnown, abort.NewState = events.KindAbort, 5e9, true, events.StateClose
 	abort.Cause = events.CauseReset
+	// Found at start-up, then reset: the lower bound, as stuck gives it.
+	abortUnknown := abort
+	abortUnknown.AgeKnown, abortUnknown.FinBootNS = false, 1
 	stuckEOF := stuck
 	stuckEOF.DiagKnown, stuckEOF.ReadEOF, stuckEOF.SinceSendNS, stuckEOF.SinceRecvNS = true, true, 31e9, 32e9
 	stuckUnread := stuck
@@ -86,7 +89,7 @@ func samples() []events.Event {
 	destroyed.Kind, destroyed.Method = events.KindDestroyed, "kfunc"
 	kept := stuck
 	kept.Kind, kept.AgeKnown, kept.Reason = events.KindNotDestroyed, false, "left_close_wait"
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited}
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -169,7 +172,7 @@ func TestDiagnosisFields(t *testing.T) {
 		_, ok := m[key]
 		return ok
 	}
-	stuck, stuckEOF, stuckUnread := evs[2], evs[11], evs[12]
+	stuck, stuckEOF, stuckUnread := evs[2], evs[12], evs[13]
 	for _, k := range []string{"unread_bytes", "read_eof", "since_send_ns", "since_recv_ns"} {
 		if has(stuck, k) {
 			t.Errorf("stuck without a diagnosis has %s", k)
@@ -182,13 +185,22 @@ func TestDiagnosisFields(t *testing.T) {
 	if !strings.Contains(line, `"unread_bytes":100,"read_eof":false,"since_send_ns":0,"since_recv_ns":31000000000`) {
 		t.Errorf("stuck diagnosis: %s", line)
 	}
-	ac, acUnknown, exited, abort := evs[3], evs[4], evs[13], evs[5]
+	ac, acUnknown, exited, abort, abortUnknown := evs[3], evs[4], evs[14], evs[5], evs[6]
 	if !strings.Contains(string(events.AppendJSON(nil, &exited)), `"closed_by_exit":true`) ||
 		!strings.Contains(string(events.AppendJSON(nil, &ac)), `"closed_by_exit":false`) || has(acUnknown, "closed_by_exit") {
 		t.Error("closed_by_exit wrong: want true, false, and absent without a closer")
 	}
 	if !strings.Contains(string(events.AppendJSON(nil, &abort)), `"cause":"reset"`) {
 		t.Errorf("abort cause: %s", events.AppendJSON(nil, &abort))
+	}
+	// An abort of unknown age keeps its lower bound, as stuck does.
+	if !strings.Contains(string(events.AppendJSON(nil, &abortUnknown)), `"age_ns":5000000000,"age_known":false`) {
+		t.Errorf("abort of unknown age: %s", events.AppendJSON(nil, &abortUnknown))
+	}
+	noAge := abortUnknown
+	noAge.FinBootNS, noAge.AgeNS = 0, 0
+	if has(noAge, "age_ns") {
+		t.Errorf("abort never seen in CLOSE-WAIT has an age: %s", events.AppendJSON(nil, &noAge))
 	}
 	for c, want := range map[events.AbortCause]string{events.CauseOther: "other", events.CauseReset: "reset",
 		events.CauseTimeout: "timeout", events.CauseDestroyed: "destroyed", 200: "other"} {

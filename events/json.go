@@ -178,7 +178,8 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		}
 		dst = appendState(dst, `,"new_state":`, e.NewState)
 	case KindAbort:
-		if e.AgeKnown {
+		// As for stuck: with age_known false, a lower bound.
+		if e.AgeKnown || e.FinBootNS != 0 {
 			dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
 		}
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)

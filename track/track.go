@@ -230,9 +230,15 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 		t.insert(ev)
 	case events.KindAppClose, events.KindAbort:
 		if e, ok := t.byID[ev.Sock]; ok {
-			if !ev.AgeKnown && e.flags&ageKnown != 0 && ev.BootNS >= e.finBootNS {
+			switch {
+			case ev.AgeKnown || ev.BootNS < e.finBootNS:
+			case e.flags&ageKnown != 0:
 				ev.FinBootNS = e.finBootNS
 				ev.AgeNS, ev.AgeKnown = ev.BootNS-e.finBootNS, true
+			case ev.FinBootNS == 0 || e.finBootNS < ev.FinBootNS:
+				// The age from first sight, a lower bound as for stuck.
+				ev.FinBootNS = e.finBootNS
+				ev.AgeNS = ev.BootNS - e.finBootNS
 			}
 			ev.WasStuck = e.flags&reportedStuck != 0
 			// The descriptors are gone by now: report who last held them,

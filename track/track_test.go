@@ -450,3 +450,27 @@ func TestRepeatAfterLateReport(t *testing.T) {
 		t.Fatalf("%d events, want a fourth stuck at 1050ms", len(out))
 	}
 }
+
+// A socket found at start-up has an age from first sight: its abort keeps
+// that lower bound (age_known false) when the kernel had no FIN time.
+func TestAbortOfUnknownAgeKeepsLowerBound(t *testing.T) {
+	tk := newTracker(t, 200*time.Millisecond, 0, 10)
+	var out sink
+	found := closeWait(1, 1000*ms)
+	found.AgeKnown = false
+	tk.Observe(found, out.emit)
+	tk.Expire(1300*ms, nil, nil, out.emit)
+	ab := leave(events.KindAbort, 1, 4000*ms)
+	ab.NewState = events.StateClose
+	tk.Observe(ab, out.emit)
+	if got := out.kinds(); len(got) != 3 || got[2] != events.KindAbort {
+		t.Fatalf("events = %v, want close_wait, stuck, abort", got)
+	}
+	st, a := out[1], out[2]
+	if a.AgeKnown || a.AgeNS != 3000*ms || a.FinBootNS != 1000*ms || !a.WasStuck {
+		t.Errorf("abort = %+v, want the lower bound 3s, age unknown, was stuck", a)
+	}
+	if st.AgeKnown || a.AgeNS < st.AgeNS {
+		t.Errorf("abort's age %d below stuck's %d", a.AgeNS, st.AgeNS)
+	}
+}
