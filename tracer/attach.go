@@ -3,6 +3,7 @@ package tracer
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -249,7 +250,7 @@ func (t *Tracer) loadIter(spec *ebpf.CollectionSpec, prog string, m *ebpf.Map) (
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
 	if err != nil {
-		return nil, nil, shortVerifierError(err)
+		return nil, nil, err
 	}
 	iter, err := link.AttachIter(link.IterOptions{Program: coll.Programs[prog], Map: m})
 	if err != nil {
@@ -265,7 +266,7 @@ func (t *Tracer) loadIter(spec *ebpf.CollectionSpec, prog string, m *ebpf.Map) (
 func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
 	coll, iter, err := t.loadIter(spec, snapshotProg, nil)
 	if err != nil {
-		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported", "error", err)
+		t.cfg.Logger.Warn("start-up snapshot unavailable: sockets already in CLOSE-WAIT are not reported", "error", shortVerifierError(err))
 		return
 	}
 	t.snapshotColl, t.snapshotIter = coll, iter
@@ -276,10 +277,29 @@ func (t *Tracer) loadSnapshot(spec *ebpf.CollectionSpec) {
 func (t *Tracer) loadScan(spec *ebpf.CollectionSpec) {
 	coll, iter, err := t.loadIter(spec, scanProg, t.coll.Maps["closewait"])
 	if err != nil {
-		t.cfg.Logger.Info("in-kernel table scan unavailable: the table is read whole", "error", err)
+		logScanRefused(t.cfg.Logger, err)
 		return
 	}
 	t.scanColl, t.scanIter = coll, iter
+}
+
+// logScanRefused says that the scan iterator was refused. Nothing is lost
+// and nobody need act: that in plain words at INFO, and the verifier's
+// lines at DEBUG for whoever looks into the kernel.
+func logScanRefused(log *slog.Logger, err error) {
+	log.Info("the kernel refused the program that picks due sockets out of the CLOSE-WAIT table; "+
+		"tcptrace reads the whole table from user space instead: the same reports, more CPU per scan when "+
+		"many sockets are in CLOSE-WAIT; no action needed", "reason", rootCause(err))
+	log.Debug("in-kernel table scan refused", "error", shortVerifierError(err))
+}
+
+// rootCause is err without the verifier's log: "operation not permitted".
+func rootCause(err error) string {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) && ve.Cause != nil {
+		return ve.Cause.Error()
+	}
+	return err.Error()
 }
 
 // shortVerifierError keeps the last lines of a verifier log, which say why

@@ -1,0 +1,4 @@
+package tracer
+
+// LogScanRefused is logScanRefused, for the tests.
+var LogScanRefused = logScanRefused
