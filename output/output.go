@@ -241,6 +241,10 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 		switch {
 		case e.Kind == events.KindStuck && e.DiagKnown && e.ReadEOF:
 			b = append(b, " read-eof"...)
+		case e.Kind == events.KindStuck && e.DiagKnown && e.UnreadBytes == 0:
+			// Not "unread=0", which reads as "read everything": only the
+			// FIN waits, unread.
+			b = append(b, " eof-unread"...)
 		case e.Kind == events.KindStuck && e.DiagKnown:
 			b = fmt.Appendf(b, " unread=%d", e.UnreadBytes)
 		case e.Kind == events.KindAbort:

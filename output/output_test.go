@@ -249,14 +249,18 @@ func TestWrittenCountsEventsNotHeaders(t *testing.T) {
 // close by the process exiting.
 func TestTableSaysWhy(t *testing.T) {
 	base := sample("10.0.0.1", "10.0.0.2")[0]
-	eof, unread, abort, exit := base, base, base, base
+	eof, unread, idle, abort, exit := base, base, base, base, base
 	eof.Kind, eof.DiagKnown, eof.ReadEOF = events.KindStuck, true, true
 	unread.Kind, unread.DiagKnown, unread.UnreadBytes = events.KindStuck, true, 100
+	idle.Kind, idle.DiagKnown = events.KindStuck, true // not read since the FIN, no data
 	abort.Kind, abort.Cause = events.KindAbort, events.CauseReset
 	exit.Kind, exit.HasCloser, exit.ClosedByExit = events.KindAppClose, true, true
 	copy(exit.Closer.Comm[:], "couchdb")
-	got := rows(t, 0, eof, unread, abort, exit)
-	for i, want := range []string{"read-eof", "unread=100", "reset", "couchdb exit"} {
+	got := rows(t, 0, eof, unread, idle, abort, exit)
+	if len(got) > 3 && strings.Contains(got[3], "unread=0") {
+		t.Errorf("a socket not read since the FIN reads as drained: %q", got[3])
+	}
+	for i, want := range []string{"read-eof", "unread=100", "eof-unread", "reset", "couchdb exit"} {
 		if i+1 >= len(got) || !strings.Contains(got[i+1], want) {
 			t.Errorf("row %d %q, want it to say %q", i, got[min(i+1, len(got)-1)], want)
 		}

@@ -401,11 +401,28 @@ func TestHostileProcessNames(t *testing.T) {
 	if !utf8.ValidString(out.String()) {
 		t.Fatalf("table output is not valid UTF-8:\n%q", out.String())
 	}
+	// The server never reads: with a diagnosis, the row says only the FIN
+	// waits unread, not "unread=0" (which reads as drained).
+	if stuck.UnreadBytes != nil && *stuck.UnreadBytes == 0 && stuck.ReadEOF != nil && !*stuck.ReadEOF {
+		if row := lineWith(out.String(), "stuck "); !strings.Contains(row, " eof-unread") {
+			t.Errorf("stuck row %q, want eof-unread", row)
+		}
+	}
 	for i, r := range out.String() {
 		if (r < 0x20 && r != '\n') || r == 0x7f || (r >= 0x80 && r < 0xa0) {
 			t.Fatalf("table output holds %U at byte %d:\n%q", r, i, out.String())
 		}
 	}
+}
+
+// lineWith is the first line of s that contains sub, "" if none.
+func lineWith(s, sub string) string {
+	for line := range strings.Lines(s) {
+		if strings.Contains(line, sub) {
+			return strings.TrimSuffix(line, "\n")
+		}
+	}
+	return ""
 }
 
 // replaceInvalidBytes replaces each byte that is not valid UTF-8 with
