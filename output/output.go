@@ -46,7 +46,7 @@ type Writer struct {
 	written uint64
 	// Table address columns grow to the widest address seen, so that IPv4
 	// rows stay narrow and the header is re-aligned when they grow.
-	colLocal, colRemote int
+	colEvent, colLocal, colRemote int
 }
 
 // flushAt is how much output is buffered before Write flushes by itself.
@@ -58,7 +58,7 @@ const flushAt = 64 << 10
 func New(w io.Writer, format Format, width int) *Writer {
 	return &Writer{
 		w: w, pending: make([]byte, 0, flushAt+4096), buf: make([]byte, 0, 512),
-		table: format == FormatTable, width: width, colLocal: minColAddr, colRemote: minColAddr,
+		table: format == FormatTable, width: width, colEvent: minColEvent, colLocal: minColAddr, colRemote: minColAddr,
 	}
 }
 
@@ -99,7 +99,7 @@ func (w *Writer) WriteStatus(st *pipeline.Status) error {
 	b = pad(b, 0, colTime)
 	start := len(b)
 	b = append(b, "status"...)
-	b = pad(b, start, colEvent)
+	b = pad(b, start, w.colEvent)
 	rate := float64(st.Closes) / max(st.Interval.Seconds(), 1e-3)
 	prec := 0
 	if rate < 10 {
@@ -151,16 +151,28 @@ func (w *Writer) Flush() error {
 func (w *Writer) Written() uint64 { return w.written }
 
 // Column widths of the table; DETAIL takes the rest of the line. The
-// address columns start at minColAddr and grow to fit what they show.
+// event and address columns start at their minimum and grow to fit what
+// they show (not_destroyed is longer than what closewait writes).
 const (
-	colTime    = 8
-	colEvent   = 10
-	minColAddr = 15
+	colTime     = 8
+	minColEvent = 10
+	minColAddr  = 15
 )
+
+// Expect widens the event column for kinds the caller will write, so that
+// the header need not be printed again when the first of them comes.
+func (w *Writer) Expect(kinds ...events.Kind) {
+	for _, k := range kinds {
+		w.colEvent = max(w.colEvent, len(k.String()))
+	}
+}
 
 func (w *Writer) fit(e *events.Event) (grew bool) {
 	if e.Kind == events.KindLost || e.Kind == events.KindSummary {
 		return false
+	}
+	if n := len(e.Kind.String()); n > w.colEvent {
+		w.colEvent, grew = n, true
 	}
 	if n := endpointLen(e.LocalAddr, e.LocalPort); n > w.colLocal {
 		w.colLocal, grew = n, true
@@ -178,7 +190,7 @@ func endpointLen(addr netip.Addr, port uint16) int {
 
 func (w *Writer) appendHeader(b []byte) []byte {
 	return fmt.Appendf(b, "%-*s %-*s %-*s %-*s %s",
-		colTime, "TIME", colEvent, "EVENT", w.colLocal, "LOCAL", w.colRemote, "REMOTE", "DETAIL")
+		colTime, "TIME", w.colEvent, "EVENT", w.colLocal, "LOCAL", w.colRemote, "REMOTE", "DETAIL")
 }
 
 func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
@@ -187,7 +199,7 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 	b = pad(b, start, colTime)
 	start = len(b)
 	b = append(b, e.Kind.String()...)
-	b = pad(b, start, colEvent)
+	b = pad(b, start, w.colEvent)
 	if e.Kind == events.KindSummary {
 		return append(b, e.RowText...)
 	}

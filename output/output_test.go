@@ -154,6 +154,56 @@ func TestTableColumnsGrowAndRealign(t *testing.T) {
 	}
 }
 
+// kill's outcomes, not_destroyed the longest event name, line up with
+// the header whatever the order of the rows.
+func TestTableAlignedForEveryOutcome(t *testing.T) {
+	base := sample("10.0.0.1", "10.0.0.2")[1]
+	destroyed, dry, kept := base, base, base
+	destroyed.Kind, destroyed.Method = events.KindDestroyed, "kfunc"
+	dry.Kind, dry.Reason = events.KindNotDestroyed, "dry_run"
+	kept.Kind, kept.Reason = events.KindNotDestroyed, "left_close_wait"
+	for _, order := range [][]events.Event{{destroyed, dry, kept}, {dry, destroyed, kept}} {
+		got := rows(t, 0, order...)
+		got = got[:len(got)-1] // the status row
+		header := -1
+		for i, row := range got {
+			if strings.HasPrefix(row, "TIME") {
+				header = i
+			}
+		}
+		local := strings.Index(got[header], "LOCAL")
+		detail := strings.Index(got[header], "DETAIL")
+		for _, row := range got[header+1:] {
+			if strings.Index(row, "10.0.0.1:5984") != local || strings.Index(row, "4m3s") != detail {
+				t.Errorf("row out of line with its header:\n%s", strings.Join(got, "\n"))
+				break
+			}
+		}
+		if header != 0 {
+			// A header reprinted for the wider column: the rows before
+			// it were aligned with the first one.
+			for _, row := range got[1:header] {
+				if strings.Index(row, "4m3s") != strings.Index(got[0], "DETAIL") {
+					t.Errorf("row out of line with the first header:\n%s", strings.Join(got, "\n"))
+				}
+			}
+		}
+	}
+	// kill expects its kinds: one header, all rows under it.
+	var buf bytes.Buffer
+	w := New(&buf, FormatTable, 0)
+	w.Expect(events.KindDestroyed, events.KindNotDestroyed)
+	for _, e := range []events.Event{destroyed, dry, kept} {
+		if err := w.Write(&e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w.Flush()
+	if n := strings.Count(buf.String(), "TIME "); n != 1 {
+		t.Errorf("%d headers after Expect, want 1:\n%s", n, buf.String())
+	}
+}
+
 func TestAppendCompact(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		850:                           "850ns",

@@ -248,6 +248,7 @@ func runKill(c *cli.Context) error {
 		selected = append(selected, cand)
 	}
 	out := output.New(c.App.Writer, o.format, o.width)
+	out.Expect(events.KindDestroyed, events.KindNotDestroyed)
 	report := func(ev *events.Event) error {
 		if err := out.Write(ev); err != nil {
 			return err

@@ -355,3 +355,45 @@ func TestKillAsksOnATerminal(t *testing.T) {
 		t.Errorf("answered y: %v, want a1 and a2 destroyed, a3 open", got)
 	}
 }
+
+// kill's table keeps its columns in line for every outcome: not_destroyed
+// (the longest event name) under the same single header as the rest.
+func TestKillTableAligned(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	leakHere(t, ln)
+	leakHere(t, ln)
+	var rows []string
+	var out string
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(20 * time.Millisecond) {
+		cmd := tcptraceCmd(nil, "kill", "--older-than", "0s", "--any-age", "--dry-run", "--port", portArg(ln), "--output", "table")
+		b, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("kill --dry-run: %v\n%s", err, b)
+		}
+		out, rows = string(b), nil
+		for line := range strings.Lines(out) {
+			if strings.Contains(line, "not_destroyed") {
+				rows = append(rows, line)
+			}
+		}
+		if len(rows) == 2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(rows) != 2 {
+		t.Fatalf("want two not_destroyed rows:\n%s", out)
+	}
+	if n := strings.Count(out, "TIME "); n != 1 {
+		t.Errorf("%d headers, want 1:\n%s", n, out)
+	}
+	header := lineWith(out, "TIME ")
+	for _, row := range rows {
+		for _, col := range []string{"LOCAL", "REMOTE", "DETAIL"} {
+			i := strings.Index(header, col)
+			if i <= 0 || row[i-1] != ' ' || row[i] == ' ' {
+				t.Errorf("row %q: column %s does not start under its header %q", row, col, header)
+			}
+		}
+	}
+}
