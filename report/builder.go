@@ -101,7 +101,8 @@ type Builder struct {
 	named   map[uint64]nameEntry
 
 	mu      sync.Mutex
-	samples uint64 // number of the last sample
+	samples uint64    // number of the last sample
+	lastT   time.Time // when the last sample was taken
 	keys    map[events.AggregateKey]*keyState
 	rows    map[rowKey]*rowState
 }
@@ -243,10 +244,19 @@ func (b *Builder) Sample() error {
 	defer b.mu.Unlock()
 	b.samples++
 	first := b.samples == 1
+	// A row born after the first sample starts from zero at the previous
+	// sample: the burst that creates it counts in its rates instead of
+	// being their base. What the first sample finds is history of unknown
+	// pace (the start-up listing's sockets among it), and only the base.
+	born := b.lastT
+	b.lastT = now
 	for _, c := range cur {
 		r := b.rows[c.row]
 		if r == nil {
 			r = &rowState{}
+			if !born.IsZero() && born.Before(now) {
+				r.rates = append(r.rates, rateSample{t: born})
+			}
 			b.rows[c.row] = r
 		}
 		if r.seen != b.samples {

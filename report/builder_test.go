@@ -295,6 +295,63 @@ func TestRatesWindowOnly(t *testing.T) {
 	}
 }
 
+// A leak on a port not seen before: the burst that creates the row is in
+// its rates, not their base, and the forecast follows (issue 19.3: five
+// sockets entering in the first 47 s read as 0/min).
+func TestRatesOfANewRow(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, 1234, 100, 160)
+	src, clk := newFakeSource(), newFakeClock()
+	var socks fakeSockets
+	for i := range 5 {
+		socks = append(socks, stuckSocket(101, 8080, uint16(40000+i), events.DirInbound, owner(1234, "api", 10+i)))
+	}
+	b := NewBuilder(Config{Now: clk.Now, ProcRoot: root}, src, socks, names, nil)
+	src.update(keyDB, func(a *events.Aggregate) { a.Entered, a.Closed = 3, 3 })
+	for range 10 {
+		if err := b.Sample(); err != nil {
+			t.Fatal(err)
+		}
+		clk.add(time.Second)
+	}
+	// Five at once on the new row, then nothing for 47 s.
+	src.update(keyAPI, func(a *events.Aggregate) { a.Entered = 5 })
+	for range 48 {
+		if err := b.Sample(); err != nil {
+			t.Fatal(err)
+		}
+		clk.add(time.Second)
+	}
+	clk.add(-time.Second)
+	r, ok := findRow(mustReport(t, b), rowOfAPI, 8080, events.DirInbound)
+	if !ok {
+		t.Fatal("no api row")
+	}
+	// Five over the 48 s since the sample before the burst.
+	if want := 5 / 48.0 * 60; !within(r.NewPerMinute, want, 0.01) || !within(r.GrowthPerMinute, want, 0.01) {
+		t.Errorf("new %.2f/min, growth %.2f/min, want %.2f/min each", r.NewPerMinute, r.GrowthPerMinute, want)
+	}
+	if r.ExhaustionNever || r.Exhaustion <= 0 {
+		t.Errorf("exhaustion %v (never %v), want a forecast: 60 descriptors left", r.Exhaustion, r.ExhaustionNever)
+	}
+
+	// What the first sample finds is only the base: the start-up
+	// listing's sockets, of unknown age, are not new.
+	src, clk = newFakeSource(), newFakeClock()
+	b = NewBuilder(Config{Now: clk.Now}, src, nil, names, nil)
+	src.update(keyAPI, func(a *events.Aggregate) { a.Entered = 4500 })
+	for range 11 {
+		if err := b.Sample(); err != nil {
+			t.Fatal(err)
+		}
+		clk.add(time.Second)
+	}
+	clk.add(-time.Second)
+	if r, _ := findRow(mustReport(t, b), rowOfAPI, 8080, events.DirInbound); r.NewPerMinute != 0 || r.InCloseWait != 4500 {
+		t.Errorf("found at the first sample: new %.2f/min, %d in CLOSE-WAIT; want 0/min, 4500", r.NewPerMinute, r.InCloseWait)
+	}
+}
+
 // TestQuantiles: closes, quantiles and max are the upper bounds of the
 // buckets from a known histogram; Hist is a copy.
 func TestQuantiles(t *testing.T) {

@@ -204,9 +204,6 @@ func startLocalReport(ctx context.Context, o topOptions, log *slog.Logger) (tui.
 	runDone := make(chan error, 1)
 	go func() { runDone <- p.Run(ctx) }()
 	stopSampling := sampleEvery(ctx, b, min(o.refresh, time.Second), log)
-	if err := b.Sample(); err != nil {
-		log.Warn("sample", "error", err)
-	}
 	stop := func() error {
 		stopSampling()
 		err := <-runDone
@@ -215,13 +212,17 @@ func startLocalReport(ctx context.Context, o topOptions, log *slog.Logger) (tui.
 	return func(context.Context) (report.Report, error) { return b.Report() }, stop, nil
 }
 
-// sampleEvery samples the builder until ctx ends or stop is called.
+// sampleEvery samples the builder now, then until ctx ends or stop is
+// called. The first sample is the base of the rates: taken at once, before
+// the tracer says it is ready, what comes after counts.
 func sampleEvery(ctx context.Context, b *report.Builder, interval time.Duration, log *slog.Logger) (stop func()) {
-	return every(ctx, interval, func() {
+	sample := func() {
 		if err := b.Sample(); err != nil {
 			log.Warn("sample the kernel's counts", "error", err)
 		}
-	})
+	}
+	sample()
+	return every(ctx, interval, sample)
 }
 
 // fetchReport reads a running tcptrace's report.

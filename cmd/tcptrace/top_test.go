@@ -314,6 +314,7 @@ func TestTopFromRunningCloseWait(t *testing.T) {
 	_, port := leakServer(t)
 	_, base := startWithMetrics(t, "--port", strconv.Itoa(port), "--threshold", "500ms")
 	const n = 5
+	burst := time.Now()
 	for range n {
 		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
@@ -346,6 +347,14 @@ func TestTopFromRunningCloseWait(t *testing.T) {
 	if l.Workload != r.Workload || l.Direction != r.Direction || l.InCloseWait != r.InCloseWait || l.Stuck != r.Stuck ||
 		l.InCloseWait != n || len(r.Holders) == 0 || len(l.Holders) == 0 || l.Holders[0].PID != r.Holders[0].PID {
 		t.Errorf("top --from differs from top:\nlocal  %+v\nremote %+v", l, r)
+	}
+	// The port was new to the running tcptrace: the burst that made its
+	// row is in the row's rates (within the minute they cover), and the
+	// forecast follows from them.
+	if time.Since(burst) < report.DefaultWindow-5*time.Second &&
+		(r.NewPerMinute <= 0 || r.GrowthPerMinute <= 0 || r.ExhaustionNever) {
+		t.Errorf("top --from: new %.2f/min, growth %.2f/min, exhaustion never %v; want the %d new sockets' rates and a forecast",
+			r.NewPerMinute, r.GrowthPerMinute, r.ExhaustionNever, n)
 	}
 }
 
