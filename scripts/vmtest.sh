@@ -39,7 +39,7 @@
 #   VMTEST_CACHE=~/.cache/tcptrace-vmtest  apt state and extracted kernels
 #   VMTEST_LISTS_MAX_AGE=86400  seconds before the apt lists are refreshed
 #   VMTEST_SMP=1 VMTEST_MEM=1G  guest CPUs and memory
-#   VMTEST_TIMEOUT=600          seconds per boot before qemu is killed (a boot takes about 250 s)
+#   VMTEST_TIMEOUT=1200         seconds per boot before qemu is killed (a boot takes about 500 s)
 #   VMTEST_JOBS=nproc/SMP       kernels booted at once; 1 streams the console,
 #                               more print the consoles whole at the end
 #   VMTEST_ROOT=dir             extra files merged into the initramfs root
@@ -64,7 +64,7 @@ LOGDIR=${VMTEST_LOGDIR:-$CACHE/logs}
 MAX_AGE=${VMTEST_LISTS_MAX_AGE:-86400}
 SMP=${VMTEST_SMP:-1}
 MEM=${VMTEST_MEM:-1G}
-TIMEOUT=${VMTEST_TIMEOUT:-600}
+TIMEOUT=${VMTEST_TIMEOUT:-1200}
 JOBS=${VMTEST_JOBS:-$(($(nproc) / SMP > 0 ? $(nproc) / SMP : 1))}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 MARKER=VMTEST_EXIT_CODE=
@@ -357,6 +357,10 @@ build_initramfs() {
 			((${#progs[@]} == 0)) || progs+=(';')
 			progs+=("/pkg/$rel/$(basename "$rel").test" -test.v)
 		done < <(cd "$REPO" && go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' ./...)
+		# The documentation, where the tests of the docs look for it
+		# (../../docs from /pkg/cmd/tcptrace).
+		cp "$REPO/README.md" "$root/pkg/"
+		cp -r "$REPO/docs" "$root/pkg/"
 	else
 		# Each program (first word, and the word after each ';') moves in.
 		for ((i = 0; i < ${#progs[@]}; i++)); do

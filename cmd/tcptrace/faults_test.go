@@ -924,7 +924,13 @@ func tcpState(t *testing.T, c *net.TCPConn) uint8 {
 // time: each step has the deadlines every test has.
 func TestThousandNetworkNamespaces(t *testing.T) {
 	testenv.RequirePrivileged(t)
-	const n = 1000
+	n := 1000
+	if os.Getenv(vmEnv) == "1" {
+		// Under emulation 1,000 take two minutes; the kernel matrix checks
+		// each kernel's behaviour, the host run the scale.
+		n = 250
+		t.Logf("%s=1: %d namespaces", vmEnv, n)
+	}
 	// This process holds the port in its own namespace, so that no socket
 	// there uses it meanwhile.
 	hold := listen(t, "tcp4", "0.0.0.0:0")
@@ -1002,7 +1008,7 @@ func TestThousandNetworkNamespaces(t *testing.T) {
 	t0 = time.Now()
 	r := topOnce(t, "--duration", "1s", "--port", strconv.Itoa(port))
 	t.Logf("top --once took %v", time.Since(t0))
-	if row := rowOf(r, port); row == nil || row.InCloseWait < n {
+	if row := rowOf(r, port); row == nil || row.InCloseWait < uint64(n) {
 		t.Errorf("top: row %+v, want %d sockets in CLOSE-WAIT on port %d", row, n, port)
 	}
 	shown := 0
