@@ -1105,7 +1105,7 @@ func TestPrometheusRules(t *testing.T) {
 			t.Errorf("%s: want summary and description annotations", r.Alert)
 		}
 	}
-	want := []string{"TCPTraceDown", "TCPTraceEventsLost", "TCPTraceSlowClose", "TCPTraceStuckSockets"}
+	want := []string{"TCPTraceCloseWaitOld", "TCPTraceDown", "TCPTraceEventsLost", "TCPTraceSlowClose", "TCPTraceStuckSockets"}
 	if got := slices.Sorted(slices.Values(alerts)); !slices.Equal(got, want) {
 		t.Errorf("rules.yaml: alerts %v, want %v", got, want)
 	}
@@ -1297,6 +1297,7 @@ func TestDashboard(t *testing.T) {
 // against a real scrape.
 var knownMetrics = map[string]bool{
 	"tcptrace_close_wait_sockets":               true,
+	"tcptrace_close_wait_oldest_seconds":        true,
 	"tcptrace_close_wait_entered_total":         true,
 	"tcptrace_close_wait_closed_total":          true,
 	"tcptrace_close_wait_aborted_total":         true,

@@ -26,6 +26,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tcptrace/tcptrace/bootclock"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/track"
 )
@@ -120,7 +121,9 @@ var (
 	infoEntered   = Info{"close_wait_entered_total", "counter", "Sockets that entered CLOSE-WAIT (the peer's FIN arrived), and those found in it at start-up.", seriesLabels}
 	infoClosed    = Info{"close_wait_closed_total", "counter", "Sockets in CLOSE-WAIT that the application closed or shut down.", seriesLabels}
 	infoAborted   = Info{"close_wait_aborted_total", "counter", "Sockets that left CLOSE-WAIT without the application closing them: reset, timeout, destroyed.", seriesLabels}
-	infoLatency   = Info{"fin_to_close_seconds", "histogram",
+	infoOldest    = Info{"close_wait_oldest_seconds", "gauge",
+		"Age of the oldest socket in CLOSE-WAIT; younger than the stuck threshold it may read 0 (closewait tracks sockets from the threshold on, with --all from the FIN): alert on it with a bound above the threshold. A socket found at start-up counts from then, a lower bound.", seriesLabels}
+	infoLatency = Info{"fin_to_close_seconds", "histogram",
 		"Time from the peer's FIN to the application's close, from the kernel's log2 histogram (sockets whose FIN tcptrace saw).", seriesLabels}
 	infoStuck = Info{"stuck_sockets", "gauge",
 		"Sockets in CLOSE-WAIT past the threshold now, by the command name of their first holder (empty: unresolved).", stuckLabels}
@@ -143,7 +146,7 @@ var (
 // the reference. The Kubernetes ones come with Kubernetes enrichment on.
 func Catalog() []Info {
 	return []Info{
-		infoCloseWait, infoEntered, infoClosed, infoAborted, infoLatency,
+		infoCloseWait, infoOldest, infoEntered, infoClosed, infoAborted, infoLatency,
 		infoStuck, infoStuckReported, infoLost, infoOverflows,
 		infoBuild, infoHook, infoSeries, infoFolded,
 		infoKubeSynced, infoKubeLookups, infoKubeCached,
@@ -199,10 +202,12 @@ type Collector struct {
 	src   Source
 	namer Namer
 	now   func() time.Time
+	// bootNow is CLOCK_BOOTTIME, the clock of the sockets' FIN times.
+	bootNow func() int64
 
-	closeWait, entered, closed, aborted, latency *prometheus.Desc
-	stuck, stuckReported, lost, overflows        *prometheus.Desc
-	buildInfo, hookInfo, seriesNow, folded       *prometheus.Desc
+	closeWait, oldest, entered, closed, aborted, latency *prometheus.Desc
+	stuck, stuckReported, lost, overflows                *prometheus.Desc
+	buildInfo, hookInfo, seriesNow, folded               *prometheus.Desc
 
 	mu      sync.Mutex
 	sockets Sockets
@@ -228,8 +233,9 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 		cfg.Grace = DefaultGrace
 	}
 	return &Collector{
-		cfg: cfg, src: src, namer: namer, now: time.Now,
+		cfg: cfg, src: src, namer: namer, now: time.Now, bootNow: bootclock.Now,
 		closeWait:     infoCloseWait.desc(),
+		oldest:        infoOldest.desc(),
 		entered:       infoEntered.desc(),
 		closed:        infoClosed.desc(),
 		aborted:       infoAborted.desc(),
@@ -337,6 +343,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	byLabels, aggErr := c.walk(c.now())
+	var oldest map[series]float64
+	if c.sockets != nil {
+		oldest = c.collectStuck(ch)
+	}
 	for s, v := range byLabels {
 		lv := s.values()
 		inCW := uint64(0)
@@ -344,14 +354,14 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			inCW = v.entered - left
 		}
 		ch <- prometheus.MustNewConstMetric(c.closeWait, prometheus.GaugeValue, float64(inCW), lv...)
+		if oldest != nil && inCW > 0 {
+			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, oldest[s], lv...)
+		}
 		ch <- prometheus.MustNewConstMetric(c.entered, prometheus.CounterValue, float64(v.entered), lv...)
 		ch <- prometheus.MustNewConstMetric(c.closed, prometheus.CounterValue, float64(v.closed), lv...)
 		ch <- prometheus.MustNewConstMetric(c.aborted, prometheus.CounterValue, float64(v.aborted), lv...)
 		ch <- histogram(c.latency, &v.hist, v.sum, lv)
 		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
-	}
-	if c.sockets != nil {
-		c.collectStuck(ch)
 	}
 	if c.cfg.Lost != nil {
 		for cause, n := range c.cfg.Lost() {
@@ -539,9 +549,12 @@ func (m *histMetric) Write(out *dto.Metric) error {
 	return nil
 }
 
-// collectStuck counts the stuck sockets by label set and holder. The
-// tracker's lock is held only for the walk: workloads are named after it.
-func (c *Collector) collectStuck(ch chan<- prometheus.Metric) {
+// collectStuck counts the stuck sockets by label set and holder, and
+// returns the age in seconds of each label set's oldest tracked socket
+// (the tracker holds those past the threshold, and in --all every one).
+// The tracker's lock is held only for the walk: workloads are named after
+// it.
+func (c *Collector) collectStuck(ch chan<- prometheus.Metric) map[series]float64 {
 	type rawKey struct {
 		cgroupID      uint64
 		dir           events.Direction
@@ -549,20 +562,31 @@ func (c *Collector) collectStuck(ch chan<- prometheus.Metric) {
 		comm          string
 	}
 	raw := make(map[rawKey]int)
+	firstFin := make(map[rawKey]int64) // by key without comm
 	for info := range c.sockets.All() {
-		if !info.Stuck {
-			continue
-		}
 		k := rawKey{cgroupID: info.CgroupID, dir: info.Dir, local: info.LocalPort, remote: info.RemotePort}
 		if k.dir == events.DirOutbound {
 			k.local = 0 // the ephemeral port: not part of the series
 		} else {
 			k.remote = 0
 		}
+		if fin, ok := firstFin[k]; !ok || info.FinBootNS < fin {
+			firstFin[k] = info.FinBootNS
+		}
+		if !info.Stuck {
+			continue
+		}
 		if len(info.Owners) > 0 {
 			k.comm = info.Owners[0].Comm
 		}
 		raw[k]++
+	}
+	now := c.bootNow()
+	oldest := make(map[series]float64, len(firstFin))
+	for k, fin := range firstFin {
+		w, _ := c.namer.Workload(k.cgroupID)
+		s := c.admit(c.key(w, k.dir, k.local, k.remote))
+		oldest[s] = max(oldest[s], time.Duration(max(now-fin, 0)).Seconds())
 	}
 	type stuckKey struct {
 		series
@@ -580,6 +604,7 @@ func (c *Collector) collectStuck(ch chan<- prometheus.Metric) {
 	for k, n := range stuck {
 		ch <- prometheus.MustNewConstMetric(c.stuck, prometheus.GaugeValue, float64(n), append(k.values(), k.comm)...)
 	}
+	return oldest
 }
 
 func goVersion() string { return runtime.Version() }

@@ -243,3 +243,39 @@ func TestCatalogIsWhatIsServed(t *testing.T) {
 		}
 	}
 }
+
+// tracked is a tracker holding the given sockets.
+type tracked []track.Info
+
+func (t tracked) All() iter.Seq[track.Info] { return slices.Values(t) }
+
+// The oldest socket's age, per series of the count: the oldest tracked
+// socket of the series, 0 for a series whose sockets are all younger than
+// the threshold (none tracked), absent for a series with none in
+// CLOSE-WAIT.
+func TestOldestCloseWait(t *testing.T) {
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{
+		key(1, 80): {AggregateKey: key(1, 80), Entered: 3},            // two tracked, one young
+		key(2, 80): {AggregateKey: key(2, 80), Entered: 1},            // young only
+		key(3, 80): {AggregateKey: key(3, 80), Entered: 2, Closed: 2}, // none left
+	}}
+	c := New(Config{}, src, namer{})
+	const s = int64(time.Second)
+	c.bootNow = func() int64 { return 1000 * s }
+	c.SetSockets(tracked{
+		{CgroupID: 1, LocalPort: 80, RemotePort: 4001, Dir: events.DirInbound, FinBootNS: 990 * s, Stuck: true},
+		{CgroupID: 1, LocalPort: 80, RemotePort: 4002, Dir: events.DirInbound, FinBootNS: 700 * s, Stuck: true},
+	})
+	got := map[string]float64{}
+	for _, m := range gather(t, c)["tcptrace_close_wait_oldest_seconds"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "cgroup" {
+				got[l.GetValue()] = m.GetGauge().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"/unit-b.service": 300, "/unit-c.service": 0}
+	if len(got) != len(want) || got["/unit-b.service"] != 300 || got["/unit-c.service"] != 0 {
+		t.Errorf("oldest ages %v, want %v", got, want)
+	}
+}

@@ -127,6 +127,7 @@ func TestMetricsOfLeaks(t *testing.T) {
 	const healthy, leaked, pooled = 300, 5, 7
 	healthyChurn(t, srv, healthy)
 	var leaks []func(jsonEvent) bool
+	leakStart := time.Now()
 	for range leaked {
 		c := dial(t, srv)
 		if err := c.client.CloseWrite(); err != nil {
@@ -199,6 +200,14 @@ func TestMetricsOfLeaks(t *testing.T) {
 	}
 	check("tcptrace_stuck_sockets", comm(in), leaked)
 	check("tcptrace_stuck_sockets", comm(out), pooled)
+	// The oldest: past the threshold (each was reported stuck), no older
+	// than the time since the first leak was made.
+	for _, want := range []map[string]string{in, out} {
+		got := series(fams, "tcptrace_close_wait_oldest_seconds", want)
+		if len(got) != 1 || value(got[0]) < 1 || value(got[0]) > time.Since(leakStart).Seconds() {
+			t.Errorf("tcptrace_close_wait_oldest_seconds%v: %v, want one series between 1 s and %v", want, got, time.Since(leakStart))
+		}
+	}
 	// No series names an ephemeral port: every series is one of the two
 	// service ports.
 	for _, m := range fams["tcptrace_close_wait_entered_total"].GetMetric() {
