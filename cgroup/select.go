@@ -2,6 +2,7 @@ package cgroup
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 )
@@ -71,4 +72,30 @@ func selectContainer(root, prefix string) (Selected, error) {
 		return Selected{}, fmt.Errorf("no cgroup under %s names container %s", root, prefix)
 	}
 	return found, nil
+}
+
+// SelfID is the v2 id of this process's cgroup, as the kernel programs see
+// a socket's cgroup: /proc/self/cgroup's v2 path under the mounted
+// hierarchy (in a cgroup namespace, its root is the process's own cgroup).
+func SelfID() (uint64, error) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return 0, err
+	}
+	path, _, err := ParseProcCgroup(data)
+	if err != nil {
+		return 0, err
+	}
+	if path == "" {
+		return 0, fmt.Errorf("no cgroup v2 line in /proc/self/cgroup")
+	}
+	root, err := UnifiedRoot()
+	if err != nil {
+		return 0, err
+	}
+	s, err := Select(root, path)
+	if err != nil {
+		return 0, err
+	}
+	return s.ID, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -415,4 +416,46 @@ func nativeHistogram(t *testing.T, base, name string, want map[string]string) *d
 		t.Fatalf("protobuf scrape: %d series of %s%v, want 1", len(got), name, want)
 	}
 	return got[0].GetHistogram()
+}
+
+// tcptrace's own server connections are not the host's: scrapes that end
+// as Prometheus' do when it drops an idle connection (the client closes
+// first, so tcptrace's side passes through CLOSE-WAIT) are traced, but
+// stay out of the metrics and the leak report.
+func TestOwnConnectionsNotCounted(t *testing.T) {
+	p, base := startWithMetrics(t, "--all", "--threshold", "1m")
+	_, portStr, _ := net.SplitHostPort(strings.TrimPrefix(base, "http://"))
+	var port int
+	fmt.Sscan(portStr, &port)
+	const n = 5
+	for range n {
+		c, err := net.Dial("tcp4", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: tcptrace\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		c.Close() // keep-alive: the server holds it until our FIN
+	}
+	for i := range n {
+		p.next(eventTimeout, fmt.Sprintf("close %d of tcptrace's own connections", i+1), func(ev jsonEvent) bool {
+			return ev.Event == "app_close" && ev.LocalPort == port
+		})
+	}
+	fams := scrape(t, base)
+	for _, name := range []string{"tcptrace_close_wait_entered_total", "tcptrace_close_wait_closed_total", "tcptrace_close_wait_sockets"} {
+		for _, m := range fams[name].GetMetric() {
+			if label(m, "port") == portStr && label(m, "direction") == "inbound" {
+				t.Errorf("%s has a series of tcptrace's own port %s: %v", name, portStr, m.GetLabel())
+			}
+		}
+	}
+	if row := rowOf(topOnce(t, "--from", base), port); row != nil {
+		t.Errorf("the report has a row of tcptrace's own port %d: %+v", port, row)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/kube"
 	"github.com/tcptrace/tcptrace/metrics"
@@ -153,13 +154,63 @@ func startCluster(ctx context.Context, o serveOptions, log *slog.Logger) (*clust
 	return c, nil
 }
 
+// withoutOwn is the kernel's side as the metrics and the leak report read
+// it, without tcptrace's own server connections: inbound on its --listen
+// port, in its own cgroup. A scrape's connection closing is tcptrace's
+// doing, not the host's; the stuck events would still show one that stayed.
+type withoutOwn struct {
+	*tracer.Tracer
+	port     uint16 // 0: no server
+	cgroupID uint64 // 0: unknown, any cgroup
+}
+
+func (w withoutOwn) own(cgroupID uint64, dir events.Direction, port uint16) bool {
+	return w.port != 0 && dir == events.DirInbound && port == w.port && (w.cgroupID == 0 || cgroupID == w.cgroupID)
+}
+
+// Aggregates visits the kernel's aggregates but tcptrace's own.
+func (w withoutOwn) Aggregates(fn func(a *events.Aggregate)) error {
+	return w.Tracer.Aggregates(func(a *events.Aggregate) {
+		if !w.own(a.CgroupID, a.Dir, a.Port) {
+			fn(a)
+		}
+	})
+}
+
+// Table visits the CLOSE-WAIT table but tcptrace's own sockets.
+func (w withoutOwn) Table(fn func(ev *events.Event)) error {
+	return w.Tracer.Table(func(ev *events.Event) {
+		if !w.own(ev.CgroupID, ev.Dir, ev.LocalPort) {
+			fn(ev)
+		}
+	})
+}
+
+// kernel is tr as the metrics and the report read it (withoutOwn).
+func (c *cluster) kernel(tr *tracer.Tracer) withoutOwn {
+	w := withoutOwn{Tracer: tr}
+	if c == nil || c.srv == nil {
+		return w
+	}
+	if a, ok := c.srv.Addr().(*net.TCPAddr); ok {
+		w.port = uint16(a.Port)
+	}
+	id, err := cgroup.SelfID()
+	if err != nil {
+		// Then the port alone says which connections are ours.
+		c.log.Debug("own cgroup unknown: leaving every inbound socket of the metrics port out", "error", err)
+	}
+	w.cgroupID = id
+	return w
+}
+
 // attached registers the tracer's metrics and readiness: the ring buffer
 // was read, and the loop handled it, within the last few flush intervals.
 func (c *cluster) attached(tr *tracer.Tracer, p *pipeline.Pipeline, b *report.Builder, o options, version string) *metrics.Collector {
 	col := metrics.New(metrics.Config{
 		MaxSeries: o.serve.maxSeries, Grace: o.serve.deletedGrace,
 		Version: version, Hook: tr.AttachPoint(), Lost: p.Lost,
-	}, tr, c.names)
+	}, c.kernel(tr), c.names)
 	col.SetSockets(p.Tracker())
 	c.reg.MustRegister(col)
 	if c.srv != nil {

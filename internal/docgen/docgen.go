@@ -220,6 +220,8 @@ func Metrics(catalog []metrics.Info) string {
 		"The series labels `namespace`, `pod`, `container` (Kubernetes names, with enrichment on) and `cgroup` name the workload; " +
 		"`port` is the service port and `direction` says whose it is (`inbound`: the local port, `outbound`: the remote one). " +
 		"Label sets beyond `--metrics-max-series` are folded into one series labelled `other`. " +
+		"tcptrace's own server connections (inbound on its `--listen` port, in its own cgroup: scrapes, `top --from`) are left out " +
+		"of these metrics and of the leak report, so no series of its own port appears; its events still show them. " +
 		"The Prometheus Go and process collectors' `go_*` and `process_*` metrics are served too.\n\n")
 	b.WriteString("| metric | type | labels | meaning |\n|---|---|---|---|\n")
 	for _, i := range catalog {
