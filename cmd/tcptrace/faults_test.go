@@ -1524,10 +1524,17 @@ func TestSIGKILLInTheMiddleOfKill(t *testing.T) {
 		// Blocked: something queued in the pipe, and a thread of kill's
 		// asleep in pipe_write (the pipe merges a write into its page only
 		// when the whole write fits, so the page is rarely full to the byte).
-		faultWait(t, "kill blocked on its full stdout", func() bool {
+		for deadline := time.Now().Add(eventTimeout); ; time.Sleep(10 * time.Millisecond) {
 			queued, err := unix.IoctlGetInt(int(r.Fd()), unix.TIOCINQ) // FIONREAD
-			return err == nil && queued > 0 && inPipeWrite(cmd.Process.Pid)
-		})
+			if err == nil && queued > 0 && inPipeWrite(cmd.Process.Pid) {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				t.Fatalf("kill blocked on its full stdout: not within %v (%d bytes queued, %v; its threads wait in %v)",
+					eventTimeout, queued, err, wchans(cmd.Process.Pid))
+			}
+		}
 		progs := programsOf(t, cmd.Process.Pid)
 		if kfuncDestroy(t) && len(progs) == 0 {
 			t.Errorf("kill, blocked on its report, holds no eBPF program: not the point this test means")
@@ -1557,12 +1564,33 @@ func secondKill(t *testing.T, f *fixture, want string) {
 	}
 }
 
-// inPipeWrite says whether a thread of pid sleeps in the kernel's
-// pipe_write (its wchan: anon_pipe_write on newer kernels).
-func inPipeWrite(pid int) bool {
+// wchans lists where the threads of pid wait in the kernel.
+func wchans(pid int) []string {
+	var w []string
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/wchan", pid))
 	for _, f := range tasks {
-		if b, err := os.ReadFile(f); err == nil && strings.HasSuffix(strings.TrimSpace(string(b)), "pipe_write") {
+		b, _ := os.ReadFile(f)
+		w = append(w, strings.TrimSpace(string(b)))
+	}
+	return w
+}
+
+// inPipeWrite says whether a thread of pid sleeps in the kernel's
+// pipe_write (its wchan: anon_pipe_write on newer kernels), or, where the
+// kernel gives no wchan (5.10 with the ORC unwinder says 0), sleeps in a
+// write(2) to its stdout (/proc/PID/task/TID/syscall: number, then fd).
+func inPipeWrite(pid int) bool {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*", pid))
+	inWrite := fmt.Sprintf("%d 0x1 ", unix.SYS_WRITE)
+	for _, task := range tasks {
+		if b, err := os.ReadFile(task + "/wchan"); err == nil && strings.HasSuffix(strings.TrimSpace(string(b)), "pipe_write") {
+			return true
+		}
+		stat, _ := os.ReadFile(task + "/stat")
+		sc, _ := os.ReadFile(task + "/syscall")
+		// stat: "tid (comm) S ...": asleep, not just passing through.
+		if i := bytes.LastIndexByte(stat, ')'); i > 0 && bytes.HasPrefix(stat[i:], []byte(") S")) &&
+			strings.HasPrefix(string(sc), inWrite) {
 			return true
 		}
 	}
