@@ -44,6 +44,15 @@ const volatile __u64 emit_floor_ns = 0;
 const volatile __u32 filter_netns = 0;
 const volatile __u64 filter_cgroup_id = 0;
 const volatile __u32 filter_cgroup_level = 0;
+/* Set by user space once the tcp_destroy_sock program is attached: a
+ * socket the peer resets in CLOSE_WAIT while the application holds it is
+ * then followed until the application closes its descriptor, which is the
+ * application's close (a prompt server's reply can meet the closed
+ * client's reset). Without it such a reset is an abort. */
+volatile __u32 follow_resets = 0;
+/* Sockets so followed now: the tcp_destroy_sock program, which runs for
+ * every TCP socket's end, returns at once while there are none. */
+__u64 reset_held = 0;
 
 /* An event's footprint in the ring: an 8-byte header, 8-byte aligned. */
 #define RINGBUF_RECORD_BYTES ((sizeof(struct event) + 8 + 7) / 8 * 8)
@@ -110,6 +119,7 @@ const struct event *unused_event __attribute__((unused));
 const struct agg_key *unused_agg_key __attribute__((unused));
 const struct agg_val *unused_agg_val __attribute__((unused));
 const struct scan_rec *unused_scan_rec __attribute__((unused));
+const enum event_xflag *unused_event_xflag __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
 
@@ -355,10 +365,12 @@ static __always_inline __u16 read_addrs(struct sock *sk, __u8 *saddr, __u8 *dadd
 	return family;
 }
 
-/* fill writes everything but the kind-specific fields into ev. */
+/* fill writes everything but the kind-specific fields into ev. With e, the
+ * socket's inode, cgroup and direction come from its CLOSE_WAIT entry: at
+ * its end the socket has lost its file and bind bucket. */
 static __always_inline void fill(struct event *ev, struct sock *sk, struct ports p, __u8 kind,
 				 int oldstate, int newstate, __u64 now, __u64 aux, __u8 flags,
-				 __u8 sk_err, const bool btf)
+				 __u8 sk_err, __u8 xflags, const struct cw_entry *e, const bool btf)
 {
 	ev->ts_ns = now;
 	ev->skaddr = (__u64)sk;
@@ -397,15 +409,23 @@ static __always_inline void fill(struct event *ev, struct sock *sk, struct ports
 	ev->flags = flags;
 	/* Which port is the service: for metrics of stuck sockets, keyed
 	 * as the aggregates are. Trace mode does not need it. */
-	ev->dir = kind == EV_TRANSITION ? 0 : direction(sk);
 	ev->sk_err = sk_err;
+	ev->xflags = xflags;
 	__builtin_memset(ev->pad, 0, sizeof(ev->pad));
+	if (e) {
+		ev->dir = e->dir;
+		ev->ino = e->ino;
+		ev->cgroup_id = e->cgroup_id;
+		return;
+	}
+	ev->dir = kind == EV_TRANSITION ? 0 : direction(sk);
 	ev->ino = RD(btf, sk->sk_socket->file->f_inode->i_ino, BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino));
 	ev->cgroup_id = sock_cgroup_id(sk, btf);
 }
 
 static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int oldstate,
-				 int newstate, __u64 now, __u64 aux, __u8 flags, __u8 sk_err, const bool btf)
+				 int newstate, __u64 now, __u64 aux, __u8 flags, __u8 sk_err, __u8 xflags,
+				 const struct cw_entry *e, const bool btf)
 {
 	struct event *ev;
 	__u64 wake = 0;
@@ -415,7 +435,7 @@ static __always_inline void emit(struct sock *sk, struct ports p, __u8 kind, int
 		count(CNT_RINGBUF_FULL);
 		return;
 	}
-	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, sk_err, btf);
+	fill(ev, sk, p, kind, oldstate, newstate, now, aux, flags, sk_err, xflags, e, btf);
 
 	/* One wake-up per event costs an IRQ-work interrupt each: batch them.
 	 * The record that takes the producer position past a multiple of the
@@ -440,7 +460,7 @@ static __always_inline void trace_transition(struct sock *sk, int oldstate, int 
 
 	if (!wanted(sk, p, btf))
 		return;
-	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, 0, btf);
+	emit(sk, p, EV_TRANSITION, oldstate, newstate, bpf_ktime_get_boot_ns(), 0, 0, 0, 0, NULL, btf);
 }
 
 /* fill_entry records what a stuck report needs of a socket entering
@@ -462,6 +482,7 @@ static __always_inline void fill_entry(struct cw_entry *e, struct sock *sk, stru
 	e->dport = p.remote;
 	e->dir = direction(sk);
 	e->flags = flags;
+	e->peer_reset = 0;
 	__builtin_memset(e->pad, 0, sizeof(e->pad));
 }
 
@@ -494,7 +515,7 @@ static __always_inline void closewait_enter(struct sock *sk, int oldstate, const
 		if (!emit_all)
 			return;
 	}
-	emit(sk, p, EV_CW_ENTER, oldstate, TCP_CLOSE_WAIT, now, 0, flags, 0, btf);
+	emit(sk, p, EV_CW_ENTER, oldstate, TCP_CLOSE_WAIT, now, 0, flags, 0, 0, NULL, btf);
 }
 
 /* Whether the current task is exiting: its descriptors are being closed
@@ -519,6 +540,21 @@ static __always_inline __u8 abort_errno(struct sock *sk, const bool btf)
 	int err = RD(btf, sk->sk_err, BPF_CORE_READ(sk, sk_err));
 
 	return (__u32)err > 255 ? 255 : err;
+}
+
+#define EPIPE 32
+#define ECONNRESET 104
+
+/* Whether the socket reached CLOSE by the peer's reset (tcp_reset sets EPIPE
+ * in CLOSE_WAIT, ECONNRESET elsewhere) with the application still holding
+ * it: it has a file until the application's close orphans it. */
+static __always_inline bool peer_reset_held(struct sock *sk, const bool btf)
+{
+	__u8 err = abort_errno(sk, btf);
+
+	if (err != EPIPE && err != ECONNRESET)
+		return false;
+	return RD(btf, sk->sk_socket, BPF_CORE_READ(sk, sk_socket)) != NULL;
 }
 
 /* Leaving CLOSE_WAIT. A tracked socket reaching CLOSE from elsewhere means
@@ -547,6 +583,15 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 	if (tracked) {
 		bool same = tracked->sport == p.local && tracked->dport == p.remote;
 
+		/* The peer's reset while the application holds the socket: the
+		 * application's close of the descriptor is still to come, and
+		 * ends the episode (sock_destroyed). */
+		if (same && !app && follow_resets && oldstate == TCP_CLOSE_WAIT && newstate == TCP_CLOSE &&
+		    peer_reset_held(sk, btf)) {
+			tracked->peer_reset = 1;
+			__sync_fetch_and_add(&reset_held, 1);
+			return;
+		}
 		/* Different ports: an earlier socket at this address left a stale
 		 * entry; it says nothing about this one. */
 		if (same) {
@@ -599,7 +644,7 @@ static __always_inline void closewait_leave(struct sock *sk, int oldstate, int n
 	} else {
 		sk_err = abort_errno(sk, btf);
 	}
-	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, sk_err, btf);
+	emit(sk, p, EV_CW_LEAVE, oldstate, newstate, now, aux, flags, sk_err, 0, NULL, btf);
 }
 
 static __always_inline void closewait_transition(struct sock *sk, int oldstate, int newstate, const bool btf)
@@ -624,6 +669,67 @@ static __always_inline int handle(struct sock *sk, int oldstate, int newstate, c
 	else
 		closewait_transition(sk, oldstate, newstate, btf);
 	return 0;
+}
+
+/* The end of a TCP socket (tcp_destroy_sock), in the task that dropped the
+ * last reference: for a socket the peer reset while the application held
+ * it, the application's close of its descriptor, or the exit that closed
+ * it. It ends the CLOSE_WAIT episode as a close: counted as closed, with
+ * its FIN-to-close latency. */
+static __always_inline int sock_destroyed(struct sock *sk, const bool btf)
+{
+	__u64 key = (__u64)sk, now, aux;
+	__u8 flags = EVF_APP | EVF_AUX_VALID;
+	struct cw_entry *tracked, e;
+	struct agg_val *agg;
+	struct agg_key ak;
+	struct ports p;
+
+	if (mode != MODE_CLOSEWAIT || !reset_held)
+		return 0;
+	tracked = bpf_map_lookup_elem(&closewait, &key);
+	if (!tracked || !tracked->peer_reset)
+		return 0;
+	__builtin_memcpy(&e, tracked, sizeof(e));
+	/* Whoever deletes the entry reports it. */
+	if (bpf_map_delete_elem(&closewait, &key))
+		return 0;
+	__sync_fetch_and_add(&reset_held, -1);
+	now = bpf_ktime_get_boot_ns();
+	aux = e.fin_ns;
+	if (e.flags & CWF_AGE_UNKNOWN)
+		flags |= EVF_AGE_UNKNOWN;
+	agg_key_of(&ak, e.cgroup_id, e.dir, e.sport, e.dport);
+	if ((agg = aggregate(&ak))) {
+		__sync_fetch_and_add(&agg->closed, 1);
+		if (!(flags & EVF_AGE_UNKNOWN) && now >= aux) {
+			__u32 b = hist_bucket(now - aux);
+
+			if (b < HIST_BUCKETS)
+				__sync_fetch_and_add(&agg->hist[b], 1);
+			__sync_fetch_and_add(&agg->sum_us, (now - aux) / 1000);
+		}
+	}
+	if (!emit_all && now - aux < emit_floor_ns)
+		return 0;
+	if (task_exiting(btf))
+		flags |= EVF_EXITING;
+	p.local = e.sport;
+	p.remote = e.dport;
+	emit(sk, p, EV_CW_LEAVE, TCP_CLOSE, TCP_CLOSE, now, aux, flags, 0, EVX_PEER_RESET, &e, btf);
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tcptrace_destroy_btf, struct sock *sk)
+{
+	return sock_destroyed(sk, true);
+}
+
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int tcptrace_destroy_tp(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return sock_destroyed((struct sock *)ctx->skaddr, false);
 }
 
 /* Preferred: typed arguments, no tracefs needed. */
@@ -698,7 +804,7 @@ int tcptrace_snapshot(struct bpf_iter__tcp *ctx)
 	}
 	/* Neither: the table is full. Not counted here, as every listing would
 	 * count the same sockets again; user space counts them once. */
-	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, 0, true);
+	fill(&ev, sk, p, EV_SNAPSHOT, TCP_CLOSE_WAIT, TCP_CLOSE_WAIT, now, aux, flags, 0, 0, NULL, true);
 	bpf_seq_write(ctx->meta->seq, &ev, sizeof(ev));
 	return 0;
 }

@@ -24,6 +24,14 @@ enum event_flag {
 	EVF_EXITING = 1 << 7,     /* cw_leave by the application: the task closing it was exiting (PF_EXITING) */
 };
 
+/* event.xflags */
+enum event_xflag {
+	/* cw_leave by the application: the peer had reset the connection in
+	 * CLOSE_WAIT while the application held the socket, and this is the
+	 * application's close of its descriptor (tcp_destroy_sock). */
+	EVX_PEER_RESET = 1 << 0,
+};
+
 /* cw_entry.flags */
 enum cw_flag {
 	CWF_AGE_UNKNOWN = 1 << 0, /* found by the start-up snapshot: fin_ns is first sight */
@@ -74,7 +82,8 @@ struct event {
 	__u8 flags;
 	__u8 dir; /* enum direction, in closewait mode; 0 for a transition */
 	__u8 sk_err; /* cw_leave not by the application: sk->sk_err at the transition (errno, 255 if above) */
-	__u8 pad[4];
+	__u8 xflags; /* enum event_xflag */
+	__u8 pad[3];
 	__u64 ino;       /* socket inode, 0 when no file holds the socket */
 	__u64 cgroup_id; /* cgroup v2 id of the socket (its creator's cgroup), 0 if unknown */
 };
@@ -97,7 +106,11 @@ struct cw_entry {
 	__u16 dport;
 	__u8 dir;   /* enum direction */
 	__u8 flags; /* enum cw_flag */
-	__u8 pad[4];
+	/* The peer reset it while the application held it (it is in CLOSE
+	 * now): the close of the descriptor ends it, not the reset. A byte of
+	 * its own: the scan iterator writes flags without atomics. */
+	__u8 peer_reset;
+	__u8 pad[3];
 };
 
 /* Aggregates, per socket cgroup, service port and direction. */

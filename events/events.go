@@ -312,6 +312,9 @@ type Event struct {
 	// app_close, valid with HasCloser: the closer was exiting (PF_EXITING),
 	// so the exit closed the socket, not a close() call.
 	ClosedByExit bool
+	// app_close: the peer had reset the connection while the application
+	// held the socket, and this is the close of its descriptor.
+	PeerReset bool
 	// abort: why the socket left CLOSE-WAIT.
 	Cause AbortCause
 

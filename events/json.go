@@ -172,6 +172,9 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		}
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 		dst = appendBool(dst, `,"was_stuck":`, e.WasStuck)
+		if e.PeerReset {
+			dst = append(dst, `,"peer_reset":true`...)
+		}
 		if e.HasCloser {
 			dst = appendTask(dst, `,"closer":`, &e.Closer)
 			dst = appendBool(dst, `,"closed_by_exit":`, e.ClosedByExit)

@@ -279,7 +279,10 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 		} else {
 			b = appendOwners(b, e)
 		}
-		if e.NewState == events.StateClose {
+		switch {
+		case e.PeerReset:
+			b = append(b, " peer-reset"...)
+		case e.NewState == events.StateClose:
 			b = append(b, " reset"...)
 		}
 		if e.WasStuck {

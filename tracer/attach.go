@@ -223,8 +223,68 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 	if t.cfg.Mode == ModeCloseWait {
 		t.loadSnapshot(spec)
 		t.loadScan(spec)
+		t.loadFollowResets(spec, c)
 	}
 	return nil
+}
+
+// The tcp_destroy_sock programs, by the kind of hook of the state program.
+const (
+	destroyProgBTF = "tcptrace_destroy_btf"
+	destroyProgTP  = "tcptrace_destroy_tp"
+)
+
+// loadFollowResets attaches the program that sees a TCP socket's end
+// (tcp:tcp_destroy_sock) on the same kind of hook as the state program, and
+// then tells the state program to follow a socket the peer resets while
+// the application holds it: its close is the application's, when it closes
+// the descriptor. Without it (the hook refused) such a reset is an abort,
+// as before.
+func (t *Tracer) loadFollowResets(spec *ebpf.CollectionSpec, c candidate) {
+	prog, attach := destroyProgBTF, attachTPBTF
+	if c.prealloc {
+		prog, attach = destroyProgTP, attachTracepointDestroy
+	}
+	coll, l, err := t.loadOn(spec, prog, attach)
+	if err == nil {
+		if err = t.coll.Variables["follow_resets"].Set(uint32(1)); err != nil {
+			l.Close()
+			coll.Close()
+		}
+	}
+	if err != nil {
+		t.cfg.Logger.Info("the kernel refused the program that sees a socket's end (tcp_destroy_sock): a peer's reset of a "+
+			"socket its application still holds counts as an abort, not as the application's later close",
+			"reason", rootCause(err))
+		t.cfg.Logger.Debug("tcp_destroy_sock program refused", "error", shortVerifierError(err))
+		return
+	}
+	t.destroyColl, t.destroyLink = coll, l
+}
+
+func attachTracepointDestroy(prog *ebpf.Program) (link.Link, error) {
+	return link.Tracepoint("tcp", "tcp_destroy_sock", prog, nil)
+}
+
+// loadOn loads one more program on the maps already loaded and attaches it.
+func (t *Tracer) loadOn(spec *ebpf.CollectionSpec, prog string, attach func(*ebpf.Program) (link.Link, error)) (*ebpf.Collection, link.Link, error) {
+	spec = onlyProgram(spec, prog)
+	replacements := make(map[string]*ebpf.Map)
+	for name := range spec.Maps {
+		if m, ok := t.coll.Maps[name]; ok {
+			replacements[name] = m
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := attach(coll.Programs[prog])
+	if err != nil {
+		coll.Close()
+		return nil, nil, fmt.Errorf("attach %s: %w", spec.Programs[prog].SectionName, err)
+	}
+	return coll, l, nil
 }
 
 // onlyProgram returns a copy of spec without the programs other than name.
@@ -241,23 +301,13 @@ func onlyProgram(spec *ebpf.CollectionSpec, name string) *ebpf.CollectionSpec {
 // loadIter loads an iterator program on the maps already loaded and
 // attaches it, to map m when not nil.
 func (t *Tracer) loadIter(spec *ebpf.CollectionSpec, prog string, m *ebpf.Map) (*ebpf.Collection, *link.Iter, error) {
-	spec = onlyProgram(spec, prog)
-	replacements := make(map[string]*ebpf.Map)
-	for name := range spec.Maps {
-		if m, ok := t.coll.Maps[name]; ok {
-			replacements[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
-	if err != nil {
-		return nil, nil, err
-	}
-	iter, err := link.AttachIter(link.IterOptions{Program: coll.Programs[prog], Map: m})
-	if err != nil {
-		coll.Close()
-		return nil, nil, fmt.Errorf("attach %s: %w", spec.Programs[prog].SectionName, err)
-	}
-	return coll, iter, nil
+	var iter *link.Iter
+	coll, _, err := t.loadOn(spec, prog, func(p *ebpf.Program) (link.Link, error) {
+		var err error
+		iter, err = link.AttachIter(link.IterOptions{Program: p, Map: m})
+		return iter, err
+	})
+	return coll, iter, err
 }
 
 // loadSnapshot loads the snapshot iterator. It needs Linux 5.9 (iter/tcp);

@@ -32,6 +32,7 @@ const (
 	offFlags    = 97
 	offDir      = 98
 	offSkErr    = 99
+	offXflags   = 100
 	offIno      = 104
 	offCgroupID = 112
 	eventSize   = 120
@@ -52,7 +53,12 @@ const (
 	flagAgeUnknown = 1 << 5
 	flagKnown      = 1 << 6
 	flagExiting    = 1 << 7
+
+	xflagPeerReset = 1 << 0 // enum event_xflag
 )
+
+// offEntryPeerReset is cw_entry.peer_reset's offset.
+const offEntryPeerReset = 76
 
 const (
 	afInet  = 2
@@ -137,6 +143,7 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 		ev.Kind = events.KindAbort
 		if flags&flagApp != 0 {
 			ev.Kind = events.KindAppClose
+			ev.PeerReset = b[offXflags]&xflagPeerReset != 0
 			// When the CLOSE_WAIT exit itself was missed, the task that ran
 			// the later transition is not the closer.
 			if flags&flagIndirect == 0 {

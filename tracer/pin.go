@@ -97,7 +97,10 @@ func (t *Tracer) pruneAdopted(seen map[uint64]struct{}, listed map[uint32]bool) 
 			return // entered CLOSE-WAIT since this tracer started
 		}
 		netns := binary.LittleEndian.Uint32(raw[64:])
-		if _, ok := seen[key]; !ok && listed[netns] {
+		// A socket the peer reset while held waits for its descriptor's
+		// close, which this tracer's count of such sockets does not
+		// cover: let it go rather than keep it forever.
+		if _, ok := seen[key]; !ok && listed[netns] || raw[offEntryPeerReset] != 0 {
 			stale = append(stale, key)
 			return
 		}

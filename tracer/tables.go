@@ -157,7 +157,7 @@ func decodeEntry(b []byte, e *tcptraceCwEntry) {
 	copy(e.Saddr[:], b[32:48])
 	copy(e.Daddr[:], b[48:64])
 	e.Netns, e.Family, e.Sport, e.Dport = le.Uint32(b[64:]), le.Uint16(b[68:]), le.Uint16(b[70:]), le.Uint16(b[72:])
-	e.Dir, e.Flags = b[74], b[75]
+	e.Dir, e.Flags, e.PeerReset = b[74], b[75], b[offEntryPeerReset]
 }
 
 // entryEvent builds the close_wait event of a table entry.

@@ -40,20 +40,21 @@ const (
 )
 
 type tcptraceCwEntry struct {
-	_        structs.HostLayout
-	FinNs    uint64
-	Cookie   uint64
-	Ino      uint64
-	CgroupId uint64
-	Saddr    [16]uint8
-	Daddr    [16]uint8
-	Netns    uint32
-	Family   uint16
-	Sport    uint16
-	Dport    uint16
-	Dir      uint8
-	Flags    uint8
-	Pad      [4]uint8
+	_         structs.HostLayout
+	FinNs     uint64
+	Cookie    uint64
+	Ino       uint64
+	CgroupId  uint64
+	Saddr     [16]uint8
+	Daddr     [16]uint8
+	Netns     uint32
+	Family    uint16
+	Sport     uint16
+	Dport     uint16
+	Dir       uint8
+	Flags     uint8
+	PeerReset uint8
+	Pad       [3]uint8
 }
 
 type tcptraceDirection uint32
@@ -84,7 +85,8 @@ type tcptraceEvent struct {
 	Flags    uint8
 	Dir      uint8
 	SkErr    uint8
-	Pad      [4]uint8
+	Xflags   uint8
+	Pad      [3]uint8
 	Ino      uint64
 	CgroupId uint64
 }
@@ -144,6 +146,8 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	TcptraceDestroyBtf  *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_btf"`
+	TcptraceDestroyTp   *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_tp"`
 	TcptraceScan        *ebpf.ProgramSpec `ebpf:"tcptrace_scan"`
 	TcptraceSetStateBtf *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_tp"`
@@ -172,13 +176,16 @@ type tcptraceVariableSpecs struct {
 	FilterCgroupLevel *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
 	FilterNetns       *ebpf.VariableSpec `ebpf:"filter_netns"`
 	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
+	FollowResets      *ebpf.VariableSpec `ebpf:"follow_resets"`
 	Mode              *ebpf.VariableSpec `ebpf:"mode"`
 	PortBits          *ebpf.VariableSpec `ebpf:"port_bits"`
+	ResetHeld         *ebpf.VariableSpec `ebpf:"reset_held"`
 	UnusedAggKey      *ebpf.VariableSpec `ebpf:"unused_agg_key"`
 	UnusedAggVal      *ebpf.VariableSpec `ebpf:"unused_agg_val"`
 	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
 	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventXflag  *ebpf.VariableSpec `ebpf:"unused_event_xflag"`
 	UnusedScanRec     *ebpf.VariableSpec `ebpf:"unused_scan_rec"`
 	UseCookie         *ebpf.VariableSpec `ebpf:"use_cookie"`
 	UseTaskBtf        *ebpf.VariableSpec `ebpf:"use_task_btf"`
@@ -235,13 +242,16 @@ type tcptraceVariables struct {
 	FilterCgroupLevel *ebpf.Variable `ebpf:"filter_cgroup_level"`
 	FilterNetns       *ebpf.Variable `ebpf:"filter_netns"`
 	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
+	FollowResets      *ebpf.Variable `ebpf:"follow_resets"`
 	Mode              *ebpf.Variable `ebpf:"mode"`
 	PortBits          *ebpf.Variable `ebpf:"port_bits"`
+	ResetHeld         *ebpf.Variable `ebpf:"reset_held"`
 	UnusedAggKey      *ebpf.Variable `ebpf:"unused_agg_key"`
 	UnusedAggVal      *ebpf.Variable `ebpf:"unused_agg_val"`
 	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
 	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventXflag  *ebpf.Variable `ebpf:"unused_event_xflag"`
 	UnusedScanRec     *ebpf.Variable `ebpf:"unused_scan_rec"`
 	UseCookie         *ebpf.Variable `ebpf:"use_cookie"`
 	UseTaskBtf        *ebpf.Variable `ebpf:"use_task_btf"`
@@ -253,6 +263,8 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	TcptraceDestroyBtf  *ebpf.Program `ebpf:"tcptrace_destroy_btf"`
+	TcptraceDestroyTp   *ebpf.Program `ebpf:"tcptrace_destroy_tp"`
 	TcptraceScan        *ebpf.Program `ebpf:"tcptrace_scan"`
 	TcptraceSetStateBtf *ebpf.Program `ebpf:"tcptrace_set_state_btf"`
 	TcptraceSetStateTp  *ebpf.Program `ebpf:"tcptrace_set_state_tp"`
@@ -261,6 +273,8 @@ type tcptracePrograms struct {
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.TcptraceDestroyBtf,
+		p.TcptraceDestroyTp,
 		p.TcptraceScan,
 		p.TcptraceSetStateBtf,
 		p.TcptraceSetStateTp,

@@ -170,7 +170,11 @@ type Tracer struct {
 	// unavailable.
 	scanColl *ebpf.Collection
 	scanIter *link.Iter
-	cookie   bool // sock ids are socket cookies
+	// The end of a socket (tcp_destroy_sock), for the application's close
+	// of a socket its peer reset; nil when unavailable.
+	destroyColl *ebpf.Collection
+	destroyLink link.Link
+	cookie      bool // sock ids are socket cookies
 
 	// Time in the previous state, for trace mode; nil in closewait mode.
 	states *stateClock
@@ -287,6 +291,11 @@ func (t *Tracer) SocketCookie() bool { return t.cookie }
 // ScansInKernel reports whether ScanCloseWait walks the table in the kernel
 // and hands each entry over once (Linux 5.9), rather than reading it whole.
 func (t *Tracer) ScansInKernel() bool { return t.scanIter != nil }
+
+// FollowsResets reports whether a socket the peer resets in CLOSE-WAIT
+// while its application holds it is followed until the application closes
+// it (an app_close with PeerReset), rather than reported as an abort.
+func (t *Tracer) FollowsResets() bool { return t.destroyLink != nil }
 
 // CanList reports whether the kernel can list sockets (iter/tcp, Linux
 // 5.9), for Snapshot and Inodes; false in trace mode.
@@ -494,6 +503,9 @@ func (t *Tracer) Close() error {
 				it.coll.Close()
 			}
 		}
+		if t.destroyColl != nil {
+			t.destroyColl.Close()
+		}
 		if t.coll != nil {
 			t.coll.Close()
 		}
@@ -510,6 +522,11 @@ func (t *Tracer) detach() error {
 		if t.link != nil {
 			if err := t.link.Close(); err != nil {
 				t.detachErr = fmt.Errorf("detach %s: %w", t.point, err)
+			}
+		}
+		if t.destroyLink != nil {
+			if err := t.destroyLink.Close(); err != nil && t.detachErr == nil {
+				t.detachErr = fmt.Errorf("detach tcp_destroy_sock: %w", err)
 			}
 		}
 	})

@@ -331,27 +331,31 @@ func TestShutdownWriteIsAppClose(t *testing.T) {
 	}
 }
 
-// The peer resets a socket in CLOSE-WAIT: the socket leaves CLOSE-WAIT but
-// the application never closed it, so this is an abort, not an app_close.
+// The peer resets a socket in CLOSE-WAIT that no application holds (it
+// waits in its listener's accept queue): nobody will close it, so this is
+// an abort, cause reset. (A held socket the peer resets is followed until
+// its application closes it: TestPeerResetThenClose.)
 func TestPeerResetIsAbort(t *testing.T) {
 	ln := listen(t, "tcp4", "127.0.0.1:0")
 	p := startTracer(t, "closewait", "--all", "--port", portArg(ln), "--threshold", "10s")
-	c := dial(t, ln)
-	c.client.Close()
-	cw := p.closeWaitOf(c)
-	// Data sent to the closed client makes it answer with RST.
-	if _, err := c.server.Write([]byte("to a closed peer")); err != nil {
+	cl, err := net.DialTCP("tcp4", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
 		t.Fatal(err)
 	}
-	ev := p.next(eventTimeout, "abort", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
-	if ev.Event != "abort" || ev.NewState != "CLOSE" || !*ev.AgeKnown {
-		t.Fatalf("peer reset reported as %v, want abort -> CLOSE with age", ev)
+	port := cl.LocalAddr().(*net.TCPAddr).Port
+	queued := func(ev jsonEvent) bool { return ev.LocalPort == listenerPort(ln) && ev.RemotePort == port }
+	if err := cl.CloseWrite(); err != nil {
+		t.Fatal(err)
 	}
-	c.server.Close()
-	for _, ev := range p.drain() {
-		if ev.Sock == cw.Sock && ev.Event == "app_close" {
-			t.Errorf("app_close for a socket the peer reset: %v", ev)
-		}
+	cw := p.next(eventTimeout, "close_wait of the queued socket", func(ev jsonEvent) bool { return ev.Event == "close_wait" && queued(ev) })
+	// Closing with a zero linger sends a reset.
+	if err := cl.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	cl.Close()
+	ev := p.next(eventTimeout, "abort", func(ev jsonEvent) bool { return ev.Sock == cw.Sock && ev.Event != "close_wait" })
+	if ev.Event != "abort" || ev.Cause != "reset" || ev.NewState != "CLOSE" || !*ev.AgeKnown || ev.OwnerSource != "no_file" {
+		t.Fatalf("peer reset of a queued socket reported as %v, want abort -> CLOSE, cause reset, with age, no file", ev)
 	}
 }
 

@@ -392,6 +392,7 @@ type jsonEvent struct {
 	SinceSendNS  *int64      `json:"since_send_ns"`
 	SinceRecvNS  *int64      `json:"since_recv_ns"`
 	ClosedByExit *bool       `json:"closed_by_exit"`
+	PeerReset    bool        `json:"peer_reset"`
 	Cause        string      `json:"cause"`
 	SocketInode  uint64      `json:"socket_inode"`
 	OwnerSource  string      `json:"owner_source"`

@@ -25,6 +25,16 @@ func CanLoadIter(tb testing.TB, target string) (bool, error) {
 	})
 }
 
+// CanAttachRawTP reports whether a tp_btf program loads on tracepoint
+// name (tcp_destroy_sock, say).
+func CanAttachRawTP(tb testing.TB, name string) (bool, error) {
+	tb.Helper()
+	return canLoad(&ebpf.ProgramSpec{
+		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: name,
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
+	})
+}
+
 // CanReadSocketCookie reports whether a tp_btf program on
 // inet_sock_set_state may call bpf_get_socket_cookie on its socket
 // argument (Linux 5.12 upstream).
