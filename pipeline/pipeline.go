@@ -386,6 +386,12 @@ func (p *Pipeline) handle(ev *events.Event) {
 	case events.KindCloseWait:
 		p.attr.CachedOwners(ev)
 	case events.KindAppClose, events.KindAbort:
+		if ev.Kind == events.KindAbort && ev.Inode != 0 {
+			// Nobody closed it (a destroy, a timeout): its holders may
+			// still have it open. Found as for stuck, within the
+			// resolver's budget; the tracker's last-seen owners otherwise.
+			p.attr.Owners(ev)
+		}
 		p.attr.Closed(ev)
 		delete(p.refused, ev.Sock)
 	}

@@ -241,9 +241,10 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 				ev.AgeNS = ev.BootNS - e.finBootNS
 			}
 			ev.WasStuck = e.flags&reportedStuck != 0
-			// The descriptors are gone by now: report who last held them,
-			// and the container context found through them.
-			if len(e.owners) > 0 {
+			// The descriptors are gone by now, unless the event found
+			// them still open: report who last held them, and the
+			// container context found through them.
+			if len(e.owners) > 0 && len(ev.Owners) == 0 {
 				ev.Owners, ev.OwnerSource = e.owners, events.OwnerLastSeen
 			}
 			if ev.ContainerID == "" && ev.PodUID == "" && e.container != nil {

@@ -206,5 +206,10 @@ func TestLeaveCauses(t *testing.T) {
 		if ab.Cause != "destroyed" {
 			t.Errorf("destroyed (%s): %v, want cause destroyed", d.Method(), ab)
 		}
+		// Never reported stuck (the threshold is 10 s), and still held by
+		// this process: the abort names it.
+		if ab.OwnerSource != "proc" || len(ab.Owner) != 1 || ab.Owner[0].PID != os.Getpid() {
+			t.Errorf("destroyed (%s): %v, want its holder, pid %d", d.Method(), ab, os.Getpid())
+		}
 	})
 }
