@@ -334,6 +334,9 @@ type Event struct {
 	Inode       uint64 // socket inode; 0 when no file refers to it
 	Owners      []Owner
 	OwnerSource OwnerSource
+	// stuck, for a socket no file refers to (OwnerNoFile): the listening
+	// socket whose accept queue it waits in, when found; nil otherwise.
+	Listener *Listener
 
 	// lost
 	Lost LostCounts
@@ -356,6 +359,17 @@ type Event struct {
 	FinBootNS     int64
 	Key           uint64
 	KernelTracked bool
+}
+
+// Listener is a listening socket, the one a socket not yet accepted waits
+// in: its accept queue now, the queue's limit (the listen backlog), and
+// the processes that hold it, which are the ones that do not accept.
+type Listener struct {
+	Local   netip.AddrPort
+	Inode   uint64
+	Queue   uint32
+	Backlog uint32
+	Owners  []Owner
 }
 
 // K8s names the Kubernetes pod a socket belongs to.

@@ -89,7 +89,12 @@ func samples() []events.Event {
 	destroyed.Kind, destroyed.Method = events.KindDestroyed, "kfunc"
 	kept := stuck
 	kept.Kind, kept.AgeKnown, kept.Reason = events.KindNotDestroyed, false, "left_close_wait"
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited}
+	// Waiting in an accept queue: the listener that does not accept.
+	queued := stuck
+	queued.Inode, queued.Owners, queued.OwnerSource = 0, nil, events.OwnerNoFile
+	queued.Listener = &events.Listener{Local: netip.MustParseAddrPort("0.0.0.0:5984"), Inode: 77, Queue: 129, Backlog: 128,
+		Owners: stuck.Owners[:1]}
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited, queued}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -192,6 +197,10 @@ func TestDiagnosisFields(t *testing.T) {
 	}
 	if !strings.Contains(string(events.AppendJSON(nil, &abort)), `"cause":"reset"`) {
 		t.Errorf("abort cause: %s", events.AppendJSON(nil, &abort))
+	}
+	queued := evs[15]
+	if line := string(events.AppendJSON(nil, &queued)); !strings.Contains(line, `"owner_source":"no_file","owner":[],"listener":{"local_addr":"0.0.0.0","local_port":5984,"socket_inode":77,"queue":129,"backlog":128,"owner":[{"pid":7,`) {
+		t.Errorf("queued stuck: %s", line)
 	}
 	// An abort of unknown age keeps its lower bound, as stuck does.
 	if !strings.Contains(string(events.AppendJSON(nil, &abortUnknown)), `"age_ns":5000000000,"age_known":false`) {

@@ -212,15 +212,35 @@ func appendOwners(dst []byte, e *Event) []byte {
 	dst = strconv.AppendUint(dst, e.Inode, 10)
 	dst = append(dst, `,"owner_source":"`...)
 	dst = append(dst, e.OwnerSource.String()...)
-	dst = append(dst, `","owner":[`...)
+	dst = append(dst, `",`...)
+	dst = appendOwnerList(dst, e.Owners)
+	if l := e.Listener; l != nil {
+		dst = append(dst, `,"listener":{"local_addr":"`...)
+		dst = l.Local.Addr().Unmap().AppendTo(dst)
+		dst = appendInt(dst, `","local_port":`, int64(l.Local.Port()))
+		dst = append(dst, `,"socket_inode":`...)
+		dst = strconv.AppendUint(dst, l.Inode, 10)
+		dst = appendInt(dst, `,"queue":`, int64(l.Queue))
+		dst = appendInt(dst, `,"backlog":`, int64(l.Backlog))
+		dst = append(dst, ',')
+		dst = appendOwnerList(dst, l.Owners)
+		dst = append(dst, '}')
+	}
+	return dst
+}
+
+// appendOwnerList appends "owner":[...], bounded (see MaxOwnersListed),
+// and owners_omitted when some were left out.
+func appendOwnerList(dst []byte, owners []Owner) []byte {
+	dst = append(dst, `"owner":[`...)
 	start := len(dst)
 	listed := 0
-	for i := range e.Owners {
+	for i := range owners {
 		if listed == MaxOwnersListed || len(dst)-start > maxOwnerBytes {
 			break
 		}
 		listed++
-		o := &e.Owners[i]
+		o := &owners[i]
 		if i > 0 {
 			dst = append(dst, ',')
 		}
@@ -239,7 +259,7 @@ func appendOwners(dst []byte, e *Event) []byte {
 		dst = append(dst, '}')
 	}
 	dst = append(dst, ']')
-	if omitted := len(e.Owners) - listed; omitted > 0 {
+	if omitted := len(owners) - listed; omitted > 0 {
 		dst = appendInt(dst, `,"owners_omitted":`, int64(omitted))
 	}
 	return dst

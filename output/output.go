@@ -353,6 +353,15 @@ func appendOwners(b []byte, e *events.Event) []byte {
 		if n := len(e.Owners) - 1; n > 0 {
 			b = fmt.Appendf(b, "+%d", n)
 		}
+	case e.OwnerSource == events.OwnerNoFile && e.Listener != nil:
+		// In an accept queue: the listener's holder does not accept.
+		b = fmt.Appendf(b, " queued %d/%d", e.Listener.Queue, e.Listener.Backlog)
+		if l := e.Listener; len(l.Owners) > 0 {
+			b = append(b, " listener="...)
+			b = strconv.AppendInt(b, int64(l.Owners[0].PID), 10)
+			b = append(b, '/')
+			b = AppendPrintable(b, []byte(l.Owners[0].Comm))
+		}
 	case e.OwnerSource == events.OwnerNoFile:
 		b = append(b, " no-file"...)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -62,6 +63,13 @@ type Source interface {
 // it is called after each batch of reports.
 type Diagnosing interface {
 	Diagnoser() (diagnose func(ev *events.Event), release func())
+}
+
+// ListenerFinding is implemented by a Source that can name the listening
+// socket a socket no file refers to waits in (the tracer, through
+// sock_diag): its holders are the ones that do not accept.
+type ListenerFinding interface {
+	Listener(netns uint32, local netip.AddrPort) (events.Listener, bool)
 }
 
 // Attributor fills in who holds a socket and which container it is in
@@ -510,6 +518,15 @@ func (p *Pipeline) refreshOwners(ev *events.Event) time.Duration {
 	}
 	if p.diagnose != nil {
 		p.diagnose(ev)
+	}
+	ev.Listener = nil
+	if lf, ok := p.src.(ListenerFinding); ok && ev.Inode == 0 {
+		if l, ok := lf.Listener(ev.NetNS, netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort)); ok {
+			holder := events.Event{Inode: l.Inode, NetNS: ev.NetNS}
+			p.attr.Owners(&holder)
+			l.Owners = holder.Owners
+			ev.Listener = &l
+		}
 	}
 	return p.attr.Owners(ev)
 }

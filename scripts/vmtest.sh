@@ -357,10 +357,6 @@ build_initramfs() {
 			((${#progs[@]} == 0)) || progs+=(';')
 			progs+=("/pkg/$rel/$(basename "$rel").test" -test.v)
 		done < <(cd "$REPO" && go list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}} {{.Dir}}{{end}}' ./...)
-		# The documentation, where the tests of the docs look for it
-		# (../../docs from /pkg/cmd/tcptrace).
-		cp "$REPO/README.md" "$root/pkg/"
-		cp -r "$REPO/docs" "$root/pkg/"
 	else
 		# Each program (first word, and the word after each ';') moves in.
 		for ((i = 0; i < ${#progs[@]}; i++)); do

@@ -175,6 +175,7 @@ type Tracer struct {
 	destroyColl *ebpf.Collection
 	destroyLink link.Link
 	cookie      bool // sock ids are socket cookies
+	listeners   listenerCache
 
 	// Time in the previous state, for trace mode; nil in closewait mode.
 	states *stateClock

@@ -179,6 +179,9 @@ func (e *entry) socket() events.Event {
 	if e.container != nil {
 		ev.ContainerID, ev.PodUID = e.container.id, e.container.podUID
 	}
+	if e.ownerSource == events.OwnerNoFile {
+		ev.Owners = nil // the listener's (see Expire)
+	}
 	return ev
 }
 
@@ -244,7 +247,7 @@ func (t *Tracker) Observe(ev *events.Event, emit func(*events.Event)) {
 			// The descriptors are gone by now, unless the event found
 			// them still open: report who last held them, and the
 			// container context found through them.
-			if len(e.owners) > 0 && len(ev.Owners) == 0 {
+			if len(e.owners) > 0 && len(ev.Owners) == 0 && e.ownerSource != events.OwnerNoFile {
 				ev.Owners, ev.OwnerSource = e.owners, events.OwnerLastSeen
 			}
 			if ev.ContainerID == "" && ev.PodUID == "" && e.container != nil {
@@ -388,6 +391,11 @@ func (t *Tracker) Expire(nowBoot int64, verify Verifier, refresh Refresher, emit
 			// Kept whatever was found: holders no longer found are not
 			// holders, and a later close must not name them.
 			e.inode, e.owners, e.ownerSource = ev.Inode, ev.Owners, ev.OwnerSource
+			if ev.OwnerSource == events.OwnerNoFile && ev.Listener != nil {
+				// Nobody holds it: its holders, for the report and the
+				// metrics, are the listener's, which do not accept.
+				e.owners = ev.Listener.Owners
+			}
 			if ev.ContainerID != "" || ev.PodUID != "" {
 				e.container = t.container(ev.ContainerID, ev.PodUID)
 			}

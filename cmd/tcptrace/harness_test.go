@@ -397,6 +397,13 @@ type jsonEvent struct {
 	SocketInode  uint64      `json:"socket_inode"`
 	OwnerSource  string      `json:"owner_source"`
 	Owner        []jsonOwner `json:"owner"`
+	Listener     *struct {
+		LocalAddr string      `json:"local_addr"`
+		LocalPort int         `json:"local_port"`
+		Queue     int         `json:"queue"`
+		Backlog   int         `json:"backlog"`
+		Owner     []jsonOwner `json:"owner"`
+	} `json:"listener"`
 }
 
 type jsonOwner struct {

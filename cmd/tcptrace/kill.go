@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"strconv"
@@ -28,17 +29,18 @@ import (
 // variables that configure a DaemonSet's closewait never select sockets
 // to destroy in a kill run inside its container.
 var killEnv = map[string]string{
-	"older-than": "TCPTRACE_KILL_OLDER_THAN",
-	"any-age":    "TCPTRACE_KILL_ANY_AGE",
-	"port":       "TCPTRACE_KILL_PORTS",
-	"pid":        "TCPTRACE_KILL_PIDS",
-	"cgroup":     "TCPTRACE_KILL_CGROUP",
-	"container":  "TCPTRACE_KILL_CONTAINER",
-	"netns":      "TCPTRACE_KILL_NETNS",
-	"from":       "TCPTRACE_KILL_FROM",
-	"dry-run":    "TCPTRACE_KILL_DRY_RUN",
-	"yes":        "TCPTRACE_KILL_YES",
-	"output":     "TCPTRACE_KILL_OUTPUT",
+	"older-than":     "TCPTRACE_KILL_OLDER_THAN",
+	"any-age":        "TCPTRACE_KILL_ANY_AGE",
+	"port":           "TCPTRACE_KILL_PORTS",
+	"pid":            "TCPTRACE_KILL_PIDS",
+	"cgroup":         "TCPTRACE_KILL_CGROUP",
+	"container":      "TCPTRACE_KILL_CONTAINER",
+	"netns":          "TCPTRACE_KILL_NETNS",
+	"from":           "TCPTRACE_KILL_FROM",
+	"dry-run":        "TCPTRACE_KILL_DRY_RUN",
+	"include-queued": "TCPTRACE_KILL_INCLUDE_QUEUED",
+	"yes":            "TCPTRACE_KILL_YES",
+	"output":         "TCPTRACE_KILL_OUTPUT",
 }
 
 const (
@@ -58,6 +60,8 @@ func killFlags() []cli.Flag {
 		&cli.StringFlag{Name: "netns", Category: catKillSelect, Usage: u("netns", "of this network namespace, by inode")},
 		&cli.StringFlag{Name: "from", Category: catKillSelect, Usage: u("from", "a running tcptrace closewait --listen (host:port or URL): the sockets' ages come from it")},
 		&cli.BoolFlag{Name: "dry-run", Category: catKillSafety, Usage: u("dry-run", "only list what would be destroyed")},
+		&cli.BoolFlag{Name: "include-queued", Category: catKillSafety, Usage: u("include-queued",
+			"also destroy sockets waiting in a listener's accept queue (held by no process): that frees nothing, as the listener does not accept, and the application gets them aborted when it does")},
 		&cli.BoolFlag{Name: "yes", Aliases: []string{"y"}, Category: catKillSafety, Usage: u("yes", "destroy without asking (needed when stdin is not a terminal)")},
 		&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: string(output.FormatAuto), Category: catOutput,
 			Usage: u("output", "json, table, or auto: a table on a terminal, JSON otherwise")},
@@ -68,6 +72,7 @@ func killFlags() []cli.Flag {
 type killOptions struct {
 	olderThan      time.Duration
 	anyAge, dryRun bool
+	includeQueued  bool
 	yes            bool
 	ports          map[uint16]bool
 	pids           map[int]bool
@@ -97,6 +102,9 @@ func parseKill(c *cli.Context) (killOptions, error) {
 		return o, err
 	}
 	if o.dryRun, err = f.bool("dry-run"); err != nil {
+		return o, err
+	}
+	if o.includeQueued, err = f.bool("include-queued"); err != nil {
 		return o, err
 	}
 	if o.yes, err = f.bool("yes"); err != nil {
@@ -201,7 +209,8 @@ func runKill(c *cli.Context) error {
 	}
 	owners := owner.NewResolver(owner.Config{})
 	now := time.Now()
-	var selected []candidate
+	var selected, queued []candidate
+	var listeners map[uint32][]events.Listener
 	for _, s := range sockets {
 		if o.netns != 0 && s.NetNS != o.netns {
 			continue
@@ -231,7 +240,17 @@ func runKill(c *cli.Context) error {
 			continue
 		}
 		if s.Inode == 0 {
+			// Not accepted yet: the listener's holders are the culprits.
 			ev.OwnerSource = events.OwnerNoFile
+			if listeners == nil {
+				if listeners, err = tracer.ListListeners(o.netns); err != nil {
+					log.Warn("list listening sockets", "error", err)
+				}
+			}
+			if l, ok := tracer.FindListener(listeners[s.NetNS], s.Local); ok {
+				l.Owners, _ = owners.Resolve(l.Inode, uint64(s.NetNS), nil)
+				ev.Listener = &l
+			}
 		} else {
 			found, _ := owners.Resolve(s.Inode, uint64(s.NetNS), nil)
 			ev.Owners, ev.OwnerSource = found, events.OwnerUnresolved
@@ -239,11 +258,15 @@ func runKill(c *cli.Context) error {
 				ev.OwnerSource = events.OwnerProc
 			}
 		}
-		if o.pids != nil && !heldBy(ev.Owners, o.pids) {
+		if o.pids != nil && !heldBy(ev.Owners, o.pids) && (ev.Listener == nil || !heldBy(ev.Listener.Owners, o.pids)) {
 			continue
 		}
 		if ctx := cgroupContext(paths, s.CgroupID); ctx != (cgroup.Context{}) {
 			ev.ContainerID, ev.PodUID = ctx.ContainerID, ctx.PodUID
+		}
+		if s.Inode == 0 && !o.includeQueued {
+			queued = append(queued, cand)
+			continue
 		}
 		selected = append(selected, cand)
 	}
@@ -255,8 +278,28 @@ func runKill(c *cli.Context) error {
 		}
 		return out.Flush()
 	}
+	for i := range queued {
+		ev := queued[i].ev
+		ev.Kind, ev.Reason = events.KindNotDestroyed, "in_accept_queue"
+		if err := report(&ev); err != nil {
+			return err
+		}
+	}
+	warnQueued(log, queued, o.includeQueued)
+	if o.includeQueued {
+		var n int
+		for _, s := range selected {
+			if s.Inode == 0 {
+				n++
+			}
+		}
+		if n > 0 {
+			log.Warn("--include-queued: destroying sockets that wait in an accept queue frees nothing while the listener does not accept, "+
+				"and the application gets them aborted when it does", "queued", n)
+		}
+	}
 	if len(selected) == 0 {
-		log.Info("no socket in CLOSE-WAIT matches", "listed", len(sockets))
+		log.Info("no socket in CLOSE-WAIT matches", "listed", len(sockets), "in_accept_queue", len(queued))
 		return nil
 	}
 	if o.dryRun || !o.yes {
@@ -334,6 +377,47 @@ func runKill(c *cli.Context) error {
 		return fmt.Errorf("%d of %d sockets could not be destroyed", failed, len(selected))
 	}
 	return nil
+}
+
+// warnQueued says, one line per listener, that the sockets waiting in
+// its accept queue were left alone, and names the listener that does not
+// accept: the real culprit.
+func warnQueued(log *slog.Logger, queued []candidate, included bool) {
+	if included || len(queued) == 0 {
+		return
+	}
+	type group struct {
+		l *events.Listener
+		n int
+	}
+	var order []string
+	groups := map[string]*group{}
+	for _, c := range queued {
+		k := "unknown"
+		if l := c.ev.Listener; l != nil {
+			k = fmt.Sprintf("%d %s", c.NetNS, l.Local)
+		}
+		g := groups[k]
+		if g == nil {
+			g = &group{l: c.ev.Listener}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.n++
+	}
+	for _, k := range order {
+		g := groups[k]
+		attrs := []any{"sockets", g.n}
+		if l := g.l; l != nil {
+			attrs = append(attrs, "listener", l.Local.String(), "queue", l.Queue, "backlog", l.Backlog)
+			for _, o := range l.Owners {
+				attrs = append(attrs, "pid", o.PID, "comm", o.Comm, "fd", o.FD)
+				break
+			}
+		}
+		log.Warn("left alone: these sockets wait in a listener's accept queue, held by no process; destroying them frees "+
+			"nothing, the listener that does not accept is the problem (--include-queued destroys them anyway)", attrs...)
+	}
 }
 
 func heldBy(owners []events.Owner, pids map[int]bool) bool {
