@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/report"
 )
 
 // queuedLeak listens with a backlog of 4 and never accepts; n clients
@@ -75,8 +76,10 @@ func TestQueuedSocketsNameTheListener(t *testing.T) {
 		checkListener(t, "stuck", st, port, fd, n)
 	}
 	p.stop()
-	if row := rowOf(topOnce(t, "--duration", "1s", "--threshold", "200ms", "--port", strconv.Itoa(port)), port); row == nil ||
-		len(row.Holders) == 0 || row.Holders[0].PID != os.Getpid() {
+	// top names the holder once it finds the sockets stuck: it is given
+	// longer where a second is not enough for that.
+	allStuck := func(r report.Report) bool { row := rowOf(r, port); return row != nil && row.Stuck == n }
+	if row := rowOf(topUntil(t, "the queued sockets stuck", allStuck, "--threshold", "200ms", "--port", strconv.Itoa(port)), port); len(row.Holders) == 0 || row.Holders[0].PID != os.Getpid() {
 		t.Errorf("top: row %+v, want the listener's holder (pid %d) among the holders", row, os.Getpid())
 	}
 

@@ -93,6 +93,24 @@ func topOnce(t *testing.T, args ...string) report.Report {
 	return r
 }
 
+// topUntil runs top --once for --duration 1.5s, and again for twice as
+// long while ok does not hold of its report: what top sees in a fixed
+// time (sockets found stuck, their holders resolved) depends on how fast
+// the machine is, and under qemu TCG a second is not enough.
+func topUntil(t *testing.T, what string, ok func(report.Report) bool, args ...string) report.Report {
+	t.Helper()
+	for d := 1500 * time.Millisecond; ; d *= 2 {
+		r := topOnce(t, append([]string{"--duration", d.String()}, args...)...)
+		if ok(r) {
+			return r
+		}
+		if d > eventTimeout {
+			t.Fatalf("top --once did not see %s in %v: %+v", what, d, r.Rows)
+		}
+		t.Logf("top --once --duration %v: not %s yet: again for longer", d, what)
+	}
+}
+
 func rowOf(r report.Report, port int) *report.Row {
 	for i := range r.Rows {
 		if int(r.Rows[i].Port) == port {
@@ -329,16 +347,7 @@ func TestTopFromRunningCloseWait(t *testing.T) {
 			t.Fatalf("the running tcptrace did not report the %d sockets stuck within %v", n, eventTimeout)
 		}
 	}
-	var local report.Report
-	for d := 1500 * time.Millisecond; ; d *= 2 {
-		if local = topOnce(t, "--duration", d.String(), "--threshold", "500ms", "--port", strconv.Itoa(port)); allStuck(local) {
-			break
-		}
-		if d > eventTimeout {
-			t.Fatalf("top --once did not see the %d sockets stuck in %v: %+v", n, d, rowOf(local, port))
-		}
-		t.Logf("top --once --duration %v: not every socket stuck yet (%+v): again for longer", d, rowOf(local, port))
-	}
+	local := topUntil(t, "every socket stuck", allStuck, "--threshold", "500ms", "--port", strconv.Itoa(port))
 	remote := topOnce(t, "--from", base)
 	l, r := rowOf(local, port), rowOf(remote, port)
 	if l == nil || r == nil {
