@@ -40,6 +40,10 @@ const (
 	// KindSummary: one row of the leak report (closewait
 	// --summary-interval), for log pipelines.
 	KindSummary
+	// KindListenDrops: a listening socket started dropping connections
+	// (its accept queue or SYN queue full); Listener says which, with who
+	// holds it, and Dropped how many since tcptrace last looked.
+	KindListenDrops
 )
 
 var kindNames = [...]string{
@@ -52,6 +56,7 @@ var kindNames = [...]string{
 	KindDestroyed:    "destroyed",
 	KindNotDestroyed: "not_destroyed",
 	KindSummary:      "summary",
+	KindListenDrops:  "listen_drops",
 }
 
 func (k Kind) String() string {
@@ -346,6 +351,12 @@ type Event struct {
 	Method string
 	Reason string
 
+	// listen_drops: connections the listener dropped within the last
+	// DropIntervalNS (Listener, with its cumulative Drops, and NetNS,
+	// CgroupID and the container context say which).
+	Dropped        uint64
+	DropIntervalNS int64
+
 	// summary: the row as a JSON object (its fields are written after
 	// time and event), and a one-line text of it for a table.
 	Row     []byte
@@ -369,7 +380,13 @@ type Listener struct {
 	Inode   uint64
 	Queue   uint32
 	Backlog uint32
-	Owners  []Owner
+	// Drops counts the connections the listener dropped because a queue
+	// was full, since it was created (the kernel's sk_drops of it).
+	Drops uint64
+	// CgroupID is the cgroup v2 id of the process that created it (0:
+	// unknown, before Linux 5.9).
+	CgroupID uint64
+	Owners   []Owner
 }
 
 // K8s names the Kubernetes pod a socket belongs to.

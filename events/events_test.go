@@ -93,8 +93,11 @@ func samples() []events.Event {
 	queued := stuck
 	queued.Inode, queued.Owners, queued.OwnerSource = 0, nil, events.OwnerNoFile
 	queued.Listener = &events.Listener{Local: netip.MustParseAddrPort("0.0.0.0:5984"), Inode: 77, Queue: 129, Backlog: 128,
-		Owners: stuck.Owners[:1]}
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited, queued}
+		Drops: 3, Owners: stuck.Owners[:1]}
+	drops := events.Event{Kind: events.KindListenDrops, Time: base.Time, NetNS: base.NetNS, CgroupID: base.CgroupID,
+		ContainerID: base.ContainerID, PodUID: base.PodUID, K8s: base.K8s, Dropped: 36, DropIntervalNS: 5e9,
+		Listener: &events.Listener{Local: netip.MustParseAddrPort("[::]:5984"), Inode: 78, Queue: 2, Backlog: 1, Drops: 36, Owners: stuck.Owners[:1]}}
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited, queued, drops}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -127,6 +130,9 @@ func TestSchemaRejects(t *testing.T) {
 		// read to end of file with bytes unread; a diagnosis in part
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"stuck","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_ns":1,"age_known":true,"threshold_ns":1,"unread_bytes":5,"read_eof":true,"since_send_ns":1,"since_recv_ns":1}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"stuck","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"age_ns":1,"age_known":true,"threshold_ns":1,"read_eof":false}`,
+		// listen_drops without its listener, and with nothing dropped
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"listen_drops","netns":1,"cgroup_id":1,"dropped":3,"interval_ns":5}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"listen_drops","netns":1,"cgroup_id":1,"dropped":0,"interval_ns":5,"listener":{"local_addr":"::","local_port":1,"socket_inode":2,"queue":0,"backlog":1,"drops":0,"owner":[]}}`,
 		// a container id that is not 64 hex digits
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"container_id":"abc","socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":true}`,
 	} {
@@ -199,7 +205,7 @@ func TestDiagnosisFields(t *testing.T) {
 		t.Errorf("abort cause: %s", events.AppendJSON(nil, &abort))
 	}
 	queued := evs[15]
-	if line := string(events.AppendJSON(nil, &queued)); !strings.Contains(line, `"owner_source":"no_file","owner":[],"listener":{"local_addr":"0.0.0.0","local_port":5984,"socket_inode":77,"queue":129,"backlog":128,"owner":[{"pid":7,`) {
+	if line := string(events.AppendJSON(nil, &queued)); !strings.Contains(line, `"owner_source":"no_file","owner":[],"listener":{"local_addr":"0.0.0.0","local_port":5984,"socket_inode":77,"queue":129,"backlog":128,"drops":3,"owner":[{"pid":7,`) {
 		t.Errorf("queued stuck: %s", line)
 	}
 	// An abort of unknown age keeps its lower bound, as stuck does.

@@ -88,6 +88,20 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		}
 		return append(dst, e.Row[1:]...)
 	}
+	if e.Kind == KindListenDrops {
+		dst = append(dst, `,"netns":`...)
+		dst = strconv.AppendUint(dst, uint64(e.NetNS), 10)
+		dst = append(dst, `,"cgroup_id":`...)
+		dst = strconv.AppendUint(dst, e.CgroupID, 10)
+		dst = appendContext(dst, e)
+		dst = append(dst, `,"dropped":`...)
+		dst = strconv.AppendUint(dst, e.Dropped, 10)
+		dst = appendInt(dst, `,"interval_ns":`, e.DropIntervalNS)
+		if e.Listener != nil {
+			dst = appendListener(dst, e.Listener)
+		}
+		return append(dst, '}')
+	}
 	if e.Kind == KindLost {
 		dst = append(dst, `,"counts":{`...)
 		first := true
@@ -125,17 +139,7 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	dst = strconv.AppendUint(dst, uint64(e.NetNS), 10)
 	dst = append(dst, `,"cgroup_id":`...)
 	dst = strconv.AppendUint(dst, e.CgroupID, 10)
-	if e.ContainerID != "" {
-		dst = append(dst, `,"container_id":`...)
-		dst = appendStr(dst, e.ContainerID)
-	}
-	if e.PodUID != "" {
-		dst = append(dst, `,"pod_uid":`...)
-		dst = appendStr(dst, e.PodUID)
-	}
-	if e.K8s != nil {
-		dst = appendK8s(dst, e.K8s)
-	}
+	dst = appendContext(dst, e)
 	if e.Dir == DirInbound || e.Dir == DirOutbound {
 		dst = append(dst, `,"direction":"`...)
 		dst = append(dst, e.Dir.String()...)
@@ -214,19 +218,41 @@ func appendOwners(dst []byte, e *Event) []byte {
 	dst = append(dst, e.OwnerSource.String()...)
 	dst = append(dst, `",`...)
 	dst = appendOwnerList(dst, e.Owners)
-	if l := e.Listener; l != nil {
-		dst = append(dst, `,"listener":{"local_addr":"`...)
-		dst = l.Local.Addr().Unmap().AppendTo(dst)
-		dst = appendInt(dst, `","local_port":`, int64(l.Local.Port()))
-		dst = append(dst, `,"socket_inode":`...)
-		dst = strconv.AppendUint(dst, l.Inode, 10)
-		dst = appendInt(dst, `,"queue":`, int64(l.Queue))
-		dst = appendInt(dst, `,"backlog":`, int64(l.Backlog))
-		dst = append(dst, ',')
-		dst = appendOwnerList(dst, l.Owners)
-		dst = append(dst, '}')
+	if e.Listener != nil {
+		dst = appendListener(dst, e.Listener)
 	}
 	return dst
+}
+
+// appendContext appends the container context: ids and Kubernetes names.
+func appendContext(dst []byte, e *Event) []byte {
+	if e.ContainerID != "" {
+		dst = append(dst, `,"container_id":`...)
+		dst = appendStr(dst, e.ContainerID)
+	}
+	if e.PodUID != "" {
+		dst = append(dst, `,"pod_uid":`...)
+		dst = appendStr(dst, e.PodUID)
+	}
+	if e.K8s != nil {
+		dst = appendK8s(dst, e.K8s)
+	}
+	return dst
+}
+
+func appendListener(dst []byte, l *Listener) []byte {
+	dst = append(dst, `,"listener":{"local_addr":"`...)
+	dst = l.Local.Addr().Unmap().AppendTo(dst)
+	dst = appendInt(dst, `","local_port":`, int64(l.Local.Port()))
+	dst = append(dst, `,"socket_inode":`...)
+	dst = strconv.AppendUint(dst, l.Inode, 10)
+	dst = appendInt(dst, `,"queue":`, int64(l.Queue))
+	dst = appendInt(dst, `,"backlog":`, int64(l.Backlog))
+	dst = append(dst, `,"drops":`...)
+	dst = strconv.AppendUint(dst, l.Drops, 10)
+	dst = append(dst, ',')
+	dst = appendOwnerList(dst, l.Owners)
+	return append(dst, '}')
 }
 
 // appendOwnerList appends "owner":[...], bounded (see MaxOwnersListed),

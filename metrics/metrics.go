@@ -147,8 +147,9 @@ var (
 func Catalog() []Info {
 	return []Info{
 		infoCloseWait, infoOldest, infoEntered, infoClosed, infoAborted, infoLatency,
-		infoStuck, infoStuckReported, infoLost, infoOverflows,
-		infoBuild, infoHook, infoSeries, infoFolded,
+		infoStuck, infoStuckReported,
+		infoListenQueue, infoListenLimit, infoListenDrops,
+		infoLost, infoOverflows, infoBuild, infoHook, infoSeries, infoFolded,
 		infoKubeSynced, infoKubeLookups, infoKubeCached,
 	}
 }
@@ -208,6 +209,7 @@ type Collector struct {
 	closeWait, oldest, entered, closed, aborted, latency *prometheus.Desc
 	stuck, stuckReported, lost, overflows                *prometheus.Desc
 	buildInfo, hookInfo, seriesNow, folded               *prometheus.Desc
+	listenQueue, listenLimit, listenDrops                *prometheus.Desc
 
 	mu      sync.Mutex
 	sockets Sockets
@@ -248,6 +250,9 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 		hookInfo:      infoHook.desc(),
 		seriesNow:     infoSeries.desc(),
 		folded:        infoFolded.desc(),
+		listenQueue:   infoListenQueue.desc(),
+		listenLimit:   infoListenLimit.desc(),
+		listenDrops:   infoListenDrops.desc(),
 		admitted:      make(map[series]struct{}),
 		foldedSets:    make(map[series]struct{}),
 		reports:       make(map[events.AggregateKey]uint64),
@@ -363,6 +368,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- histogram(c.latency, &v.hist, v.sum, lv)
 		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
 	}
+	c.collectListeners(ch)
 	if c.cfg.Lost != nil {
 		for cause, n := range c.cfg.Lost() {
 			ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(n), events.LostCause(cause).String())

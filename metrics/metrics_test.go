@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"iter"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -18,9 +19,12 @@ import (
 // tableSource is a kernel aggregate table for unit tests: it records
 // deletions.
 type tableSource struct {
-	mu   sync.Mutex
-	aggs map[events.AggregateKey]events.Aggregate
+	mu        sync.Mutex
+	aggs      map[events.AggregateKey]events.Aggregate
+	listeners map[uint32][]events.Listener
 }
+
+func (s *tableSource) Listening() (map[uint32][]events.Listener, error) { return s.listeners, nil }
 
 func (s *tableSource) Aggregates(fn func(a *events.Aggregate)) error {
 	s.mu.Lock()
@@ -200,7 +204,8 @@ func (stuckSockets) All() iter.Seq[track.Info] {
 // family a collector with everything to say writes is in it, with its
 // type, help and labels, and every catalog entry is served.
 func TestCatalogIsWhatIsServed(t *testing.T) {
-	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{key(1, 80): {AggregateKey: key(1, 80), Entered: 2, Closed: 1}}}
+	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{key(1, 80): {AggregateKey: key(1, 80), Entered: 2, Closed: 1}},
+		listeners: map[uint32][]events.Listener{1: {{Local: netip.MustParseAddrPort("0.0.0.0:80"), CgroupID: 1, Queue: 1, Backlog: 4096}}}}
 	c := New(Config{Version: "v1", Hook: "tp_btf", Lost: func() events.LostCounts {
 		return events.LostCounts{events.LostRingbufFull: 1}
 	}}, src, namer{})
@@ -277,5 +282,57 @@ func TestOldestCloseWait(t *testing.T) {
 	want := map[string]float64{"/unit-b.service": 300, "/unit-c.service": 0}
 	if len(got) != len(want) || got["/unit-b.service"] != 300 || got["/unit-c.service"] != 0 {
 		t.Errorf("oldest ages %v, want %v", got, want)
+	}
+}
+
+// Listeners of one workload and port (IPv4 and IPv6, in two namespaces)
+// are one series, summed; past the series cap the rest fold into "other",
+// the same ones at each scrape (by port).
+func TestListenerSeries(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	src := &tableSource{listeners: map[uint32][]events.Listener{
+		1: {
+			{Local: ap("0.0.0.0:5984"), CgroupID: 1, Queue: 3, Backlog: 128, Drops: 10},
+			{Local: ap("[::]:5984"), CgroupID: 1, Queue: 1, Backlog: 128, Drops: 2},
+			{Local: ap("127.0.0.1:9000"), CgroupID: 2, Queue: 0, Backlog: 4, Drops: 0},
+		},
+		2: {
+			{Local: ap("10.0.0.1:5984"), CgroupID: 1, Queue: 0, Backlog: 128, Drops: 1},
+			{Local: ap("10.0.0.1:9100"), CgroupID: 3, Queue: 2, Backlog: 8, Drops: 5},
+			{Local: ap("10.0.0.1:9200"), CgroupID: 3, Queue: 1, Backlog: 8, Drops: 6},
+		},
+	}}
+	for range 3 {
+		fams := gather(t, New(Config{MaxSeries: 2}, src, namer{}))
+		got := map[string][3]float64{}
+		for i, name := range []string{"tcptrace_listen_queue_length", "tcptrace_listen_queue_limit", "tcptrace_listen_drops_total"} {
+			for _, m := range fams[name].GetMetric() {
+				var port, cg string
+				for _, l := range m.GetLabel() {
+					switch l.GetName() {
+					case "port":
+						port = l.GetValue()
+					case "cgroup":
+						cg = l.GetValue()
+					}
+				}
+				v := got[cg+" "+port]
+				v[i] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				got[cg+" "+port] = v
+			}
+		}
+		want := map[string][3]float64{
+			"/unit-b.service 5984": {4, 384, 13},
+			"/unit-c.service 9000": {0, 4, 0},
+			"other other":          {3, 16, 11},
+		}
+		if len(got) != len(want) {
+			t.Fatalf("series %v, want %v", got, want)
+		}
+		for k, v := range want {
+			if got[k] != v {
+				t.Errorf("%s: queue, limit, drops %v, want %v", k, got[k], v)
+			}
+		}
 	}
 }

@@ -174,7 +174,11 @@ func (w *Writer) fit(e *events.Event) (grew bool) {
 	if n := len(e.Kind.String()); n > w.colEvent {
 		w.colEvent, grew = n, true
 	}
-	if n := endpointLen(e.LocalAddr, e.LocalPort); n > w.colLocal {
+	local, localPort := e.LocalAddr, e.LocalPort
+	if e.Kind == events.KindListenDrops && e.Listener != nil {
+		local, localPort = e.Listener.Local.Addr(), e.Listener.Local.Port()
+	}
+	if n := endpointLen(local, localPort); n > w.colLocal {
 		w.colLocal, grew = n, true
 	}
 	if n := endpointLen(e.RemoteAddr, e.RemotePort); n > w.colRemote {
@@ -210,6 +214,9 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			}
 		}
 		return b
+	}
+	if e.Kind == events.KindListenDrops {
+		return w.appendListenDrops(b, e)
 	}
 	start = len(b)
 	b = appendEndpoint(b, e.LocalAddr, e.LocalPort)
@@ -287,6 +294,35 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 		}
 		if e.WasStuck {
 			b = append(b, " stuck"...)
+		}
+	}
+	return b
+}
+
+// appendListenDrops appends a listener's drops: the listener in LOCAL,
+// "*" in REMOTE (as ss shows a listener), then how many it dropped, its
+// queue and who holds it.
+func (w *Writer) appendListenDrops(b []byte, e *events.Event) []byte {
+	l := e.Listener
+	if l == nil {
+		return fmt.Appendf(b, "dropped %d", e.Dropped)
+	}
+	start := len(b)
+	b = l.Local.AppendTo(b)
+	b = pad(b, start, w.colLocal)
+	start = len(b)
+	b = append(b, '*')
+	b = pad(b, start, w.colRemote)
+	b = fmt.Appendf(b, "dropped %d in ", e.Dropped)
+	b = appendCompact(b, time.Duration(e.DropIntervalNS))
+	b = fmt.Appendf(b, " queue %d/%d", l.Queue, l.Backlog)
+	if len(l.Owners) > 0 {
+		b = append(b, " listener="...)
+		b = strconv.AppendInt(b, int64(l.Owners[0].PID), 10)
+		b = append(b, '/')
+		b = AppendPrintable(b, []byte(l.Owners[0].Comm))
+		if n := len(l.Owners) - 1; n > 0 {
+			b = fmt.Appendf(b, "+%d", n)
 		}
 	}
 	return b

@@ -316,3 +316,25 @@ func TestTableSaysWhy(t *testing.T) {
 		}
 	}
 }
+
+// A listener's drops: the listener in LOCAL, aligned with the sockets'
+// rows, then what it dropped, its queue and who holds it.
+func TestTableListenDrops(t *testing.T) {
+	stuck := sample("10.0.0.1", "10.0.0.2")[1]
+	drops := events.Event{Kind: events.KindListenDrops, Time: stuck.Time, Dropped: 38, DropIntervalNS: 5e9,
+		Listener: &events.Listener{Local: netip.MustParseAddrPort("0.0.0.0:5984"), Queue: 2, Backlog: 1, Drops: 38, Owners: stuck.Owners}}
+	got := rows(t, 0, stuck, drops)
+	var header, row string
+	for _, r := range got {
+		switch {
+		case strings.HasPrefix(r, "TIME"):
+			header = r
+		case strings.Contains(r, "listen_drops"):
+			row = r
+		}
+	}
+	if strings.Index(row, "0.0.0.0:5984") != strings.Index(header, "LOCAL") || strings.Index(row, "*") != strings.Index(header, "REMOTE") ||
+		strings.Index(row, "dropped 38 in 5.00s queue 2/1 listener=12345/couchdb") != strings.Index(header, "DETAIL") {
+		t.Errorf("listen_drops row:\n%s", strings.Join(got, "\n"))
+	}
+}

@@ -131,7 +131,11 @@ type Config struct {
 	// (closewait mode); 0: never.
 	SummaryInterval time.Duration
 	Summary         func() ([]events.Event, error)
-	Logger          *slog.Logger
+	// ListenInterval is how often the listeners' drops are looked at for
+	// listen_drops events, when the source lists listeners
+	// (ListenerWatching); 0: never.
+	ListenInterval time.Duration
+	Logger         *slog.Logger
 }
 
 // Intervals of the loop's housekeeping.
@@ -188,6 +192,10 @@ type Pipeline struct {
 
 	// Recent socket listings by network namespace.
 	rescans map[uint32]rescan
+
+	// The listeners' drop counts at the last look (watchListeners).
+	listens    map[listenKey]listenState
+	lastListen time.Time
 
 	// Sockets the tracker had no room for, by sock id, until they close.
 	refused map[uint64]struct{}
@@ -277,6 +285,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	lastLost := now
 	lastSummary := now
 	p.lastStatus = now
+	if p.cfg.ListenInterval > 0 {
+		p.watchListeners(now)
+	}
 	done := ctx.Done()
 	evs := p.src.Events()
 	var stoppedAt int64
@@ -332,6 +343,9 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 			if p.cfg.StatusInterval > 0 && due(p.lastStatus, p.cfg.StatusInterval) {
 				p.status(now)
+			}
+			if p.cfg.ListenInterval > 0 && due(p.lastListen, p.cfg.ListenInterval) {
+				p.watchListeners(now)
 			}
 			if p.cfg.SummaryInterval > 0 && p.cfg.Summary != nil && due(lastSummary, p.cfg.SummaryInterval) {
 				p.summary()

@@ -25,7 +25,8 @@ func Kinds(kinds ...events.Kind) KindSet {
 }
 
 // closewaitKinds are the kinds closewait mode can write, in order.
-var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindLost, events.KindSummary}
+var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindListenDrops,
+	events.KindLost, events.KindSummary}
 
 // AllKinds is every kind closewait mode writes.
 var AllKinds = Kinds(closewaitKinds...)
@@ -97,6 +98,14 @@ func (s *Selection) ownerPasses(ev *events.Event) bool {
 	for _, o := range ev.Owners {
 		if match(o.PID, o.Comm) {
 			return true
+		}
+	}
+	if ev.Listener != nil {
+		// A queued socket's, or dropping listener's, culprit.
+		for _, o := range ev.Listener.Owners {
+			if match(o.PID, o.Comm) {
+				return true
+			}
 		}
 	}
 	if ev.HasCloser && match(int(ev.Closer.PID), ev.Closer.Comm.String()) {

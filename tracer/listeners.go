@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,16 +16,23 @@ import (
 
 // Offsets in struct inet_diag_msg past those in peers.go.
 const (
-	tcpListen       = 10
-	idiagOffRqueue  = 56 // a listener's accept queue now
-	idiagOffWqueue  = 60 // and its limit
-	idiagOffInode   = 68
-	listenersMaxAge = time.Second
+	tcpListen      = 10
+	idiagOffRqueue = 56 // a listener's accept queue now
+	idiagOffWqueue = 60 // and its limit
+	idiagOffInode  = 68
+	// Attributes: INET_DIAG_SKMEMINFO (asked for) holds sk_meminfo, whose
+	// SK_MEMINFO_DROPS is the socket's drop count; INET_DIAG_CGROUP_ID
+	// (Linux 5.9+, always sent) the cgroup v2 id of the socket's creator.
+	diagExtMemInfo   = 7
+	skMemInfoDrops   = unix.SK_MEMINFO_DROPS
+	diagAttrCgroupID = 21
+	listenersMaxAge  = time.Second
 )
 
 // ListListeners lists the TCP listening sockets of a network namespace
 // (netns 0: every one in use on the node), by namespace, with sock_diag as
-// ss -ltn does: address, inode, accept queue and its limit (Owners empty).
+// ss -ltnm does: address, inode, accept queue and its limit, drops and
+// cgroup (Owners empty).
 // Namespaces it cannot read are reported in the error.
 func ListListeners(netns uint32) (map[uint32][]events.Listener, error) {
 	nss := openNetworkNamespaces(uint64(netns))
@@ -53,7 +61,7 @@ func listenersIn(ns namespace) ([]events.Listener, error) {
 	var ls []events.Listener
 	var errs []error
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		err := sockDiagDump(fd, family, 1<<tcpListen, 0, func(b []byte) {
+		err := sockDiagDump(fd, family, 1<<tcpListen, 1<<(diagExtMemInfo-1), func(b []byte) {
 			if len(b) < inetDiagMsgSize {
 				return
 			}
@@ -62,10 +70,32 @@ func listenersIn(ns namespace) ([]events.Listener, error) {
 				return
 			}
 			ne := binary.NativeEndian
-			ls = append(ls, events.Listener{
+			l := events.Listener{
 				Local: netip.AddrPortFrom(ev.LocalAddr, binary.BigEndian.Uint16(b[idiagOffSport:])),
 				Inode: uint64(ne.Uint32(b[idiagOffInode:])), Queue: ne.Uint32(b[idiagOffRqueue:]), Backlog: ne.Uint32(b[idiagOffWqueue:]),
-			})
+			}
+			for a := b[inetDiagMsgSize:]; len(a) >= unix.SizeofNlAttr; {
+				n := int(ne.Uint16(a[0:]))
+				if n < unix.SizeofNlAttr || n > len(a) {
+					break
+				}
+				v := a[unix.SizeofNlAttr:n]
+				switch ne.Uint16(a[2:]) & nlaTypeMask {
+				case diagExtMemInfo:
+					// A listener's sk_drops: what tcp_listendrop counts, the
+					// SYNs and handshakes dropped because a queue was full
+					// (the node's ListenDrops, for this listener).
+					if len(v) >= (skMemInfoDrops+1)*4 {
+						l.Drops = uint64(ne.Uint32(v[skMemInfoDrops*4:]))
+					}
+				case diagAttrCgroupID:
+					if len(v) >= 8 {
+						l.CgroupID = ne.Uint64(v)
+					}
+				}
+				a = a[min((n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(a)):]
+			}
+			ls = append(ls, l)
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("dump listening sockets: %w", err))
@@ -131,4 +161,18 @@ func (t *Tracer) Listener(netns uint32, local netip.AddrPort) (events.Listener, 
 		c.byNS[netns] = l
 	}
 	return FindListener(l.ls, local)
+}
+
+// Listening lists the listening sockets the tracer's selection covers
+// (its network namespace and ports, when set), by network namespace: for
+// the accept-queue metrics and the drop watch.
+func (t *Tracer) Listening() (map[uint32][]events.Listener, error) {
+	byNS, err := ListListeners(t.cfg.NetNS)
+	if len(t.cfg.Ports) == 0 {
+		return byNS, err
+	}
+	for ns, ls := range byNS {
+		byNS[ns] = slices.DeleteFunc(ls, func(l events.Listener) bool { return !slices.Contains(t.cfg.Ports, l.Local.Port()) })
+	}
+	return byNS, err
 }

@@ -402,8 +402,12 @@ type jsonEvent struct {
 		LocalPort int         `json:"local_port"`
 		Queue     int         `json:"queue"`
 		Backlog   int         `json:"backlog"`
+		Drops     uint64      `json:"drops"`
 		Owner     []jsonOwner `json:"owner"`
 	} `json:"listener"`
+	// listen_drops
+	Dropped    uint64 `json:"dropped"`
+	IntervalNS int64  `json:"interval_ns"`
 }
 
 type jsonOwner struct {

@@ -76,6 +76,9 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		cfg.SummaryInterval = o.summaryInterval
 		cfg.Summary = func() ([]events.Event, error) { return summaryEvents(b) }
 	}
+	if mode == tracer.ModeCloseWait {
+		cfg.ListenInterval = listenInterval
+	}
 	p := pipeline.New(cfg, tr, attr, sinks...)
 	stopSampling := func() {}
 	if mode == tracer.ModeCloseWait && (o.summaryInterval > 0 || o.serve.listen != "") {
@@ -163,6 +166,10 @@ type sinkFunc func(ev *events.Event) error
 
 func (f sinkFunc) Write(ev *events.Event) error { return f(ev) }
 func (f sinkFunc) Flush() error                 { return nil }
+
+// listenInterval is how often closewait looks at the listeners' drops,
+// for listen_drops events: a sock_diag dump per network namespace.
+const listenInterval = 5 * time.Second
 
 // pruneInterval is how often the series and kernel aggregates of workloads
 // gone for the grace period are dropped when nobody scrapes.

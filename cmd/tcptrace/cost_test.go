@@ -1,0 +1,85 @@
+package main
+
+import (
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/testenv"
+)
+
+// fullListener listens on loopback with a backlog of 1 and never accepts;
+// n clients connect without waiting (non-blocking), so that its accept
+// queue fills (2: the kernel admits backlog+1) and the rest of the SYNs
+// are dropped, again at each client's retry. It returns the port and the
+// listener's descriptor.
+func fullListener(t *testing.T, n int) (port, fd int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 1); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port = sa.(*unix.SockaddrInet4).Port
+	for range n {
+		c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(c) })
+		if err := unix.Connect(c, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil && err != unix.EINPROGRESS {
+			t.Fatal(err)
+		}
+	}
+	return port, fd
+}
+
+// A listener with a backlog of 1 that never accepts, hit by 40 clients:
+// closewait says once that it drops connections (its queue, its holder:
+// this process and the listener's fd), and the metrics show its queue
+// full, its limit and its drops, under this process's workload.
+func TestListenerDropsReported(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	port, fd := fullListener(t, 40)
+	p, base := startWithMetrics(t, "--port", strconv.Itoa(port))
+	// The clients' SYNs are retried (1 s, 3 s, 7 s... apart): the drops go
+	// on after tcptrace first looks, which is when they count as news.
+	ev := p.next(eventTimeout, "a listen_drops event", func(ev jsonEvent) bool { return ev.Event == "listen_drops" })
+	l := ev.Listener
+	if l == nil || l.LocalPort != port || l.Queue != 2 || l.Backlog != 1 || l.Drops == 0 || ev.Dropped == 0 || ev.Dropped > l.Drops ||
+		ev.IntervalNS <= 0 || len(l.Owner) != 1 || l.Owner[0].PID != os.Getpid() || l.Owner[0].FD != fd {
+		t.Errorf("listen_drops %+v (listener %+v): want our listener (pid %d fd %d), queue 2 of 1, drops", ev, l, os.Getpid(), fd)
+	}
+	want := map[string]string{"port": strconv.Itoa(port), "cgroup": ownCgroup(t)}
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(50 * time.Millisecond) {
+		fams := scrape(t, base)
+		q := series(fams, "tcptrace_listen_queue_length", want)
+		lim := series(fams, "tcptrace_listen_queue_limit", want)
+		d := series(fams, "tcptrace_listen_drops_total", want)
+		if len(q) == 1 && len(lim) == 1 && len(d) == 1 && value(q[0]) == 2 && value(lim[0]) == 1 && value(d[0]) >= float64(l.Drops) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listen metrics for %v: queue %v, limit %v, drops %v; want 2, 1 and at least %d", want, q, lim, d, l.Drops)
+		}
+	}
+	// Once: the drops going on are no new episode.
+	for _, e := range p.drain() {
+		if e.Event == "listen_drops" && e.Listener != nil && e.Listener.LocalPort == port && e.Time != ev.Time {
+			t.Errorf("a second listen_drops for the same drops within a minute: %+v", e)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+package metrics
+
+import (
+	"cmp"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tcptrace/tcptrace/events"
+)
+
+// Listeners lists the listening sockets by network namespace (the
+// tracer), for the accept-queue metrics. A Source that has it gets them.
+type Listeners interface {
+	Listening() (map[uint32][]events.Listener, error)
+}
+
+var listenLabels = []string{"namespace", "pod", "container", "cgroup", "port"}
+
+var (
+	infoListenQueue = Info{"listen_queue_length", "gauge",
+		"Connections in listening sockets' accept queues now, waiting for the application to accept them; by the listener's workload (the cgroup that created it) and port.", listenLabels}
+	infoListenLimit = Info{"listen_queue_limit", "gauge",
+		"The accept queues' limit (the listen backlog, capped by net.core.somaxconn); the kernel admits one more than this before it drops.", listenLabels}
+	infoListenDrops = Info{"listen_drops_total", "counter",
+		"Connections listening sockets dropped because their accept queue or SYN queue was full (the kernel's ListenDrops, per listener). Resets when the listener is closed.", listenLabels}
+)
+
+// listenSeries is one listener label set; the listeners of one workload
+// and port (IPv4 and IPv6, SO_REUSEPORT groups) are summed.
+type listenSeries struct {
+	Workload
+	port uint16
+}
+
+type listenSum struct {
+	queue, limit, drops uint64
+}
+
+// collectListeners sends the accept-queue metrics of every listener the
+// source lists, read now (a sock_diag dump per network namespace). Label
+// sets past the series cap are folded into "other", in a stable order
+// (by port, then workload) so that the same ones fold each scrape.
+// Callers hold mu.
+func (c *Collector) collectListeners(ch chan<- prometheus.Metric) {
+	ls, ok := c.src.(Listeners)
+	if !ok {
+		return
+	}
+	byNS, err := ls.Listening()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.listenQueue, err)
+	}
+	sums := make(map[listenSeries]*listenSum)
+	for _, list := range byNS {
+		for _, l := range list {
+			w, _ := c.namer.Workload(l.CgroupID)
+			k := listenSeries{w, l.Local.Port()}
+			s := sums[k]
+			if s == nil {
+				s = &listenSum{}
+				sums[k] = s
+			}
+			s.queue += uint64(l.Queue)
+			s.limit += uint64(l.Backlog)
+			s.drops += l.Drops
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(sums), func(a, b listenSeries) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod),
+			cmp.Compare(a.Container, b.Container), cmp.Compare(a.Cgroup, b.Cgroup))
+	})
+	var other *listenSum
+	for i, k := range keys {
+		s := sums[k]
+		if i >= c.cfg.MaxSeries {
+			if other == nil {
+				other = &listenSum{}
+			}
+			other.queue += s.queue
+			other.limit += s.limit
+			other.drops += s.drops
+			continue
+		}
+		c.sendListen(ch, s, k.Namespace, k.Pod, k.Container, k.Cgroup, strconv.Itoa(int(k.port)))
+	}
+	if other != nil {
+		c.sendListen(ch, other, Other, Other, Other, Other, Other)
+	}
+}
+
+func (c *Collector) sendListen(ch chan<- prometheus.Metric, s *listenSum, lv ...string) {
+	ch <- prometheus.MustNewConstMetric(c.listenQueue, prometheus.GaugeValue, float64(s.queue), lv...)
+	ch <- prometheus.MustNewConstMetric(c.listenLimit, prometheus.GaugeValue, float64(s.limit), lv...)
+	ch <- prometheus.MustNewConstMetric(c.listenDrops, prometheus.CounterValue, float64(s.drops), lv...)
+}
