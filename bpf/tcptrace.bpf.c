@@ -54,6 +54,11 @@ volatile __u32 follow_resets = 0;
  * every TCP socket's end, returns at once while there are none. */
 __u64 reset_held = 0;
 
+/* accept() failures not counted because accept_fails was full, and
+ * accept() calls not followed because accept_fd was. */
+__u64 accept_fails_lost = 0;
+__u64 accept_untracked = 0;
+
 /* An event's footprint in the ring: an 8-byte header, 8-byte aligned. */
 #define RINGBUF_RECORD_BYTES ((sizeof(struct event) + 8 + 7) / 8 * 8)
 
@@ -114,6 +119,25 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/* The listener's descriptor of each thread in accept()/accept4(), by
+ * pid_tgid, from the syscall's entry to its exit: only the exit knows
+ * whether it failed, only the entry which listener it was. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __s32);
+} accept_fd SEC(".maps");
+
+/* accept() failures for want of a descriptor, per process, listener and
+ * reason. Never deleted by the kernel: counters for the metrics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct accept_key);
+	__type(value, struct accept_val);
+} accept_fails SEC(".maps");
+
 /* Keep the record types in the BTF so bpf2go can generate their Go types. */
 const struct event *unused_event __attribute__((unused));
 const struct agg_key *unused_agg_key __attribute__((unused));
@@ -122,6 +146,7 @@ const struct scan_rec *unused_scan_rec __attribute__((unused));
 const enum event_xflag *unused_event_xflag __attribute__((unused));
 const enum direction *unused_direction __attribute__((unused));
 const enum counter *unused_counter __attribute__((unused));
+const enum accept_reason *unused_accept_reason __attribute__((unused));
 
 /* RD reads a socket field. The tp_btf and iterator programs get a typed
  * pointer and load through it directly; the classic tracepoint gets a plain
@@ -730,6 +755,148 @@ SEC("tracepoint/tcp/tcp_destroy_sock")
 int tcptrace_destroy_tp(struct trace_event_raw_tcp_event_sk *ctx)
 {
 	return sock_destroyed((struct sock *)ctx->skaddr, false);
+}
+
+#define EMFILE 24
+#define ENFILE 23
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The TCP socket behind the current task's descriptor fd, or NULL. */
+static __always_inline struct sock *fd_sock(__s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *f = NULL;
+	struct socket *sock;
+	struct sock *sk;
+	__u16 proto;
+
+	if (!fdt || fd < 0 || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	/* get_unused_fd_flags runs before the descriptor is checked to be a
+	 * socket: any descriptor may come here. */
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	sock = BPF_CORE_READ(f, private_data);
+	if (!sock || !(sk = BPF_CORE_READ(sock, sk)))
+		return NULL;
+	/* Go (1.24+) listens with MPTCP where the kernel has it: its
+	 * listener is an MPTCP socket, its connections TCP underneath. */
+	proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	if (proto != IPPROTO_TCP && proto != IPPROTO_MPTCP)
+		return NULL;
+	return sk;
+}
+
+static __always_inline int accept_enter(__s64 fd)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__s32 v = fd;
+
+	if (mode != MODE_CLOSEWAIT)
+		return 0;
+	if (bpf_map_update_elem(&accept_fd, &id, &v, BPF_ANY))
+		__sync_fetch_and_add(&accept_untracked, 1);
+	return 0;
+}
+
+/* A failure for want of a descriptor is counted per process, listener and
+ * reason; the first of a key is reported (EV_ACCEPT_FAIL). The queue keeps
+ * the connection: the descriptor is taken before it is dequeued. */
+static __always_inline int accept_exit(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct accept_val v = {}, *cur;
+	struct accept_key k = {};
+	struct ports p = {};
+	struct event *ev;
+	struct sock *sk;
+	__s32 *fdp, fd;
+
+	fdp = bpf_map_lookup_elem(&accept_fd, &id);
+	if (!fdp)
+		return 0;
+	fd = *fdp;
+	bpf_map_delete_elem(&accept_fd, &id);
+	if (ret != -EMFILE && ret != -ENFILE)
+		return 0;
+	sk = fd_sock(fd);
+	if (!sk)
+		return 0;
+	p.local = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!wanted(sk, p, false))
+		return 0;
+	k.tgid = id >> 32;
+	k.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	k.port = p.local;
+	k.reason = ret == -EMFILE ? ACCEPT_EMFILE : ACCEPT_ENFILE;
+	cur = bpf_map_lookup_elem(&accept_fails, &k);
+	if (cur) {
+		__sync_fetch_and_add(&cur->count, 1);
+		return 0;
+	}
+	v.count = 1;
+	v.first_ns = bpf_ktime_get_boot_ns();
+	v.cgroup_id = sock_cgroup_id(sk, false);
+	bpf_get_current_comm(v.comm, sizeof(v.comm));
+	if (bpf_map_update_elem(&accept_fails, &k, &v, BPF_NOEXIST)) {
+		/* Full, or another thread of the process was first. */
+		if ((cur = bpf_map_lookup_elem(&accept_fails, &k)))
+			__sync_fetch_and_add(&cur->count, 1);
+		else
+			__sync_fetch_and_add(&accept_fails_lost, 1);
+		return 0;
+	}
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count(CNT_RINGBUF_FULL);
+		return 0;
+	}
+	__builtin_memset(ev, 0, sizeof(*ev));
+	ev->ts_ns = v.first_ns;
+	ev->skaddr = (__u64)sk;
+	ev->netns = k.netns;
+	ev->pid = k.tgid;
+	__builtin_memcpy(ev->comm, v.comm, sizeof(ev->comm));
+	ev->family = read_addrs(sk, ev->saddr, ev->daddr, false);
+	ev->sport = k.port;
+	ev->kind = EV_ACCEPT_FAIL;
+	ev->newstate = TCP_LISTEN;
+	ev->sk_err = k.reason;
+	ev->ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	ev->cgroup_id = v.cgroup_id;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/* Classic syscall tracepoints, accept() and accept4() alone: the raw
+ * sys_enter/sys_exit tracepoints would run for every system call. */
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int tcptrace_accept4_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return accept_enter(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int tcptrace_accept4_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int tcptrace_accept_enter(struct trace_event_raw_sys_enter *ctx)
+{
+	return accept_enter(ctx->args[0]);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int tcptrace_accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return accept_exit(ctx->ret);
 }
 
 /* Preferred: typed arguments, no tracefs needed. */

@@ -10,6 +10,7 @@ enum event_kind {
 	EV_CW_ENTER = 2,   /* the socket entered CLOSE_WAIT: the peer's FIN arrived */
 	EV_CW_LEAVE = 3,   /* the socket left CLOSE_WAIT */
 	EV_SNAPSHOT = 4,   /* start-up snapshot: the socket was already in CLOSE_WAIT */
+	EV_ACCEPT_FAIL = 5, /* a process's first accept() failing for want of a descriptor on a listener */
 };
 
 /* event.flags */
@@ -111,6 +112,28 @@ struct cw_entry {
 	 * its own: the scan iterator writes flags without atomics. */
 	__u8 peer_reset;
 	__u8 pad[3];
+};
+
+/* accept()/accept4() failing for want of a descriptor: the application
+ * cannot take connections off the listener's queue (map accept_fails). */
+enum accept_reason {
+	ACCEPT_EMFILE = 1, /* the process is at its RLIMIT_NOFILE */
+	ACCEPT_ENFILE = 2, /* the system's file table is full (fs.file-max) */
+};
+
+struct accept_key {
+	__u32 tgid;
+	__u32 netns; /* the listener's network namespace */
+	__u16 port;  /* the listener's local port */
+	__u8 reason; /* enum accept_reason */
+	__u8 pad[5];
+};
+
+struct accept_val {
+	__u64 count;
+	__u64 first_ns;  /* CLOCK_BOOTTIME of the first failure */
+	__u64 cgroup_id; /* the listener's cgroup v2 id (its creator's) */
+	char comm[16];   /* the process's, at the first failure */
 };
 
 /* Aggregates, per socket cgroup, service port and direction. */

@@ -44,6 +44,11 @@ const (
 	// (its accept queue or SYN queue full); Listener says which, with who
 	// holds it, and Dropped how many since tcptrace last looked.
 	KindListenDrops
+	// KindAcceptFailed: a process's accept() on a listener failed for
+	// want of a descriptor, for the first time (Reason: emfile, its
+	// RLIMIT_NOFILE; enfile, the system's file table). Task is the
+	// process; the socket fields are the listener's.
+	KindAcceptFailed
 )
 
 var kindNames = [...]string{
@@ -57,6 +62,7 @@ var kindNames = [...]string{
 	KindNotDestroyed: "not_destroyed",
 	KindSummary:      "summary",
 	KindListenDrops:  "listen_drops",
+	KindAcceptFailed: "accept_failed",
 }
 
 func (k Kind) String() string {
@@ -305,7 +311,7 @@ type Event struct {
 	NewState     State // also app_close, abort
 	PrevStateNS  int64 // valid when HasPrevState
 	HasPrevState bool
-	Task         Task // the task the kernel ran the transition in
+	Task         Task // the task the kernel ran the transition in; accept_failed: the process
 
 	// stuck, app_close, abort
 	AgeNS       int64 // stuck, abort: time in CLOSE-WAIT; app_close: FIN to close
@@ -347,7 +353,7 @@ type Event struct {
 	Lost LostCounts
 
 	// destroyed, not_destroyed (tcptrace kill; AgeNS and AgeKnown as for
-	// stuck): how, and why not.
+	// stuck): how, and why not. accept_failed: emfile or enfile.
 	Method string
 	Reason string
 
@@ -387,6 +393,20 @@ type Listener struct {
 	// unknown, before Linux 5.9).
 	CgroupID uint64
 	Owners   []Owner
+}
+
+// AcceptFailure counts one process's accept() failures on one listener
+// for one reason (emfile, enfile) since tcptrace started, as the kernel
+// counted them.
+type AcceptFailure struct {
+	PID      uint32
+	Comm     string
+	NetNS    uint32
+	Port     uint16
+	Reason   string
+	Count    uint64
+	CgroupID uint64 // the listener's
+	FirstNS  int64  // CLOCK_BOOTTIME of the first
 }
 
 // K8s names the Kubernetes pod a socket belongs to.

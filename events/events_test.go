@@ -97,7 +97,10 @@ func samples() []events.Event {
 	drops := events.Event{Kind: events.KindListenDrops, Time: base.Time, NetNS: base.NetNS, CgroupID: base.CgroupID,
 		ContainerID: base.ContainerID, PodUID: base.PodUID, K8s: base.K8s, Dropped: 36, DropIntervalNS: 5e9,
 		Listener: &events.Listener{Local: netip.MustParseAddrPort("[::]:5984"), Inode: 78, Queue: 2, Backlog: 1, Drops: 36, Owners: stuck.Owners[:1]}}
-	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited, queued, drops}
+	acceptFailed := base
+	acceptFailed.Kind, acceptFailed.Reason, acceptFailed.Task = events.KindAcceptFailed, "emfile", ac.Closer
+	acceptFailed.RemoteAddr, acceptFailed.RemotePort = netip.IPv4Unspecified(), 0
+	return []events.Event{transition, cw, stuck, ac, acUnknown, abort, abortUnknown, v6, noFile, lost, destroyed, kept, stuckEOF, stuckUnread, exited, queued, drops, acceptFailed}
 }
 
 func TestJSONMatchesSchema(t *testing.T) {
@@ -133,6 +136,9 @@ func TestSchemaRejects(t *testing.T) {
 		// listen_drops without its listener, and with nothing dropped
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"listen_drops","netns":1,"cgroup_id":1,"dropped":3,"interval_ns":5}`,
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"listen_drops","netns":1,"cgroup_id":1,"dropped":0,"interval_ns":5,"listener":{"local_addr":"::","local_port":1,"socket_inode":2,"queue":0,"backlog":1,"drops":0,"owner":[]}}`,
+		// accept_failed without its process, or with another reason
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"accept_failed","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"0.0.0.0","remote_port":0,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"reason":"emfile"}`,
+		`{"time":"2026-11-24T15:04:05.000000006Z","event":"accept_failed","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"0.0.0.0","remote_port":0,"netns":1,"cgroup_id":1,"socket_inode":5,"owner_source":"unresolved","owner":[],"task":{"pid":1,"comm":"x"},"reason":"eagain"}`,
 		// a container id that is not 64 hex digits
 		`{"time":"2026-11-24T15:04:05.000000006Z","event":"close_wait","sock":"abc","family":"ipv4","local_addr":"10.1.2.3","local_port":1,"remote_addr":"10.1.2.4","remote_port":2,"netns":1,"cgroup_id":1,"container_id":"abc","socket_inode":5,"owner_source":"unresolved","owner":[],"age_known":true}`,
 	} {

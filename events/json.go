@@ -195,6 +195,10 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = append(dst, `,"cause":"`...)
 		dst = append(dst, e.Cause.String()...)
 		dst = append(dst, '"')
+	case KindAcceptFailed:
+		dst = appendTask(dst, `,"task":`, &e.Task)
+		dst = append(dst, `,"reason":`...)
+		dst = appendStr(dst, e.Reason)
 	case KindDestroyed, KindNotDestroyed:
 		if e.AgeKnown {
 			dst = appendInt(dst, `,"age_ns":`, e.AgeNS)

@@ -17,6 +17,14 @@ type Listeners interface {
 	Listening() (map[uint32][]events.Listener, error)
 }
 
+// AcceptFailures visits the accept() failures the kernel counted (the
+// tracer). A Source that has it gets tcptrace_accept_failures_total.
+type AcceptFailures interface {
+	AcceptFailures(fn func(events.AcceptFailure)) error
+}
+
+var acceptLabels = []string{"namespace", "pod", "container", "cgroup", "port", "reason"}
+
 var listenLabels = []string{"namespace", "pod", "container", "cgroup", "port"}
 
 var (
@@ -27,6 +35,9 @@ var (
 	infoListenDrops = Info{"listen_drops_total", "counter",
 		"Connections listening sockets dropped because their accept queue or SYN queue was full (the kernel's ListenDrops, per listener). Resets when the listener is closed.", listenLabels}
 )
+
+var infoAcceptFailures = Info{"accept_failures_total", "counter",
+	"accept() calls on a listener that failed for want of a file descriptor: reason emfile, the process is at its RLIMIT_NOFILE (a descriptor leak's end); enfile, the system's file table is full. By the listener's workload and port.", acceptLabels}
 
 // listenSeries is one listener label set; the listeners of one workload
 // and port (IPv4 and IPv6, SO_REUSEPORT groups) are summed.
@@ -95,4 +106,45 @@ func (c *Collector) sendListen(ch chan<- prometheus.Metric, s *listenSum, lv ...
 	ch <- prometheus.MustNewConstMetric(c.listenQueue, prometheus.GaugeValue, float64(s.queue), lv...)
 	ch <- prometheus.MustNewConstMetric(c.listenLimit, prometheus.GaugeValue, float64(s.limit), lv...)
 	ch <- prometheus.MustNewConstMetric(c.listenDrops, prometheus.CounterValue, float64(s.drops), lv...)
+}
+
+type acceptSeries struct {
+	Workload
+	port   uint16
+	reason string
+}
+
+// collectAcceptFailures sends the kernel's accept() failure counts, summed
+// by workload, port and reason (the kernel keeps them per process), in a
+// stable order under the series cap. Callers hold mu.
+func (c *Collector) collectAcceptFailures(ch chan<- prometheus.Metric) {
+	af, ok := c.src.(AcceptFailures)
+	if !ok {
+		return
+	}
+	sums := make(map[acceptSeries]uint64)
+	err := af.AcceptFailures(func(f events.AcceptFailure) {
+		w, _ := c.namer.Workload(f.CgroupID)
+		sums[acceptSeries{w, f.Port, f.Reason}] += f.Count
+	})
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.acceptFailures, err)
+		return
+	}
+	keys := slices.SortedFunc(maps.Keys(sums), func(a, b acceptSeries) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.reason, b.reason), cmp.Compare(a.Namespace, b.Namespace),
+			cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.Container, b.Container), cmp.Compare(a.Cgroup, b.Cgroup))
+	})
+	var other uint64
+	for i, k := range keys {
+		if i >= c.cfg.MaxSeries {
+			other += sums[k]
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.acceptFailures, prometheus.CounterValue, float64(sums[k]),
+			k.Namespace, k.Pod, k.Container, k.Cgroup, strconv.Itoa(int(k.port)), k.reason)
+	}
+	if other > 0 {
+		ch <- prometheus.MustNewConstMetric(c.acceptFailures, prometheus.CounterValue, float64(other), Other, Other, Other, Other, Other, Other)
+	}
 }

@@ -148,7 +148,7 @@ func Catalog() []Info {
 	return []Info{
 		infoCloseWait, infoOldest, infoEntered, infoClosed, infoAborted, infoLatency,
 		infoStuck, infoStuckReported,
-		infoListenQueue, infoListenLimit, infoListenDrops,
+		infoListenQueue, infoListenLimit, infoListenDrops, infoAcceptFailures,
 		infoLost, infoOverflows, infoBuild, infoHook, infoSeries, infoFolded,
 		infoKubeSynced, infoKubeLookups, infoKubeCached,
 	}
@@ -210,6 +210,7 @@ type Collector struct {
 	stuck, stuckReported, lost, overflows                *prometheus.Desc
 	buildInfo, hookInfo, seriesNow, folded               *prometheus.Desc
 	listenQueue, listenLimit, listenDrops                *prometheus.Desc
+	acceptFailures                                       *prometheus.Desc
 
 	mu      sync.Mutex
 	sockets Sockets
@@ -236,27 +237,28 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 	}
 	return &Collector{
 		cfg: cfg, src: src, namer: namer, now: time.Now, bootNow: bootclock.Now,
-		closeWait:     infoCloseWait.desc(),
-		oldest:        infoOldest.desc(),
-		entered:       infoEntered.desc(),
-		closed:        infoClosed.desc(),
-		aborted:       infoAborted.desc(),
-		latency:       infoLatency.desc(),
-		stuck:         infoStuck.desc(),
-		stuckReported: infoStuckReported.desc(),
-		lost:          infoLost.desc(),
-		overflows:     infoOverflows.desc(),
-		buildInfo:     infoBuild.desc(),
-		hookInfo:      infoHook.desc(),
-		seriesNow:     infoSeries.desc(),
-		folded:        infoFolded.desc(),
-		listenQueue:   infoListenQueue.desc(),
-		listenLimit:   infoListenLimit.desc(),
-		listenDrops:   infoListenDrops.desc(),
-		admitted:      make(map[series]struct{}),
-		foldedSets:    make(map[series]struct{}),
-		reports:       make(map[events.AggregateKey]uint64),
-		deadSince:     make(map[uint64]time.Time),
+		closeWait:      infoCloseWait.desc(),
+		oldest:         infoOldest.desc(),
+		entered:        infoEntered.desc(),
+		closed:         infoClosed.desc(),
+		aborted:        infoAborted.desc(),
+		latency:        infoLatency.desc(),
+		stuck:          infoStuck.desc(),
+		stuckReported:  infoStuckReported.desc(),
+		lost:           infoLost.desc(),
+		overflows:      infoOverflows.desc(),
+		buildInfo:      infoBuild.desc(),
+		hookInfo:       infoHook.desc(),
+		seriesNow:      infoSeries.desc(),
+		folded:         infoFolded.desc(),
+		listenQueue:    infoListenQueue.desc(),
+		listenLimit:    infoListenLimit.desc(),
+		listenDrops:    infoListenDrops.desc(),
+		acceptFailures: infoAcceptFailures.desc(),
+		admitted:       make(map[series]struct{}),
+		foldedSets:     make(map[series]struct{}),
+		reports:        make(map[events.AggregateKey]uint64),
+		deadSince:      make(map[uint64]time.Time),
 	}
 }
 
@@ -369,6 +371,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
 	}
 	c.collectListeners(ch)
+	c.collectAcceptFailures(ch)
 	if c.cfg.Lost != nil {
 		for cause, n := range c.cfg.Lost() {
 			ch <- prometheus.MustNewConstMetric(c.lost, prometheus.CounterValue, float64(n), events.LostCause(cause).String())

@@ -19,12 +19,20 @@ import (
 // tableSource is a kernel aggregate table for unit tests: it records
 // deletions.
 type tableSource struct {
-	mu        sync.Mutex
-	aggs      map[events.AggregateKey]events.Aggregate
-	listeners map[uint32][]events.Listener
+	mu             sync.Mutex
+	aggs           map[events.AggregateKey]events.Aggregate
+	listeners      map[uint32][]events.Listener
+	acceptFailures []events.AcceptFailure
 }
 
 func (s *tableSource) Listening() (map[uint32][]events.Listener, error) { return s.listeners, nil }
+
+func (s *tableSource) AcceptFailures(fn func(events.AcceptFailure)) error {
+	for _, f := range s.acceptFailures {
+		fn(f)
+	}
+	return nil
+}
 
 func (s *tableSource) Aggregates(fn func(a *events.Aggregate)) error {
 	s.mu.Lock()
@@ -205,7 +213,8 @@ func (stuckSockets) All() iter.Seq[track.Info] {
 // type, help and labels, and every catalog entry is served.
 func TestCatalogIsWhatIsServed(t *testing.T) {
 	src := &tableSource{aggs: map[events.AggregateKey]events.Aggregate{key(1, 80): {AggregateKey: key(1, 80), Entered: 2, Closed: 1}},
-		listeners: map[uint32][]events.Listener{1: {{Local: netip.MustParseAddrPort("0.0.0.0:80"), CgroupID: 1, Queue: 1, Backlog: 4096}}}}
+		listeners:      map[uint32][]events.Listener{1: {{Local: netip.MustParseAddrPort("0.0.0.0:80"), CgroupID: 1, Queue: 1, Backlog: 4096}}},
+		acceptFailures: []events.AcceptFailure{{PID: 7, Port: 80, Reason: "emfile", Count: 3, CgroupID: 1}}}
 	c := New(Config{Version: "v1", Hook: "tp_btf", Lost: func() events.LostCounts {
 		return events.LostCounts{events.LostRingbufFull: 1}
 	}}, src, namer{})
@@ -333,6 +342,40 @@ func TestListenerSeries(t *testing.T) {
 			if got[k] != v {
 				t.Errorf("%s: queue, limit, drops %v, want %v", k, got[k], v)
 			}
+		}
+	}
+}
+
+// accept() failures, kept per process in the kernel, are summed by the
+// listener's workload, port and reason.
+func TestAcceptFailureSeries(t *testing.T) {
+	src := &tableSource{acceptFailures: []events.AcceptFailure{
+		{PID: 7, Port: 5984, Reason: "emfile", Count: 3, CgroupID: 1},
+		{PID: 8, Port: 5984, Reason: "emfile", Count: 4, CgroupID: 1}, // another worker of the same pod
+		{PID: 8, Port: 5984, Reason: "enfile", Count: 1, CgroupID: 1},
+		{PID: 9, Port: 80, Reason: "emfile", Count: 2, CgroupID: 2},
+	}}
+	got := map[string]float64{}
+	for _, m := range gather(t, New(Config{}, src, namer{}))["tcptrace_accept_failures_total"].GetMetric() {
+		k := ""
+		for _, l := range m.GetLabel() {
+			if v := l.GetValue(); v != "" {
+				k += l.GetName() + "=" + v + " "
+			}
+		}
+		got[k] = m.GetCounter().GetValue()
+	}
+	want := map[string]float64{
+		"cgroup=/unit-b.service port=5984 reason=emfile ": 7,
+		"cgroup=/unit-b.service port=5984 reason=enfile ": 1,
+		"cgroup=/unit-c.service port=80 reason=emfile ":   2,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("series %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: %v, want %v (all: %v)", k, got[k], v, got)
 		}
 	}
 }

@@ -240,6 +240,10 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, " before start"...)
 		}
 		b = appendOwners(b, e)
+	case events.KindAcceptFailed:
+		// The listener, the reason, the process that cannot accept.
+		b = append(b, e.Reason...)
+		b = appendTask(b, " ", &e.Task)
 	case events.KindDestroyed, events.KindNotDestroyed:
 		if e.AgeKnown {
 			b = appendCompact(b, time.Duration(e.AgeNS))

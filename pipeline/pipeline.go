@@ -405,6 +405,11 @@ func (p *Pipeline) handle(ev *events.Event) {
 		return
 	}
 	switch ev.Kind {
+	case events.KindAcceptFailed:
+		// Not a socket's episode: the listener's holders, and out.
+		p.attr.Owners(ev)
+		p.emit(ev)
+		return
 	case events.KindCloseWait:
 		p.attr.CachedOwners(ev)
 	case events.KindAppClose, events.KindAbort:

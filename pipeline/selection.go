@@ -26,7 +26,7 @@ func Kinds(kinds ...events.Kind) KindSet {
 
 // closewaitKinds are the kinds closewait mode can write, in order.
 var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindListenDrops,
-	events.KindLost, events.KindSummary}
+	events.KindAcceptFailed, events.KindLost, events.KindSummary}
 
 // AllKinds is every kind closewait mode writes.
 var AllKinds = Kinds(closewaitKinds...)
@@ -111,7 +111,7 @@ func (s *Selection) ownerPasses(ev *events.Event) bool {
 	if ev.HasCloser && match(int(ev.Closer.PID), ev.Closer.Comm.String()) {
 		return true
 	}
-	return ev.Kind == events.KindTransition && match(int(ev.Task.PID), ev.Task.Comm.String())
+	return (ev.Kind == events.KindTransition || ev.Kind == events.KindAcceptFailed) && match(int(ev.Task.PID), ev.Task.Comm.String())
 }
 
 // Filter passes to sink only the events sel selects. Status reports and

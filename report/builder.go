@@ -38,6 +38,12 @@ type Namer interface {
 	Workload(cgroupID uint64) (w metrics.Workload, alive bool)
 }
 
+// AcceptFailures is a Source that counts accept() failing for want of a
+// descriptor (the tracer): the holders that ran out.
+type AcceptFailures interface {
+	AcceptFailures(fn func(events.AcceptFailure)) error
+}
+
 // PeerLister lists the remote endpoints our sockets wait on (KernelPeers).
 type PeerLister func() ([]Peer, error)
 
@@ -448,6 +454,17 @@ func (b *Builder) Report() (Report, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("read the kernel's CLOSE-WAIT table: %w", err))
 	}
+	// Processes whose accept() failed with EMFILE: out of descriptors.
+	emfile := make(map[int]uint64)
+	if af, ok := b.src.(AcceptFailures); ok {
+		if err := af.AcceptFailures(func(f events.AcceptFailure) {
+			if f.Reason == "emfile" {
+				emfile[int(f.PID)] += f.Count
+			}
+		}); err != nil {
+			errs = append(errs, fmt.Errorf("read the accept() failures: %w", err))
+		}
+	}
 
 	if b.socks != nil {
 		// Quick work only: All holds the tracker's lock.
@@ -541,6 +558,12 @@ func (b *Builder) Report() (Report, error) {
 		}
 		r.Holders = b.holders(a.owners)
 		r.Exhaustion, r.ExhaustionNever = exhaustion(r.Holders, r.GrowthPerMinute)
+		for i := range r.Holders {
+			h := &r.Holders[i]
+			if h.AcceptFailures = emfile[h.PID]; h.AcceptFailures > 0 {
+				r.Exhausted, r.Exhaustion, r.ExhaustionNever = true, 0, false
+			}
+		}
 		rep.Rows = append(rep.Rows, *r)
 	}
 	slices.SortFunc(rep.Rows, compareRows)

@@ -35,6 +35,16 @@ type fakeSource struct {
 	table    []events.Event
 	aggErr   error
 	tableErr error
+	accepts  []events.AcceptFailure
+}
+
+func (f *fakeSource) AcceptFailures(fn func(events.AcceptFailure)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, a := range f.accepts {
+		fn(a)
+	}
+	return nil
 }
 
 func newFakeSource() *fakeSource {
@@ -499,6 +509,55 @@ func TestHoldersAndExhaustion(t *testing.T) {
 	clk.add(time.Second)
 	if r := mustReport(t, b).Rows[0]; r.Holders[0].OpenFDs != 99 {
 		t.Errorf("open descriptors %d a second later, want 99", r.Holders[0].OpenFDs)
+	}
+}
+
+// A holder whose accept() failed with EMFILE has run out: the row says
+// exhausted whatever the forecast; ENFILE (the system's table) and other
+// processes' failures do not count against the row.
+func TestExhaustedHolder(t *testing.T) {
+	root := t.TempDir()
+	fakeProc(t, root, 1234, 32, 32)
+	fakeProc(t, root, 5678, 10, 1024)
+	src, clk := newFakeSource(), newFakeClock()
+	socks := fakeSockets{
+		stuckSocket(101, 8080, 40000, events.DirInbound, owner(1234, "api", 10)),
+		stuckSocket(101, 8080, 40001, events.DirInbound, owner(5678, "sidecar", 7)),
+	}
+	b := NewBuilder(Config{Now: clk.Now, ProcRoot: root}, src, socks, names, nil)
+	src.update(keyAPI, func(a *events.Aggregate) { a.Entered = 2 })
+	row := func() Row {
+		t.Helper()
+		r, ok := findRow(mustReport(t, b), rowOfAPI, 8080, events.DirInbound)
+		if !ok {
+			t.Fatal("no api row")
+		}
+		return r
+	}
+	if r := row(); r.Exhausted || !r.ExhaustionNever {
+		t.Errorf("before any failure: exhausted %v, never %v", r.Exhausted, r.ExhaustionNever)
+	}
+	src.mu.Lock()
+	src.accepts = []events.AcceptFailure{
+		{PID: 5678, Port: 9000, Reason: "enfile", Count: 4},
+		{PID: 4242, Port: 8080, Reason: "emfile", Count: 9},
+	}
+	src.mu.Unlock()
+	if r := row(); r.Exhausted {
+		t.Errorf("exhausted by another process's EMFILE or a holder's ENFILE: %+v", r)
+	}
+	src.mu.Lock()
+	src.accepts = append(src.accepts, events.AcceptFailure{PID: 1234, Port: 8080, Reason: "emfile", Count: 3},
+		events.AcceptFailure{PID: 1234, Port: 8081, Reason: "emfile", Count: 2})
+	src.mu.Unlock()
+	r := row()
+	if !r.Exhausted || r.ExhaustionNever || r.Exhaustion != 0 {
+		t.Errorf("exhausted %v, never %v, in %v: want exhausted", r.Exhausted, r.ExhaustionNever, r.Exhaustion)
+	}
+	for _, h := range r.Holders {
+		if want := map[int]uint64{1234: 5}[h.PID]; h.AcceptFailures != want {
+			t.Errorf("holder %d: %d accept failures, want %d", h.PID, h.AcceptFailures, want)
+		}
 	}
 }
 

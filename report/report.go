@@ -40,6 +40,10 @@ type Holder struct {
 	// unknown (it exited, or /proc was not readable).
 	OpenFDs int `json:"open_fds"`
 	FDLimit int `json:"fd_limit"`
+	// AcceptFailures counts the process's accept() calls that failed for
+	// want of a descriptor (EMFILE), on any listener, since tcptrace
+	// started: it has run out.
+	AcceptFailures uint64 `json:"accept_failures,omitempty"`
 }
 
 // Row is one workload's sockets on one service port and direction.
@@ -81,6 +85,9 @@ type Row struct {
 	// limit runs out at GrowthPerMinute; Never when not growing.
 	Exhaustion      time.Duration `json:"exhaustion_ns"`
 	ExhaustionNever bool          `json:"exhaustion_never"`
+	// Exhausted: a holder has run out already, its accept() failing for
+	// want of a descriptor (Holder.AcceptFailures); Exhaustion is then 0.
+	Exhausted bool `json:"exhausted,omitempty"`
 
 	// Diagnosis of the row's stuck sockets (see the stuck event's fields).
 	ReadEOF    int `json:"stuck_read_eof"`    // read the peer's FIN, never closed: a close-path bug

@@ -224,6 +224,7 @@ func (t *Tracer) tryCandidate(spec *ebpf.CollectionSpec, c candidate) error {
 		t.loadSnapshot(spec)
 		t.loadScan(spec)
 		t.loadFollowResets(spec, c)
+		t.loadAcceptFailures(spec)
 	}
 	return nil
 }

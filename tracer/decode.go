@@ -44,6 +44,7 @@ const (
 	evCWEnter    = 2
 	evCWLeave    = 3
 	evSnapshot   = 4
+	evAcceptFail = 5
 
 	flagAuxValid   = 1 << 0
 	flagApp        = 1 << 1
@@ -157,6 +158,11 @@ func (d *decoder) decode(b []byte, ev *events.Event) error {
 			ev.FinBootNS = aux
 			ev.AgeNS, ev.AgeKnown = ts-aux, flags&flagAgeUnknown == 0
 		}
+	case evAcceptFail:
+		ev.Kind = events.KindAcceptFailed
+		ev.Task = task
+		ev.Dir = events.DirInbound
+		ev.Reason = acceptReason(b[offSkErr])
 	default:
 		return fmt.Errorf("unknown record kind %d", b[offKind])
 	}

@@ -13,6 +13,30 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type tcptraceAcceptKey struct {
+	_      structs.HostLayout
+	Tgid   uint32
+	Netns  uint32
+	Port   uint16
+	Reason uint8
+	Pad    [5]uint8
+}
+
+type tcptraceAcceptReason uint32
+
+const (
+	tcptraceAcceptReasonACCEPT_EMFILE tcptraceAcceptReason = 1
+	tcptraceAcceptReasonACCEPT_ENFILE tcptraceAcceptReason = 2
+)
+
+type tcptraceAcceptVal struct {
+	_        structs.HostLayout
+	Count    uint64
+	FirstNs  uint64
+	CgroupId uint64
+	Comm     [16]int8
+}
+
 type tcptraceAggKey struct {
 	_        structs.HostLayout
 	CgroupId uint64
@@ -146,18 +170,24 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	TcptraceDestroyBtf  *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_btf"`
-	TcptraceDestroyTp   *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_tp"`
-	TcptraceScan        *ebpf.ProgramSpec `ebpf:"tcptrace_scan"`
-	TcptraceSetStateBtf *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_btf"`
-	TcptraceSetStateTp  *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_tp"`
-	TcptraceSnapshot    *ebpf.ProgramSpec `ebpf:"tcptrace_snapshot"`
+	TcptraceAccept4Enter *ebpf.ProgramSpec `ebpf:"tcptrace_accept4_enter"`
+	TcptraceAccept4Exit  *ebpf.ProgramSpec `ebpf:"tcptrace_accept4_exit"`
+	TcptraceAcceptEnter  *ebpf.ProgramSpec `ebpf:"tcptrace_accept_enter"`
+	TcptraceAcceptExit   *ebpf.ProgramSpec `ebpf:"tcptrace_accept_exit"`
+	TcptraceDestroyBtf   *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_btf"`
+	TcptraceDestroyTp    *ebpf.ProgramSpec `ebpf:"tcptrace_destroy_tp"`
+	TcptraceScan         *ebpf.ProgramSpec `ebpf:"tcptrace_scan"`
+	TcptraceSetStateBtf  *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_btf"`
+	TcptraceSetStateTp   *ebpf.ProgramSpec `ebpf:"tcptrace_set_state_tp"`
+	TcptraceSnapshot     *ebpf.ProgramSpec `ebpf:"tcptrace_snapshot"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
+	AcceptFails *ebpf.MapSpec `ebpf:"accept_fails"`
+	AcceptFd    *ebpf.MapSpec `ebpf:"accept_fd"`
 	Aggregates  *ebpf.MapSpec `ebpf:"aggregates"`
 	Closewait   *ebpf.MapSpec `ebpf:"closewait"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
@@ -170,27 +200,30 @@ type tcptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	EmitAll           *ebpf.VariableSpec `ebpf:"emit_all"`
-	EmitFloorNs       *ebpf.VariableSpec `ebpf:"emit_floor_ns"`
-	FilterCgroupId    *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
-	FilterCgroupLevel *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
-	FilterNetns       *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPorts       *ebpf.VariableSpec `ebpf:"filter_ports"`
-	FollowResets      *ebpf.VariableSpec `ebpf:"follow_resets"`
-	Mode              *ebpf.VariableSpec `ebpf:"mode"`
-	PortBits          *ebpf.VariableSpec `ebpf:"port_bits"`
-	ResetHeld         *ebpf.VariableSpec `ebpf:"reset_held"`
-	UnusedAggKey      *ebpf.VariableSpec `ebpf:"unused_agg_key"`
-	UnusedAggVal      *ebpf.VariableSpec `ebpf:"unused_agg_val"`
-	UnusedCounter     *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedDirection   *ebpf.VariableSpec `ebpf:"unused_direction"`
-	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedEventXflag  *ebpf.VariableSpec `ebpf:"unused_event_xflag"`
-	UnusedScanRec     *ebpf.VariableSpec `ebpf:"unused_scan_rec"`
-	UseCookie         *ebpf.VariableSpec `ebpf:"use_cookie"`
-	UseTaskBtf        *ebpf.VariableSpec `ebpf:"use_task_btf"`
-	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
-	WakeupStep        *ebpf.VariableSpec `ebpf:"wakeup_step"`
+	AcceptFailsLost    *ebpf.VariableSpec `ebpf:"accept_fails_lost"`
+	AcceptUntracked    *ebpf.VariableSpec `ebpf:"accept_untracked"`
+	EmitAll            *ebpf.VariableSpec `ebpf:"emit_all"`
+	EmitFloorNs        *ebpf.VariableSpec `ebpf:"emit_floor_ns"`
+	FilterCgroupId     *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel  *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
+	FilterNetns        *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPorts        *ebpf.VariableSpec `ebpf:"filter_ports"`
+	FollowResets       *ebpf.VariableSpec `ebpf:"follow_resets"`
+	Mode               *ebpf.VariableSpec `ebpf:"mode"`
+	PortBits           *ebpf.VariableSpec `ebpf:"port_bits"`
+	ResetHeld          *ebpf.VariableSpec `ebpf:"reset_held"`
+	UnusedAcceptReason *ebpf.VariableSpec `ebpf:"unused_accept_reason"`
+	UnusedAggKey       *ebpf.VariableSpec `ebpf:"unused_agg_key"`
+	UnusedAggVal       *ebpf.VariableSpec `ebpf:"unused_agg_val"`
+	UnusedCounter      *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDirection    *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEventXflag   *ebpf.VariableSpec `ebpf:"unused_event_xflag"`
+	UnusedScanRec      *ebpf.VariableSpec `ebpf:"unused_scan_rec"`
+	UseCookie          *ebpf.VariableSpec `ebpf:"use_cookie"`
+	UseTaskBtf         *ebpf.VariableSpec `ebpf:"use_task_btf"`
+	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	WakeupStep         *ebpf.VariableSpec `ebpf:"wakeup_step"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -213,6 +246,8 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
+	AcceptFails *ebpf.Map `ebpf:"accept_fails"`
+	AcceptFd    *ebpf.Map `ebpf:"accept_fd"`
 	Aggregates  *ebpf.Map `ebpf:"aggregates"`
 	Closewait   *ebpf.Map `ebpf:"closewait"`
 	Counters    *ebpf.Map `ebpf:"counters"`
@@ -223,6 +258,8 @@ type tcptraceMaps struct {
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
+		m.AcceptFails,
+		m.AcceptFd,
 		m.Aggregates,
 		m.Closewait,
 		m.Counters,
@@ -236,43 +273,54 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	EmitAll           *ebpf.Variable `ebpf:"emit_all"`
-	EmitFloorNs       *ebpf.Variable `ebpf:"emit_floor_ns"`
-	FilterCgroupId    *ebpf.Variable `ebpf:"filter_cgroup_id"`
-	FilterCgroupLevel *ebpf.Variable `ebpf:"filter_cgroup_level"`
-	FilterNetns       *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPorts       *ebpf.Variable `ebpf:"filter_ports"`
-	FollowResets      *ebpf.Variable `ebpf:"follow_resets"`
-	Mode              *ebpf.Variable `ebpf:"mode"`
-	PortBits          *ebpf.Variable `ebpf:"port_bits"`
-	ResetHeld         *ebpf.Variable `ebpf:"reset_held"`
-	UnusedAggKey      *ebpf.Variable `ebpf:"unused_agg_key"`
-	UnusedAggVal      *ebpf.Variable `ebpf:"unused_agg_val"`
-	UnusedCounter     *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedDirection   *ebpf.Variable `ebpf:"unused_direction"`
-	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
-	UnusedEventXflag  *ebpf.Variable `ebpf:"unused_event_xflag"`
-	UnusedScanRec     *ebpf.Variable `ebpf:"unused_scan_rec"`
-	UseCookie         *ebpf.Variable `ebpf:"use_cookie"`
-	UseTaskBtf        *ebpf.Variable `ebpf:"use_task_btf"`
-	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
-	WakeupStep        *ebpf.Variable `ebpf:"wakeup_step"`
+	AcceptFailsLost    *ebpf.Variable `ebpf:"accept_fails_lost"`
+	AcceptUntracked    *ebpf.Variable `ebpf:"accept_untracked"`
+	EmitAll            *ebpf.Variable `ebpf:"emit_all"`
+	EmitFloorNs        *ebpf.Variable `ebpf:"emit_floor_ns"`
+	FilterCgroupId     *ebpf.Variable `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel  *ebpf.Variable `ebpf:"filter_cgroup_level"`
+	FilterNetns        *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPorts        *ebpf.Variable `ebpf:"filter_ports"`
+	FollowResets       *ebpf.Variable `ebpf:"follow_resets"`
+	Mode               *ebpf.Variable `ebpf:"mode"`
+	PortBits           *ebpf.Variable `ebpf:"port_bits"`
+	ResetHeld          *ebpf.Variable `ebpf:"reset_held"`
+	UnusedAcceptReason *ebpf.Variable `ebpf:"unused_accept_reason"`
+	UnusedAggKey       *ebpf.Variable `ebpf:"unused_agg_key"`
+	UnusedAggVal       *ebpf.Variable `ebpf:"unused_agg_val"`
+	UnusedCounter      *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDirection    *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEventXflag   *ebpf.Variable `ebpf:"unused_event_xflag"`
+	UnusedScanRec      *ebpf.Variable `ebpf:"unused_scan_rec"`
+	UseCookie          *ebpf.Variable `ebpf:"use_cookie"`
+	UseTaskBtf         *ebpf.Variable `ebpf:"use_task_btf"`
+	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
+	WakeupStep         *ebpf.Variable `ebpf:"wakeup_step"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	TcptraceDestroyBtf  *ebpf.Program `ebpf:"tcptrace_destroy_btf"`
-	TcptraceDestroyTp   *ebpf.Program `ebpf:"tcptrace_destroy_tp"`
-	TcptraceScan        *ebpf.Program `ebpf:"tcptrace_scan"`
-	TcptraceSetStateBtf *ebpf.Program `ebpf:"tcptrace_set_state_btf"`
-	TcptraceSetStateTp  *ebpf.Program `ebpf:"tcptrace_set_state_tp"`
-	TcptraceSnapshot    *ebpf.Program `ebpf:"tcptrace_snapshot"`
+	TcptraceAccept4Enter *ebpf.Program `ebpf:"tcptrace_accept4_enter"`
+	TcptraceAccept4Exit  *ebpf.Program `ebpf:"tcptrace_accept4_exit"`
+	TcptraceAcceptEnter  *ebpf.Program `ebpf:"tcptrace_accept_enter"`
+	TcptraceAcceptExit   *ebpf.Program `ebpf:"tcptrace_accept_exit"`
+	TcptraceDestroyBtf   *ebpf.Program `ebpf:"tcptrace_destroy_btf"`
+	TcptraceDestroyTp    *ebpf.Program `ebpf:"tcptrace_destroy_tp"`
+	TcptraceScan         *ebpf.Program `ebpf:"tcptrace_scan"`
+	TcptraceSetStateBtf  *ebpf.Program `ebpf:"tcptrace_set_state_btf"`
+	TcptraceSetStateTp   *ebpf.Program `ebpf:"tcptrace_set_state_tp"`
+	TcptraceSnapshot     *ebpf.Program `ebpf:"tcptrace_snapshot"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.TcptraceAccept4Enter,
+		p.TcptraceAccept4Exit,
+		p.TcptraceAcceptEnter,
+		p.TcptraceAcceptExit,
 		p.TcptraceDestroyBtf,
 		p.TcptraceDestroyTp,
 		p.TcptraceScan,

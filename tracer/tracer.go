@@ -174,6 +174,10 @@ type Tracer struct {
 	// of a socket its peer reset; nil when unavailable.
 	destroyColl *ebpf.Collection
 	destroyLink link.Link
+	// accept() failing for want of a descriptor (syscall tracepoints);
+	// nil when unavailable.
+	acceptColl  *ebpf.Collection
+	acceptLinks []link.Link
 	cookie      bool // sock ids are socket cookies
 	listeners   listenerCache
 
@@ -504,6 +508,9 @@ func (t *Tracer) Close() error {
 				it.coll.Close()
 			}
 		}
+		if t.acceptColl != nil {
+			t.acceptColl.Close()
+		}
 		if t.destroyColl != nil {
 			t.destroyColl.Close()
 		}
@@ -528,6 +535,11 @@ func (t *Tracer) detach() error {
 		if t.destroyLink != nil {
 			if err := t.destroyLink.Close(); err != nil && t.detachErr == nil {
 				t.detachErr = fmt.Errorf("detach tcp_destroy_sock: %w", err)
+			}
+		}
+		for _, l := range t.acceptLinks {
+			if err := l.Close(); err != nil && t.detachErr == nil {
+				t.detachErr = fmt.Errorf("detach the accept programs: %w", err)
 			}
 		}
 	})

@@ -172,6 +172,11 @@ func TestCloseWithoutStop(t *testing.T) {
 	} else {
 		t.Log("no tcp_destroy_sock program: resets of held sockets count as aborts")
 	}
+	if tr.CountsAcceptFailures() {
+		want += 4 // accept and accept4, entry and exit
+	} else {
+		t.Log("no accept programs: accept() failures are not counted")
+	}
 	if scan, why := testenv.CanLoadIter(t, "bpf_map_elem"); scan {
 		want++
 	} else {
@@ -227,7 +232,8 @@ func TestAutoAttachChoice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	fmt.Printf("VMTEST_ATTACH kernel=%s point=%s cookie=%v listing=%v scan=%v resets=%v\n", release, tr.AttachPoint(), tr.SocketCookie(), tr.CanList(), tr.ScansInKernel(), tr.FollowsResets())
+	fmt.Printf("VMTEST_ATTACH kernel=%s point=%s cookie=%v listing=%v scan=%v resets=%v accept=%v\n", release, tr.AttachPoint(), tr.SocketCookie(), tr.CanList(),
+		tr.ScansInKernel(), tr.FollowsResets(), tr.CountsAcceptFailures())
 	if want := "tp_btf/inet_sock_set_state"; tr.AttachPoint() != want {
 		t.Errorf("Linux %s: auto chose %s, want %s", release, tr.AttachPoint(), want)
 	}
@@ -240,6 +246,9 @@ func TestAutoAttachChoice(t *testing.T) {
 		{"in-kernel table scan", tr.ScansInKernel(), func() (bool, error) { return testenv.CanLoadIter(t, "bpf_map_elem") }},
 		{"socket listing", tr.CanList(), func() (bool, error) { return testenv.CanLoadIter(t, "tcp") }},
 		{"following resets (tcp_destroy_sock)", tr.FollowsResets(), func() (bool, error) { return testenv.CanAttachRawTP(t, "tcp_destroy_sock") }},
+		{"accept failures (syscalls:sys_exit_accept4)", tr.CountsAcceptFailures(), func() (bool, error) {
+			return testenv.CanAttachTracepoint(t, "syscalls", "sys_exit_accept4")
+		}},
 	} {
 		want, why := c.want()
 		if !want {

@@ -223,9 +223,14 @@ func fmtFDs(h report.Holder) string {
 	return open + "/" + limit
 }
 
-// fmtExhaust is the EXHAUST column: never, now (a holder is at its limit),
-// the forecast, or - when there is none (no holder with a known limit).
+// fmtExhaust is the EXHAUST column: exhausted (a holder's accept() has
+// failed for want of a descriptor), never, now (a holder is at its
+// limit), the forecast, or - when there is none (no holder with a known
+// limit).
 func fmtExhaust(r *report.Row) string {
+	if r.Exhausted {
+		return "exhausted"
+	}
 	if r.ExhaustionNever {
 		return "never"
 	}

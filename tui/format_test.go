@@ -129,6 +129,11 @@ func TestColumnsOfARow(t *testing.T) {
 	if got := fmtExhaust(&full); got != "now" {
 		t.Errorf("exhaust at the limit: %q", got)
 	}
+	out := full
+	out.Exhausted, out.Holders = true, []report.Holder{{PID: 1, Comm: "x", OpenFDs: 1024, FDLimit: 1024, AcceptFailures: 3}}
+	if got := fmtExhaust(&out); got != "exhausted" {
+		t.Errorf("exhaust once accept() failed: %q", got)
+	}
 	if got := fmtHolders(r[0].Holders); got != "4242/server,4243/worker +1" {
 		t.Errorf("holders: %q", got)
 	}

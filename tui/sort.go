@@ -60,11 +60,12 @@ func rowKey(r *report.Row) string {
 // desc compares for a descending order.
 func desc[T cmp.Ordered](a, b T) int { return cmp.Compare(b, a) }
 
-// exhaustRank orders EXHAUST soonest first: a holder at its limit (0),
+// exhaustRank orders EXHAUST soonest first: a holder out of descriptors
+// or at its limit (0),
 // forecasts by time, no forecast, never.
 func exhaustRank(r *report.Row) (int, time.Duration) {
 	switch fmtExhaust(r) {
-	case "now":
+	case "exhausted", "now":
 		return 0, 0
 	case "-":
 		return 2, 0

@@ -169,7 +169,7 @@ func closewaitFlags() []cli.Flag {
 		str(catDetect, "repeat", "0s", "report a stuck socket again at this interval; 0 reports it once"),
 		&cli.BoolFlag{Name: "all", Aliases: []string{"a"}, Category: catSelect,
 			Usage: usage("all", "write every socket that enters CLOSE-WAIT: close_wait and app_close for each, not only stuck ones")},
-		str(catSelect, "events", "", "write only these event kinds, comma-separated: close_wait, stuck, app_close, abort, listen_drops, lost, summary (default: all of them)"),
+		str(catSelect, "events", "", "write only these event kinds, comma-separated: close_wait, stuck, app_close, abort, listen_drops, accept_failed, lost, summary (default: all of them)"),
 		str(catSelect, "min-latency", "0s", "also write the app_close of sockets closed at least this long after the peer's FIN; 0 is off"),
 		list(catFilter, "pid", "only sockets held or closed by this process id (repeatable; in user space, on the owners found)"),
 		list(catFilter, "comm", "only sockets held or closed by a process of this name (repeatable; in user space)"),

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"net"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -9,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/testenv"
+	"github.com/tcptrace/tcptrace/report"
 )
 
 // fullListener listens on loopback with a backlog of 1 and never accepts;
@@ -81,5 +86,90 @@ func TestListenerDropsReported(t *testing.T) {
 		if e.Event == "listen_drops" && e.Listener != nil && e.Listener.LocalPort == port && e.Time != ev.Time {
 			t.Errorf("a second listen_drops for the same drops within a minute: %+v", e)
 		}
+	}
+}
+
+// emfileLeak is a helper: a server limited to 32 descriptors that never
+// closes what it accepts, so that accept() soon fails with EMFILE; it
+// retries, as Go's http.Server does, and says "emfile" at the first
+// failure.
+func emfileLeak(fail func(error)) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		fail(err)
+	}
+	// Go raises the soft limit to the hard one at start-up: lower both.
+	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: 32, Max: 32}); err != nil {
+		fail(err)
+	}
+	fmt.Println(ln.Addr().(*net.TCPAddr).Port)
+	var held []net.Conn
+	said := false
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !said && errors.Is(err, unix.EMFILE) {
+				fmt.Println("emfile")
+				said = true
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		held = append(held, c)
+	}
+}
+
+// A server with RLIMIT_NOFILE 32 that leaks until accept fails: closewait
+// reports its first failure (the listener, the process, emfile) once, and
+// tcptrace_accept_failures_total counts them all.
+func TestAcceptFailsForWantOfDescriptors(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	p, base := startWithMetrics(t)
+	h := startHelper(t, "emfile-leak", 0)
+	port, err := strconv.Atoi(h.line(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := h.cmd.Process.Pid
+	var clients []net.Conn
+	for range 40 {
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients = append(clients, c)
+	}
+	if l := h.line(t); l != "emfile" {
+		t.Fatalf("helper said %q, want emfile", l)
+	}
+	ev := p.next(eventTimeout, "the accept_failed event", func(ev jsonEvent) bool { return ev.Event == "accept_failed" && ev.LocalPort == port })
+	if ev.Reason != "emfile" || ev.Task == nil || ev.Task.PID != pid || !slices.Contains(ev.ownerPIDs(), pid) || ev.SocketInode == 0 {
+		t.Errorf("accept_failed %+v: want emfile, by the helper (pid %d), which holds the listener", ev, pid)
+	}
+	want := map[string]string{"port": strconv.Itoa(port), "reason": "emfile"}
+	for deadline := time.Now().Add(eventTimeout); ; time.Sleep(50 * time.Millisecond) {
+		// The helper retries every 10 ms: the count goes on rising.
+		if s := series(scrape(t, base), "tcptrace_accept_failures_total", want); len(s) == 1 && value(s[0]) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no tcptrace_accept_failures_total%v of 2 or more", want)
+		}
+	}
+	for _, e := range p.drain() {
+		if e.Event == "accept_failed" && e.LocalPort == port && e.Time != ev.Time {
+			t.Errorf("a second accept_failed for the same process and listener: %+v", e)
+		}
+	}
+	// The clients give up: what the server accepted, and what waits in its
+	// queue, stays in CLOSE-WAIT. top says its holder has run out.
+	for _, c := range clients {
+		c.Close()
+	}
+	exhausted := func(r report.Report) bool { row := rowOf(r, port); return row != nil && row.Stuck > 0 && row.Exhausted }
+	row := rowOf(topUntil(t, "the leak's holder exhausted", exhausted, "--threshold", "200ms", "--port", strconv.Itoa(port)), port)
+	if len(row.Holders) == 0 || row.Holders[0].PID != pid || row.Holders[0].AcceptFailures == 0 || row.ExhaustionNever {
+		t.Errorf("top: row %+v, want the helper (pid %d) first among the holders, with its accept() failures", row, pid)
 	}
 }

@@ -183,6 +183,8 @@ func runHelper(role string) {
 			fail(err)
 		}
 		holdForever()
+	case "emfile-leak":
+		emfileLeak(fail) // cost_test.go
 	case "kill-fixture":
 		killFixture(fail)
 	case "leak-many":

@@ -130,6 +130,11 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		if n, err := tr.AggregateOverflows(); err == nil && n > 0 {
 			attrs = append(attrs, "aggregate_overflows", n)
 		}
+		// Every accept() failure is counted unless the kernel's table of
+		// them was full, or the call could not be followed.
+		if lost, untracked, err := tr.AcceptFailuresLost(); err == nil && lost+untracked > 0 {
+			attrs = append(attrs, "accept_failures_uncounted", lost, "accepts_unfollowed", untracked)
+		}
 	}
 	stopPrune()
 	stopSampling()

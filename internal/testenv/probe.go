@@ -7,6 +7,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 )
 
 // What the running kernel offers, probed with programs of the tests' own
@@ -33,6 +34,26 @@ func CanAttachRawTP(tb testing.TB, name string) (bool, error) {
 		Type: ebpf.Tracing, AttachType: ebpf.AttachTraceRawTp, AttachTo: name,
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
 	})
+}
+
+// CanAttachTracepoint reports whether a classic tracepoint program
+// attaches to group:name (syscalls:sys_exit_accept4, say); tracefs must be
+// mounted (tcptrace mounts it when it is not).
+func CanAttachTracepoint(tb testing.TB, group, name string) (bool, error) {
+	tb.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type: ebpf.TracePoint, Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}, License: "GPL",
+	})
+	if err != nil {
+		return false, err
+	}
+	defer prog.Close()
+	l, err := link.Tracepoint(group, name, prog, nil)
+	if err != nil {
+		return false, err
+	}
+	l.Close()
+	return true, nil
 }
 
 // CanReadSocketCookie reports whether a tp_btf program on
