@@ -44,6 +44,10 @@ type AcceptFailures interface {
 	AcceptFailures(fn func(events.AcceptFailure)) error
 }
 
+// ListenerLister lists the listening sockets by network namespace (the
+// tracer's Listening).
+type ListenerLister func() (map[uint32][]events.Listener, error)
+
 // PeerLister lists the remote endpoints our sockets wait on (KernelPeers).
 type PeerLister func() ([]Peer, error)
 
@@ -64,6 +68,10 @@ type Config struct {
 	Now func() time.Time
 	// ProcRoot is where processes' descriptors are counted ("/proc").
 	ProcRoot string
+	// Listeners lists the listening sockets for the report's Listeners
+	// (nil: none); MaxListeners bounds them (default 20).
+	Listeners    ListenerLister
+	MaxListeners int
 	// Warn gets what Report had to leave out of a report it made (the
 	// CLOSE-WAIT table or the peers could not be read); nil ignores it.
 	Warn func(err error)
@@ -71,10 +79,11 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultWindow     = time.Minute
-	DefaultHistory    = 120
-	DefaultMaxHolders = 5
-	DefaultMaxPeers   = 100
+	DefaultWindow       = time.Minute
+	DefaultHistory      = 120
+	DefaultMaxHolders   = 5
+	DefaultMaxPeers     = 100
+	DefaultMaxListeners = 20
 )
 
 // nameTTL is how long a cgroup's workload name is reused: names change
@@ -106,11 +115,29 @@ type Builder struct {
 	namesMu sync.Mutex
 	named   map[uint64]nameEntry
 
+	// The listeners at the last sample, and their drop counts within the
+	// window, by network namespace and inode.
+	listenMu   sync.Mutex
+	listening  map[uint32][]events.Listener
+	listenAt   time.Time
+	listenErr  error
+	dropSeries map[listenerKey][]dropSample
+
 	mu      sync.Mutex
 	samples uint64    // number of the last sample
 	lastT   time.Time // when the last sample was taken
 	keys    map[events.AggregateKey]*keyState
 	rows    map[rowKey]*rowState
+}
+
+type listenerKey struct {
+	netns uint32
+	inode uint64
+}
+
+type dropSample struct {
+	t     time.Time
+	drops uint64
 }
 
 type nameEntry struct {
@@ -170,6 +197,9 @@ func NewBuilder(cfg Config, src Source, socks Sockets, names Namer, peers PeerLi
 	}
 	if cfg.MaxPeers <= 0 {
 		cfg.MaxPeers = DefaultMaxPeers
+	}
+	if cfg.MaxListeners <= 0 {
+		cfg.MaxListeners = DefaultMaxListeners
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -233,6 +263,7 @@ func socketKey(cgroupID uint64, dir events.Direction, local, remote uint16) even
 // window are forgotten.
 func (b *Builder) Sample() error {
 	now := b.cfg.Now()
+	b.sampleListeners(now)
 	type current struct {
 		key                            events.AggregateKey
 		row                            rowKey
@@ -568,6 +599,7 @@ func (b *Builder) Report() (Report, error) {
 	}
 	slices.SortFunc(rep.Rows, compareRows)
 
+	rep.Listeners, rep.ListenersOmitted = b.listenersNow(now, &errs)
 	if b.peers != nil {
 		peers, err := b.peers()
 		if err != nil {

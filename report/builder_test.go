@@ -932,3 +932,42 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("row %+v", r)
 	}
 }
+
+// Listeners in the report: those with connections waiting or dropping,
+// the fastest dropping first, with their drops per minute over the
+// window; an idle listener is left out, and past the bound counted.
+func TestListenersInReport(t *testing.T) {
+	src, clk := newFakeSource(), newFakeClock()
+	ap := netip.MustParseAddrPort
+	var drops uint64
+	list := func() (map[uint32][]events.Listener, error) {
+		return map[uint32][]events.Listener{7: {
+			{Local: ap("0.0.0.0:5984"), Inode: 1, CgroupID: 101, Queue: 129, Backlog: 128, Drops: drops},
+			{Local: ap("127.0.0.1:9000"), Inode: 2, CgroupID: 101, Queue: 3, Backlog: 4096},
+			{Local: ap("[::]:22"), Inode: 3, Queue: 0, Backlog: 128, Drops: 50}, // idle: old drops only
+		}}, nil
+	}
+	b := NewBuilder(Config{Now: clk.Now, Listeners: list}, src, nil, names, nil)
+	for i := range 31 {
+		drops = uint64(100 + 2*i) // 2 a second: 120 a minute
+		b.Sample()
+		clk.add(time.Second)
+	}
+	clk.add(-time.Second)
+	rep := mustReport(t, b)
+	if len(rep.Listeners) != 2 || rep.ListenersOmitted != 0 {
+		t.Fatalf("listeners %+v, want the dropping and the queued ones", rep.Listeners)
+	}
+	l := rep.Listeners[0]
+	if l.Addr != "0.0.0.0:5984" || l.NetNS != 7 || l.Queue != 129 || l.Limit != 128 || l.Drops != 160 ||
+		math.Abs(l.DropsPerMinute-120) > 0.01 || l.Workload != rowOfAPI {
+		t.Errorf("first listener %+v, want 0.0.0.0:5984 dropping 120/min, of the api workload", l)
+	}
+	if q := rep.Listeners[1]; q.Addr != "127.0.0.1:9000" || q.Queue != 3 || q.DropsPerMinute != 0 {
+		t.Errorf("second listener %+v", q)
+	}
+	b = NewBuilder(Config{Now: clk.Now, Listeners: list, MaxListeners: 1}, src, nil, names, nil)
+	if rep := mustReport(t, b); len(rep.Listeners) != 1 || rep.ListenersOmitted != 1 {
+		t.Errorf("bounded to 1: %+v, %d omitted", rep.Listeners, rep.ListenersOmitted)
+	}
+}

@@ -21,6 +21,25 @@ type Report struct {
 	// PeersOmitted counts the peers left out of Peers, beyond its bound
 	// (those with the fewest sockets waiting).
 	PeersOmitted int `json:"peers_omitted,omitempty"`
+	// Listeners is the harm: listening sockets with connections waiting in
+	// their accept queue, or that dropped connections within the window,
+	// most drops first.
+	Listeners []Listener `json:"listeners"`
+	// ListenersOmitted counts those left out beyond the bound.
+	ListenersOmitted int `json:"listeners_omitted,omitempty"`
+}
+
+// Listener is a listening socket: its queue now, and its drops.
+type Listener struct {
+	Addr     string   `json:"addr"` // ip:port
+	NetNS    uint32   `json:"netns"`
+	Workload Workload `json:"workload"` // of the cgroup that created it
+	Queue    uint32   `json:"queue"`    // connections waiting to be accepted
+	Limit    uint32   `json:"limit"`    // the queue's limit (listen backlog)
+	// Drops since the listener was created, and per minute over the
+	// window (or since tcptrace first saw it).
+	Drops          uint64  `json:"drops"`
+	DropsPerMinute float64 `json:"drops_per_minute"`
 }
 
 // Workload names a socket's cgroup: Kubernetes names when known, else the

@@ -241,6 +241,59 @@ func peerLines(peers []report.Peer) []string {
 	return lines
 }
 
+// listenersTitle heads the listeners section, shown only when a listener
+// has connections waiting or dropped some within the window.
+const listenersTitle = "listeners with connections waiting or dropped: clients hang or time out"
+
+var listenerColumns = []struct {
+	title string
+	right bool
+}{
+	{"LISTENER", false}, {"NETNS", true}, {"WORKLOAD", false}, {"QUEUE", true}, {"DROPS", true}, {"DROPS/m", true},
+}
+
+// listenerLines lays the listeners out: the header line, then one line
+// per listener.
+func listenerLines(ls []report.Listener) []string {
+	cells := make([][]string, len(ls))
+	widths := make([]int, len(listenerColumns))
+	for c, lc := range listenerColumns {
+		widths[c] = cellWidth(lc.title)
+	}
+	for i, l := range ls {
+		cells[i] = []string{
+			sanitize(l.Addr),
+			strconv.FormatUint(uint64(l.NetNS), 10),
+			sanitize(workloadName(l.Workload)),
+			fmt.Sprintf("%d/%d", l.Queue, l.Limit),
+			strconv.FormatUint(l.Drops, 10),
+			strconv.FormatFloat(l.DropsPerMinute, 'f', 1, 64),
+		}
+		for c, s := range cells[i] {
+			widths[c] = max(widths[c], cellWidth(s))
+		}
+	}
+	join := func(cs []string) string {
+		var b strings.Builder
+		for c, s := range cs {
+			if c > 0 {
+				b.WriteString("  ")
+			}
+			b.WriteString(pad(s, widths[c], listenerColumns[c].right))
+		}
+		return strings.TrimRight(b.String(), " ")
+	}
+	titles := make([]string, len(listenerColumns))
+	for c, lc := range listenerColumns {
+		titles[c] = lc.title
+	}
+	lines := []string{join(titles)}
+	for _, cs := range cells {
+		lines = append(lines, join(cs))
+	}
+	return lines
+}
+
 // summary is the one-line description of a report.
 func summary(r report.Report) string {
 	n := len(r.Rows)
@@ -274,6 +327,16 @@ func WriteTable(w io.Writer, r report.Report, width int) error {
 		put(t.header())
 		for i := range rows {
 			put(t.line(i))
+		}
+	}
+	if len(r.Listeners) > 0 {
+		put("")
+		put(listenersTitle)
+		for _, l := range listenerLines(r.Listeners) {
+			put(l)
+		}
+		if r.ListenersOmitted > 0 {
+			put(fmt.Sprintf("and %d more listeners not shown", r.ListenersOmitted))
 		}
 	}
 	put("")

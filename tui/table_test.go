@@ -166,3 +166,33 @@ func TestWriteTableSanitizes(t *testing.T) {
 		t.Errorf("comm not shown sanitized:\n%s", out)
 	}
 }
+
+// Listeners in trouble get a section of their own, before the peers, in
+// the table and on the live screen; none, no section.
+func TestListenersSection(t *testing.T) {
+	r := sampleReport(1)
+	if out := writeTable(t, r, 0); strings.Contains(out, listenersTitle) {
+		t.Errorf("a listeners section without listeners:\n%s", out)
+	}
+	r.Listeners = []report.Listener{
+		{Addr: "0.0.0.0:5984", NetNS: 4026531840, Workload: report.Workload{Cgroup: "/system.slice/couchdb.service"}, Queue: 129, Limit: 128, Drops: 4512, DropsPerMinute: 37.5},
+	}
+	r.ListenersOmitted = 2
+	out := writeTable(t, r, 0)
+	for _, w := range []string{
+		listenersTitle,
+		"LISTENER           NETNS  WORKLOAD           QUEUE  DROPS  DROPS/m",
+		"0.0.0.0:5984  4026531840  couchdb.service  129/128   4512     37.5",
+		"and 2 more listeners not shown",
+	} {
+		if !strings.Contains(out, w+"\n") {
+			t.Errorf("no line %q in:\n%s", w, out)
+		}
+	}
+	if strings.Index(out, listenersTitle) > strings.Index(out, peersTitle) {
+		t.Errorf("listeners after the peers:\n%s", out)
+	}
+	if v := view(testModel(160, 40, &r)); !strings.Contains(v, "0.0.0.0:5984") || !strings.Contains(v, listenersTitle) {
+		t.Errorf("the live view shows no listener:\n%s", v)
+	}
+}

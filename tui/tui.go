@@ -106,6 +106,8 @@ type model struct {
 	have  bool
 	rows  []report.Row // rep.Rows in the chosen order
 	peers []report.Peer
+	// listeners with a queue or drops; their section shows only then.
+	listeners []report.Listener
 	sort  sortKey
 
 	sel    int    // selected row
@@ -208,6 +210,7 @@ func (m *model) setReport(r report.Report) {
 	m.rep, m.have = r, true
 	m.rows = sortRows(r.Rows, m.sort)
 	m.peers = sortPeers(r.Peers)
+	m.listeners = r.Listeners
 	m.reselect()
 }
 
@@ -269,6 +272,9 @@ type budget struct {
 	detail int // detail lines: blank, title, diagnosis, holders, history, latency title
 	hist   int // histogram lines
 	peers  int // peers section lines: blank, title, header, peers
+	// listeners section lines: blank, title, header, listeners (none
+	// without a listener in trouble)
+	listeners int
 }
 
 const detailBase = 6
@@ -293,14 +299,26 @@ func (m *model) layout(h int) budget {
 	if len(m.peers) > 0 {
 		npeers = 3 + len(m.peers) // and the header
 	}
+	nlisteners := 0
+	if len(m.listeners) > 0 {
+		nlisteners = 3 + len(m.listeners)
+	}
 	b.rows = take(min(nrows, 3))
 	b.detail = take(detailBase)
 	b.hist = take(min(nhist, 3))
+	// A listener dropping connections is the outage itself: its first
+	// line comes before the peers.
+	if nlisteners > 0 && left >= 4 {
+		b.listeners = take(4)
+	}
 	if left >= 2 {
 		b.peers = take(min(npeers, 4))
 	}
 	b.hist += take(nhist - b.hist)
 	b.rows += take(nrows - b.rows)
+	if b.listeners > 0 {
+		b.listeners += take(nlisteners - b.listeners)
+	}
 	if b.peers > 0 {
 		b.peers += take(npeers - b.peers)
 	}
@@ -375,6 +393,15 @@ func (m *model) draw() string {
 		}
 	}
 	lines = append(lines, detail...)
+
+	// The listeners in trouble.
+	if b.listeners > 0 {
+		ls := []string{"", m.st.title.Render(fit(listenersTitle))}
+		for _, l := range listenerLines(m.listeners) {
+			ls = append(ls, fit("  "+l))
+		}
+		lines = append(lines, ls[:min(len(ls), b.listeners)]...)
+	}
 
 	// The peers.
 	var peers []string

@@ -81,6 +81,16 @@ func TestListenerDropsReported(t *testing.T) {
 			t.Fatalf("listen metrics for %v: queue %v, limit %v, drops %v; want 2, 1 and at least %d", want, q, lim, d, l.Drops)
 		}
 	}
+	// top lists it among the listeners in trouble.
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	listed := func(r report.Report) bool {
+		return slices.ContainsFunc(r.Listeners, func(x report.Listener) bool { return x.Addr == addr })
+	}
+	r := topUntil(t, "the full listener", listed, "--port", strconv.Itoa(port))
+	i := slices.IndexFunc(r.Listeners, func(x report.Listener) bool { return x.Addr == addr })
+	if x := r.Listeners[i]; x.Queue != 2 || x.Limit != 1 || x.Drops < l.Drops || x.Workload.Cgroup != ownCgroup(t) {
+		t.Errorf("top: listener %+v, want queue 2 of 1, at least %d drops, in cgroup %s", x, l.Drops, ownCgroup(t))
+	}
 	// Once: the drops going on are no new episode.
 	for _, e := range p.drain() {
 		if e.Event == "listen_drops" && e.Listener != nil && e.Listener.LocalPort == port && e.Time != ev.Time {

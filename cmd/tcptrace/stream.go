@@ -86,7 +86,7 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 		if cl != nil {
 			names = cl.names
 		}
-		b = report.NewBuilder(report.Config{Threshold: o.track.Threshold, Warn: warnOnce(logger)}, cl.kernel(tr), p.Tracker(), names,
+		b = report.NewBuilder(report.Config{Threshold: o.track.Threshold, Warn: warnOnce(logger), Listeners: tr.Listening}, cl.kernel(tr), p.Tracker(), names,
 			report.KernelPeers(o.tracer.NetNS, o.tracer.Ports))
 		stopSampling = sampleEvery(c.Context, b, time.Second, logger)
 	}

@@ -199,7 +199,7 @@ func startLocalReport(ctx context.Context, o topOptions, log *slog.Logger) (tui.
 	if _, err := p.Snapshot(); err != nil {
 		log.Warn("start-up snapshot incomplete", "error", err)
 	}
-	b := report.NewBuilder(report.Config{Threshold: o.threshold, Warn: warnOnce(log)}, tr, p.Tracker(),
+	b := report.NewBuilder(report.Config{Threshold: o.threshold, Warn: warnOnce(log), Listeners: tr.Listening}, tr, p.Tracker(),
 		attribute.NewWorkloads(nil), report.KernelPeers(o.tracer.NetNS, o.tracer.Ports))
 	runDone := make(chan error, 1)
 	go func() { runDone <- p.Run(ctx) }()
