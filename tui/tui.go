@@ -108,7 +108,7 @@ type model struct {
 	peers []report.Peer
 	// listeners with a queue or drops; their section shows only then.
 	listeners []report.Listener
-	sort  sortKey
+	sort      sortKey
 
 	sel    int    // selected row
 	selKey string // its rowKey, to follow it across refreshes
