@@ -349,6 +349,11 @@ type Event struct {
 	// socket whose accept queue it waits in, when found; nil otherwise.
 	Listener *Listener
 
+	// stuck: the other end of the connection when it is on this host, in
+	// the same network namespace (loopback, or the socket's own address):
+	// the client that closed, and who holds it; nil otherwise.
+	Peer *PeerSocket
+
 	// lost
 	Lost LostCounts
 
@@ -407,6 +412,17 @@ type AcceptFailure struct {
 	Count    uint64
 	CgroupID uint64 // the listener's
 	FirstNS  int64  // CLOCK_BOOTTIME of the first
+}
+
+// PeerSocket is the local other end of a connection: its address (the
+// connection's remote one), its state (FIN_WAIT2 for a client that closed
+// first), its inode (0 when no file holds it: a client that closed its
+// descriptor) and the processes that hold it.
+type PeerSocket struct {
+	Local  netip.AddrPort
+	State  State
+	Inode  uint64
+	Owners []Owner
 }
 
 // K8s names the Kubernetes pod a socket belongs to.

@@ -75,6 +75,9 @@ func samples() []events.Event {
 	abortUnknown.AgeKnown, abortUnknown.FinBootNS = false, 1
 	stuckEOF := stuck
 	stuckEOF.DiagKnown, stuckEOF.ReadEOF, stuckEOF.SinceSendNS, stuckEOF.SinceRecvNS = true, true, 31e9, 32e9
+	// A local client, holding its end in FIN_WAIT2.
+	stuckEOF.Peer = &events.PeerSocket{Local: netip.AddrPortFrom(stuck.RemoteAddr, stuck.RemotePort), State: events.StateFinWait2, Inode: 99,
+		Owners: stuck.Owners[:1]}
 	stuckUnread := stuck
 	stuckUnread.DiagKnown, stuckUnread.UnreadBytes, stuckUnread.SinceSendNS, stuckUnread.SinceRecvNS = true, 100, 0, 31e9
 	exited := ac

@@ -163,6 +163,17 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		dst = appendInt(dst, `,"age_ns":`, e.AgeNS)
 		dst = appendBool(dst, `,"age_known":`, e.AgeKnown)
 		dst = appendInt(dst, `,"threshold_ns":`, e.ThresholdNS)
+		if p := e.Peer; p != nil {
+			dst = append(dst, `,"peer":{"local_addr":"`...)
+			dst = p.Local.Addr().Unmap().AppendTo(dst)
+			dst = appendInt(dst, `","local_port":`, int64(p.Local.Port()))
+			dst = appendState(dst, `,"state":`, p.State)
+			dst = append(dst, `,"socket_inode":`...)
+			dst = strconv.AppendUint(dst, p.Inode, 10)
+			dst = append(dst, ',')
+			dst = appendOwnerList(dst, p.Owners)
+			dst = append(dst, '}')
+		}
 		if e.DiagKnown {
 			dst = append(dst, `,"unread_bytes":`...)
 			dst = strconv.AppendUint(dst, e.UnreadBytes, 10)

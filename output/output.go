@@ -270,11 +270,19 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, " eof-unread"...)
 		case e.Kind == events.KindStuck && e.DiagKnown:
 			b = fmt.Appendf(b, " unread=%d", e.UnreadBytes)
-		case e.Kind == events.KindAbort:
+		}
+		if e.Kind == events.KindAbort {
 			b = append(b, ' ')
 			b = append(b, e.Cause.String()...)
 		}
 		b = appendOwners(b, e)
+		if p := e.Peer; e.Kind == events.KindStuck && p != nil && len(p.Owners) > 0 {
+			// The local client whose connection this is.
+			b = append(b, " client="...)
+			b = strconv.AppendInt(b, int64(p.Owners[0].PID), 10)
+			b = append(b, '/')
+			b = AppendPrintable(b, []byte(p.Owners[0].Comm))
+		}
 	case events.KindAppClose:
 		if e.AgeKnown {
 			b = appendCompact(b, time.Duration(e.AgeNS))

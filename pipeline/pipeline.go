@@ -535,8 +535,15 @@ func (p *Pipeline) refreshOwners(ev *events.Event) time.Duration {
 	if ev.Inode == 0 {
 		ev.Inode = p.currentInode(ev)
 	}
+	ev.Peer = nil
 	if p.diagnose != nil {
 		p.diagnose(ev)
+	}
+	if peer := ev.Peer; peer != nil && peer.Inode != 0 {
+		// The local client: who holds the other end.
+		holder := events.Event{Inode: peer.Inode, NetNS: ev.NetNS}
+		p.attr.Owners(&holder)
+		peer.Owners = holder.Owners
 	}
 	ev.Listener = nil
 	if lf, ok := p.src.(ListenerFinding); ok && ev.Inode == 0 {

@@ -165,6 +165,36 @@ func (d *Diagnoser) Event(ev *events.Event) {
 	}
 	ev.DiagKnown, ev.ReadEOF, ev.UnreadBytes = true, diag.ReadEOF, diag.UnreadBytes
 	ev.SinceSendNS, ev.SinceRecvNS = diag.SinceSend.Nanoseconds(), diag.SinceRecv.Nanoseconds()
+	ev.Peer = d.peer(&s)
+}
+
+// peer finds the other end of a connection that stays on this host: in
+// the socket's network namespace, with the addresses swapped. Only for a
+// loopback peer or one at the socket's own address: a remote one cannot
+// be there, and the lookup would cost a round trip for nothing.
+func (d *Diagnoser) peer(s *CloseWaitSocket) *events.PeerSocket {
+	ra := s.Remote.Addr().Unmap()
+	if !ra.IsLoopback() && ra != s.Local.Addr().Unmap() {
+		return nil
+	}
+	fd, err := d.socket(s.NetNS)
+	if err != nil {
+		return nil
+	}
+	swapped := CloseWaitSocket{NetNS: s.NetNS, Family: s.Family, Local: s.Remote, Remote: s.Local}
+	var p *events.PeerSocket
+	err = sockDiagRequestExt(fd, unix.SOCK_DIAG_BY_FAMILY, &swapped, false, 0, func(b []byte) error {
+		if len(b) < inetDiagMsgSize {
+			return fmt.Errorf("short inet_diag_msg: %d bytes", len(b))
+		}
+		p = &events.PeerSocket{Local: s.Remote, State: events.State(b[1]), Inode: uint64(binary.NativeEndian.Uint32(b[idiagOffInode:]))}
+		return nil
+	})
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		unix.Close(fd)
+		delete(d.socks, s.NetNS)
+	}
+	return p
 }
 
 // Diagnose asks the kernel about a socket in CLOSE-WAIT, by its cookie

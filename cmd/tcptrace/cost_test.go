@@ -183,3 +183,44 @@ func TestAcceptFailsForWantOfDescriptors(t *testing.T) {
 		t.Errorf("top: row %+v, want the helper (pid %d) first among the holders, with its accept() failures", row, pid)
 	}
 }
+
+// The client of a leaked connection, when it is on this host: a stuck
+// report names the process holding the other end (this test, which shut
+// down its side and keeps the socket), its state FIN_WAIT2; a client that
+// closed its descriptor names nobody.
+func TestStuckNamesTheLocalClient(t *testing.T) {
+	_, port := leakServer(t)
+	p := startTracer(t, "closewait", "--port", strconv.Itoa(port), "--threshold", "200ms")
+	held, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.(*net.TCPConn).CloseWrite()
+	closed, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	heldPort, closedPort := held.LocalAddr().(*net.TCPAddr).Port, closed.LocalAddr().(*net.TCPAddr).Port
+	closed.Close()
+	for range 2 {
+		ev := p.next(eventTimeout, "a stuck report", func(ev jsonEvent) bool { return ev.Event == "stuck" && ev.LocalPort == port })
+		pr := ev.Peer
+		switch {
+		case ev.RemotePort == closedPort:
+			// Its end is the kernel's alone now (a time-wait socket, which
+			// sock_diag may not find by address): nobody to name.
+			if pr != nil && (pr.SocketInode != 0 || len(pr.Owner) != 0) {
+				t.Errorf("peer of the closed client %+v: want no holder", pr)
+			}
+		case pr == nil:
+			t.Errorf("stuck %+v: no peer (held client port %d)", ev, heldPort)
+		case ev.RemotePort == heldPort:
+			if pr.LocalPort != heldPort || pr.State != "FIN_WAIT2" || pr.SocketInode == 0 || len(pr.Owner) != 1 || pr.Owner[0].PID != os.Getpid() {
+				t.Errorf("peer %+v: want our socket in FIN_WAIT2, held by us (pid %d)", pr, os.Getpid())
+			}
+		default:
+			t.Errorf("stuck of an unknown client: %+v", ev)
+		}
+	}
+}

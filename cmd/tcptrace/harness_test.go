@@ -407,6 +407,13 @@ type jsonEvent struct {
 		Drops     uint64      `json:"drops"`
 		Owner     []jsonOwner `json:"owner"`
 	} `json:"listener"`
+	Peer *struct {
+		LocalAddr   string      `json:"local_addr"`
+		LocalPort   int         `json:"local_port"`
+		State       string      `json:"state"`
+		SocketInode uint64      `json:"socket_inode"`
+		Owner       []jsonOwner `json:"owner"`
+	} `json:"peer"`
 	// listen_drops
 	Dropped    uint64 `json:"dropped"`
 	IntervalNS int64  `json:"interval_ns"`
