@@ -42,7 +42,7 @@ const (
 )
 
 // The components and what each is for; a new one needs a case here.
-var componentNames = []string{"netns-snapshot", "pin-table"}
+var componentNames = []string{"netns-snapshot", "pin-table", "self-healing"}
 
 // requireTool returns a tool's path, or skips the test without it, or
 // fails with TCPTRACE_REQUIRE_TOOLS=1.
@@ -565,11 +565,17 @@ func TestCapabilitiesAreTheREADMEs(t *testing.T) {
 	for _, name := range componentNames {
 		got := capNames(tracerContainer(t, name, sets[name]).SecurityContext.Capabilities.Add)
 		wantC := baseAdd
-		if name == "netns-snapshot" {
+		switch name {
+		case "netns-snapshot":
 			if !slices.Contains(optional, "SYS_ADMIN") {
 				t.Errorf("README: CAP_SYS_ADMIN is no longer optional")
 			}
 			wantC = slices.Sorted(slices.Values(append(slices.Clone(baseAdd), "SYS_ADMIN")))
+		case "self-healing":
+			if !slices.Contains(optional, "SYS_ADMIN") || !slices.Contains(optional, "NET_ADMIN") {
+				t.Errorf("README: CAP_SYS_ADMIN and CAP_NET_ADMIN are no longer optional")
+			}
+			wantC = slices.Sorted(slices.Values(append(slices.Clone(baseAdd), "NET_ADMIN", "SYS_ADMIN")))
 		}
 		if !slices.Equal(got, wantC) {
 			t.Errorf("%s: adds %v, want %v", name, got, wantC)

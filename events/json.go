@@ -218,6 +218,10 @@ func AppendJSON(dst []byte, e *Event) []byte {
 		if e.Kind == KindDestroyed {
 			dst = append(dst, `,"method":`...)
 			dst = appendStr(dst, e.Method)
+			if e.Reason != "" {
+				dst = append(dst, `,"reason":`...)
+				dst = appendStr(dst, e.Reason)
+			}
 		} else {
 			dst = append(dst, `,"reason":`...)
 			dst = appendStr(dst, e.Reason)

@@ -128,12 +128,14 @@ var (
 	infoStuck = Info{"stuck_sockets", "gauge",
 		"Sockets in CLOSE-WAIT past the threshold now, by the command name of their first holder (empty: unresolved).", stuckLabels}
 	infoStuckReported = Info{"stuck_reported_total", "counter", "Stuck reports made (with --repeat, one per report).", seriesLabels}
-	infoLost          = Info{"events_lost_total", "counter", "Events dropped, by cause (see docs/events.md: every drop is counted).", []string{"cause"}}
-	infoOverflows     = Info{"kernel_aggregate_overflows_total", "counter", "Sockets counted in the kernel's overflow aggregate because its table was full (--max-aggregates).", nil}
-	infoBuild         = Info{"build_info", "gauge", "tcptrace's version, and the Go version that built it.", []string{"version", "goversion"}}
-	infoHook          = Info{"hook_info", "gauge", "The kernel hook tcptrace attached to.", []string{"hook"}}
-	infoSeries        = Info{"metrics_series", "gauge", "Label sets (workload, port, direction) with series of their own.", nil}
-	infoFolded        = Info{"metrics_series_folded_total", "counter",
+	infoDestroyed     = Info{"destroyed_total", "counter",
+		"Sockets in CLOSE-WAIT that closewait --destroy-after destroyed (self-healing); absent without it.", seriesLabels}
+	infoLost      = Info{"events_lost_total", "counter", "Events dropped, by cause (see docs/events.md: every drop is counted).", []string{"cause"}}
+	infoOverflows = Info{"kernel_aggregate_overflows_total", "counter", "Sockets counted in the kernel's overflow aggregate because its table was full (--max-aggregates).", nil}
+	infoBuild     = Info{"build_info", "gauge", "tcptrace's version, and the Go version that built it.", []string{"version", "goversion"}}
+	infoHook      = Info{"hook_info", "gauge", "The kernel hook tcptrace attached to.", []string{"hook"}}
+	infoSeries    = Info{"metrics_series", "gauge", "Label sets (workload, port, direction) with series of their own.", nil}
+	infoFolded    = Info{"metrics_series_folded_total", "counter",
 		"Label sets folded into the series labelled \"other\" because of the series cap (--metrics-max-series).", nil}
 
 	infoKubeSynced  = Info{"kubernetes_cache_synced", "gauge", "1 once the node's pod cache has synced with the API server, 0 before.", nil}
@@ -147,7 +149,7 @@ var (
 func Catalog() []Info {
 	return []Info{
 		infoCloseWait, infoOldest, infoEntered, infoClosed, infoAborted, infoLatency,
-		infoStuck, infoStuckReported,
+		infoStuck, infoStuckReported, infoDestroyed,
 		infoListenQueue, infoListenLimit, infoListenDrops, infoAcceptFailures,
 		infoLost, infoOverflows, infoBuild, infoHook, infoSeries, infoFolded,
 		infoKubeSynced, infoKubeLookups, infoKubeCached,
@@ -210,7 +212,7 @@ type Collector struct {
 	stuck, stuckReported, lost, overflows                *prometheus.Desc
 	buildInfo, hookInfo, seriesNow, folded               *prometheus.Desc
 	listenQueue, listenLimit, listenDrops                *prometheus.Desc
-	acceptFailures                                       *prometheus.Desc
+	acceptFailures, destroyedDesc                        *prometheus.Desc
 
 	mu      sync.Mutex
 	sockets Sockets
@@ -223,6 +225,8 @@ type Collector struct {
 	// Stuck reports by aggregate key, under their own lock.
 	reportsMu sync.Mutex
 	reports   map[events.AggregateKey]uint64
+	// Sockets closewait --destroy-after destroyed, by aggregate key.
+	destroyed map[events.AggregateKey]uint64
 	// deadSince says when a cgroup was first found gone.
 	deadSince map[uint64]time.Time
 }
@@ -258,6 +262,8 @@ func New(cfg Config, src Source, namer Namer) *Collector {
 		admitted:       make(map[series]struct{}),
 		foldedSets:     make(map[series]struct{}),
 		reports:        make(map[events.AggregateKey]uint64),
+		destroyed:      make(map[events.AggregateKey]uint64),
+		destroyedDesc:  infoDestroyed.desc(),
 		deadSince:      make(map[uint64]time.Time),
 	}
 }
@@ -278,7 +284,7 @@ func (c *Collector) Describe(chan<- *prometheus.Desc) {}
 // its own, never the scrape's: the event loop does not wait for a scrape.
 // Reports are kept by aggregate key and named at scrape time.
 func (c *Collector) Write(ev *events.Event) error {
-	if ev.Kind != events.KindStuck {
+	if ev.Kind != events.KindStuck && ev.Kind != events.KindDestroyed {
 		return nil
 	}
 	k := events.AggregateKey{CgroupID: ev.CgroupID, Port: ev.LocalPort, Dir: ev.Dir}
@@ -286,7 +292,11 @@ func (c *Collector) Write(ev *events.Event) error {
 		k.Port = ev.RemotePort
 	}
 	c.reportsMu.Lock()
-	c.reports[k]++
+	if ev.Kind == events.KindStuck {
+		c.reports[k]++
+	} else {
+		c.destroyed[k]++
+	}
 	c.reportsMu.Unlock()
 	return nil
 }
@@ -330,6 +340,8 @@ func (c *Collector) admit(s series) series {
 // agg sums the kernel aggregates of one label set.
 type agg struct {
 	entered, closed, aborted, reports uint64
+	destroyed                         uint64
+	healed                            bool // the policy destroyed some
 	hist                              [events.HistBuckets]uint64
 	sum                               time.Duration
 }
@@ -369,6 +381,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.aborted, prometheus.CounterValue, float64(v.aborted), lv...)
 		ch <- histogram(c.latency, &v.hist, v.sum, lv)
 		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
+		if v.healed {
+			ch <- prometheus.MustNewConstMetric(c.destroyedDesc, prometheus.CounterValue, float64(v.destroyed), lv...)
+		}
 	}
 	c.collectListeners(ch)
 	c.collectAcceptFailures(ch)
@@ -405,6 +420,7 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 	}
 	c.reportsMu.Lock()
 	reports := maps.Clone(c.reports)
+	destroyed := maps.Clone(c.destroyed)
 	c.reportsMu.Unlock()
 	aggErr := c.src.Aggregates(func(a *events.Aggregate) {
 		var s series
@@ -426,6 +442,10 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 			byLabels[s] = v
 		}
 		v.reports += reports[a.AggregateKey]
+		if n, ok := destroyed[a.AggregateKey]; ok {
+			v.destroyed += n
+			v.healed = true
+		}
 		v.entered += a.Entered
 		v.closed += a.Closed
 		v.aborted += a.Aborted
@@ -440,6 +460,7 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 			for _, k := range dead {
 				delete(c.deadSince, k.CgroupID)
 				delete(c.reports, k)
+				delete(c.destroyed, k)
 			}
 			c.reportsMu.Unlock()
 		}

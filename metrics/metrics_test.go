@@ -219,6 +219,9 @@ func TestCatalogIsWhatIsServed(t *testing.T) {
 		return events.LostCounts{events.LostRingbufFull: 1}
 	}}, src, namer{})
 	c.SetSockets(stuckSockets{})
+	if err := c.Write(&events.Event{Kind: events.KindDestroyed, CgroupID: 1, LocalPort: 80, Dir: events.DirInbound}); err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c, NewKubeCollector(func() bool { return true }, func() KubeStats { return KubeStats{Hits: 1} }))
 	fams, err := reg.Gather()

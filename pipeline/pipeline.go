@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -135,7 +136,16 @@ type Config struct {
 	// listen_drops events, when the source lists listeners
 	// (ListenerWatching); 0: never.
 	ListenInterval time.Duration
-	Logger         *slog.Logger
+	// Heal, when set, acts on the tracked sockets every HealInterval
+	// (closewait --destroy-after) and its events go to the sinks.
+	Heal         Healer
+	HealInterval time.Duration
+	Logger       *slog.Logger
+}
+
+// Healer destroys tracked sockets by a policy (package heal).
+type Healer interface {
+	Heal(socks iter.Seq[track.Info]) []events.Event
 }
 
 // Intervals of the loop's housekeeping.
@@ -283,7 +293,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer tick.Stop()
 	now := time.Now()
 	lastLost := now
-	lastSummary := now
+	lastSummary, lastHeal := now, now
 	p.lastStatus = now
 	if p.cfg.ListenInterval > 0 {
 		p.watchListeners(now)
@@ -347,6 +357,13 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			if p.cfg.ListenInterval > 0 && due(p.lastListen, p.cfg.ListenInterval) {
 				p.watchListeners(now)
 			}
+			if p.cfg.Heal != nil && p.track != nil && due(lastHeal, p.cfg.HealInterval) {
+				evs := p.cfg.Heal.Heal(p.track.All())
+				for i := range evs {
+					p.emit(&evs[i])
+				}
+				lastHeal = now
+			}
 			if p.cfg.SummaryInterval > 0 && p.cfg.Summary != nil && due(lastSummary, p.cfg.SummaryInterval) {
 				p.summary()
 				lastSummary = now
@@ -366,6 +383,9 @@ func (p *Pipeline) tickInterval() time.Duration {
 	}
 	if p.cfg.SummaryInterval > 0 {
 		t = min(t, max(p.cfg.SummaryInterval, minTick))
+	}
+	if p.cfg.Heal != nil && p.cfg.HealInterval > 0 {
+		t = min(t, max(p.cfg.HealInterval, minTick))
 	}
 	if p.track == nil {
 		t = minTick

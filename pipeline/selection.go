@@ -26,7 +26,7 @@ func Kinds(kinds ...events.Kind) KindSet {
 
 // closewaitKinds are the kinds closewait mode can write, in order.
 var closewaitKinds = []events.Kind{events.KindCloseWait, events.KindStuck, events.KindAppClose, events.KindAbort, events.KindListenDrops,
-	events.KindAcceptFailed, events.KindLost, events.KindSummary}
+	events.KindAcceptFailed, events.KindDestroyed, events.KindNotDestroyed, events.KindLost, events.KindSummary}
 
 // AllKinds is every kind closewait mode writes.
 var AllKinds = Kinds(closewaitKinds...)

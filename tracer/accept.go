@@ -46,23 +46,11 @@ func (t *Tracer) loadAcceptFailures(spec *ebpf.CollectionSpec) {
 }
 
 func (t *Tracer) attachAccept(spec *ebpf.CollectionSpec) (*ebpf.Collection, []link.Link, error) {
-	spec = spec.Copy()
-	keep := make(map[string]bool)
-	for _, h := range acceptHooks {
-		keep[h.prog] = true
+	progs := make([]string, len(acceptHooks))
+	for i, h := range acceptHooks {
+		progs[i] = h.prog
 	}
-	for n := range spec.Programs {
-		if !keep[n] {
-			delete(spec.Programs, n)
-		}
-	}
-	replacements := make(map[string]*ebpf.Map)
-	for name := range spec.Maps {
-		if m, ok := t.coll.Maps[name]; ok {
-			replacements[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
+	coll, err := t.loadProgramsOn(spec, progs...)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -269,14 +270,7 @@ func attachTracepointDestroy(prog *ebpf.Program) (link.Link, error) {
 
 // loadOn loads one more program on the maps already loaded and attaches it.
 func (t *Tracer) loadOn(spec *ebpf.CollectionSpec, prog string, attach func(*ebpf.Program) (link.Link, error)) (*ebpf.Collection, link.Link, error) {
-	spec = onlyProgram(spec, prog)
-	replacements := make(map[string]*ebpf.Map)
-	for name := range spec.Maps {
-		if m, ok := t.coll.Maps[name]; ok {
-			replacements[name] = m
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
+	coll, err := t.loadProgramsOn(spec, prog)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -288,11 +282,24 @@ func (t *Tracer) loadOn(spec *ebpf.CollectionSpec, prog string, attach func(*ebp
 	return coll, l, nil
 }
 
-// onlyProgram returns a copy of spec without the programs other than name.
-func onlyProgram(spec *ebpf.CollectionSpec, name string) *ebpf.CollectionSpec {
+// loadProgramsOn loads programs of spec on the maps already loaded.
+func (t *Tracer) loadProgramsOn(spec *ebpf.CollectionSpec, progs ...string) (*ebpf.Collection, error) {
+	spec = onlyProgram(spec, progs...)
+	replacements := make(map[string]*ebpf.Map)
+	for name := range spec.Maps {
+		if m, ok := t.coll.Maps[name]; ok {
+			replacements[name] = m
+		}
+	}
+	return ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: replacements})
+}
+
+// onlyProgram returns a copy of spec without the programs other than
+// those named.
+func onlyProgram(spec *ebpf.CollectionSpec, names ...string) *ebpf.CollectionSpec {
 	spec = spec.Copy()
 	for n := range spec.Programs {
-		if n != name {
+		if !slices.Contains(names, n) {
 			delete(spec.Programs, n)
 		}
 	}

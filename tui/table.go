@@ -190,20 +190,19 @@ const (
 	noPeers    = "no socket of ours waits on a peer to close (FIN_WAIT2)"
 )
 
-var peerColumns = []struct {
+// sectionColumn is a column of a section below the rows table.
+type sectionColumn struct {
 	title string
 	right bool
-}{
+}
+
+var peerColumns = []sectionColumn{
 	{"PEER", false}, {"NETNS", true}, {"FIN_WAIT2", true}, {"TIME_WAIT", true}, {"OLDEST FIN_WAIT2", true},
 }
 
 // peerLines lays the peers out: the header line, then one line per peer.
 func peerLines(peers []report.Peer) []string {
 	cells := make([][]string, len(peers))
-	widths := make([]int, len(peerColumns))
-	for c, pc := range peerColumns {
-		widths[c] = cellWidth(pc.title)
-	}
 	for i, p := range peers {
 		oldest := "-"
 		if p.OldestFinWait2 > 0 {
@@ -216,7 +215,19 @@ func peerLines(peers []report.Peer) []string {
 			strconv.Itoa(p.TimeWait),
 			oldest,
 		}
-		for c, s := range cells[i] {
+	}
+	return sectionLines(peerColumns, cells)
+}
+
+// sectionLines lays a section's cells out in columns two spaces apart:
+// the header line, then one line per row.
+func sectionLines(cols []sectionColumn, cells [][]string) []string {
+	widths := make([]int, len(cols))
+	for c, col := range cols {
+		widths[c] = cellWidth(col.title)
+	}
+	for _, row := range cells {
+		for c, s := range row {
 			widths[c] = max(widths[c], cellWidth(s))
 		}
 	}
@@ -226,13 +237,13 @@ func peerLines(peers []report.Peer) []string {
 			if c > 0 {
 				b.WriteString("  ")
 			}
-			b.WriteString(pad(s, widths[c], peerColumns[c].right))
+			b.WriteString(pad(s, widths[c], cols[c].right))
 		}
 		return strings.TrimRight(b.String(), " ")
 	}
-	titles := make([]string, len(peerColumns))
-	for c, pc := range peerColumns {
-		titles[c] = pc.title
+	titles := make([]string, len(cols))
+	for c, col := range cols {
+		titles[c] = col.title
 	}
 	lines := []string{join(titles)}
 	for _, cs := range cells {
@@ -245,10 +256,7 @@ func peerLines(peers []report.Peer) []string {
 // has connections waiting or dropped some within the window.
 const listenersTitle = "listeners with connections waiting or dropped: clients hang or time out"
 
-var listenerColumns = []struct {
-	title string
-	right bool
-}{
+var listenerColumns = []sectionColumn{
 	{"LISTENER", false}, {"NETNS", true}, {"WORKLOAD", false}, {"QUEUE", true}, {"DROPS", true}, {"DROPS/m", true},
 }
 
@@ -256,10 +264,6 @@ var listenerColumns = []struct {
 // per listener.
 func listenerLines(ls []report.Listener) []string {
 	cells := make([][]string, len(ls))
-	widths := make([]int, len(listenerColumns))
-	for c, lc := range listenerColumns {
-		widths[c] = cellWidth(lc.title)
-	}
 	for i, l := range ls {
 		cells[i] = []string{
 			sanitize(l.Addr),
@@ -269,29 +273,8 @@ func listenerLines(ls []report.Listener) []string {
 			strconv.FormatUint(l.Drops, 10),
 			strconv.FormatFloat(l.DropsPerMinute, 'f', 1, 64),
 		}
-		for c, s := range cells[i] {
-			widths[c] = max(widths[c], cellWidth(s))
-		}
 	}
-	join := func(cs []string) string {
-		var b strings.Builder
-		for c, s := range cs {
-			if c > 0 {
-				b.WriteString("  ")
-			}
-			b.WriteString(pad(s, widths[c], listenerColumns[c].right))
-		}
-		return strings.TrimRight(b.String(), " ")
-	}
-	titles := make([]string, len(listenerColumns))
-	for c, lc := range listenerColumns {
-		titles[c] = lc.title
-	}
-	lines := []string{join(titles)}
-	for _, cs := range cells {
-		lines = append(lines, join(cs))
-	}
-	return lines
+	return sectionLines(listenerColumns, cells)
 }
 
 // summary is the one-line description of a report.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/heal"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/output"
 	"github.com/tcptrace/tcptrace/pipeline"
@@ -139,6 +140,13 @@ var envOf = map[string]string{
 	"pin-table":          "TCPTRACE_PIN_TABLE",
 	"pin-dir":            "TCPTRACE_PIN_DIR",
 	"ready-file":         "TCPTRACE_READY_FILE",
+	"destroy-after":      "TCPTRACE_DESTROY_AFTER",
+	"destroy-port":       "TCPTRACE_DESTROY_PORTS",
+	"destroy-pid":        "TCPTRACE_DESTROY_PIDS",
+	"destroy-comm":       "TCPTRACE_DESTROY_COMMS",
+	"destroy-cgroup":     "TCPTRACE_DESTROY_CGROUP",
+	"destroy-rate":       "TCPTRACE_DESTROY_RATE",
+	"destroy-dry-run":    "TCPTRACE_DESTROY_DRY_RUN",
 }
 
 // usage appends the flag's environment variable, as urfave/cli shows it.
@@ -153,6 +161,7 @@ const (
 	catOutput = "Output:"
 	catKernel = "Kernel:"
 	catServe  = "Metrics and Kubernetes:"
+	catHeal   = "Self-healing (off by default):"
 )
 
 func str(cat, name, value, text string, aliases ...string) *cli.StringFlag {
@@ -188,6 +197,15 @@ func closewaitFlags() []cli.Flag {
 		str(catServe, "kubernetes", "auto", "pod names from the Kubernetes API: on, off, or auto (on when a service-account token is mounted, or with --kubeconfig)"),
 		str(catServe, "node-name", "", "this node's name, to watch its pods only (the DaemonSet sets it from spec.nodeName)"),
 		str(catServe, "kubeconfig", "", "kubeconfig file for the Kubernetes API, instead of the in-cluster service account"),
+		str(catHeal, "destroy-after", "0s",
+			"destroy sockets stuck in CLOSE-WAIT this long (at least --threshold), among those the --destroy-* selectors name; their application gets an error on its next use of the socket; 0 is off"),
+		list(catHeal, "destroy-port", "--destroy-after: only sockets with this local or remote port (repeatable)"),
+		list(catHeal, "destroy-pid", "--destroy-after: only sockets held by this process (repeatable)"),
+		list(catHeal, "destroy-comm", "--destroy-after: only sockets held by a process of this name (repeatable)"),
+		str(catHeal, "destroy-cgroup", "", "--destroy-after: only sockets of this cgroup v2 (a path, or a container id) or below it"),
+		str(catHeal, "destroy-rate", "1", "--destroy-after: at most this many sockets destroyed per second"),
+		&cli.BoolFlag{Name: "destroy-dry-run", Category: catHeal,
+			Usage: usage("destroy-dry-run", "--destroy-after: destroy nothing, write a not_destroyed event (dry_run) for each socket it would destroy")},
 	}
 }
 
@@ -350,6 +368,15 @@ type options struct {
 	statusInterval  time.Duration
 	summaryInterval time.Duration
 	serve           serveOptions
+	heal            healOptions
+}
+
+// healOptions are closewait's --destroy-* flags (after 0: off).
+type healOptions struct {
+	after  time.Duration
+	rate   float64
+	dryRun bool
+	sel    heal.Selector
 }
 
 const maxTrackedLimit = 1 << 24
@@ -521,6 +548,9 @@ func closewaitOptions(f flags, o *options) error {
 	if o.serve, err = parseServe(f); err != nil {
 		return err
 	}
+	if o.heal, err = parseHeal(f, t.Threshold); err != nil {
+		return err
+	}
 	o.tracer.EmitAll = sel.EverySocket
 	// The kernel sends the close of a socket that may have been reported
 	// stuck, and of one past the latency floor.
@@ -529,6 +559,72 @@ func closewaitOptions(f flags, o *options) error {
 		o.tracer.EmitFloor = min(t.Threshold, sel.MinLatency)
 	}
 	return nil
+}
+
+// parseHeal reads the --destroy-* flags. The policy needs a selector:
+// destroying every stuck socket of a node is not a default anyone wants.
+func parseHeal(f flags, threshold time.Duration) (healOptions, error) {
+	var h healOptions
+	var err error
+	if h.after, err = f.duration("destroy-after", 0, 100000*time.Hour); err != nil {
+		return h, err
+	}
+	v, from := f.get("destroy-rate")
+	if h.rate, err = strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil || !(h.rate > 0) || h.rate > 100000 {
+		return h, f.errorf(from, v, "want a number of sockets per second above 0, at most 100000")
+	}
+	if h.dryRun, err = f.bool("destroy-dry-run"); err != nil {
+		return h, err
+	}
+	ports, _, err := f.ports("destroy-port")
+	if err != nil {
+		return h, err
+	}
+	for _, p := range ports {
+		if h.sel.Ports == nil {
+			h.sel.Ports = map[uint16]bool{}
+		}
+		h.sel.Ports[p] = true
+	}
+	values, from := f.list("destroy-pid")
+	for _, v := range values {
+		pid, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || pid < 1 {
+			return h, f.errorf(from, v, "want a process id")
+		}
+		if h.sel.PIDs == nil {
+			h.sel.PIDs = map[int]bool{}
+		}
+		h.sel.PIDs[pid] = true
+	}
+	values, from = f.list("destroy-comm")
+	for _, v := range values {
+		if v = strings.TrimSpace(v); v == "" || len(v) > 15 {
+			return h, f.errorf(from, v, "want a process name of 1 to 15 bytes, as in /proc/PID/comm")
+		}
+		if h.sel.Comms == nil {
+			h.sel.Comms = map[string]bool{}
+		}
+		h.sel.Comms[v] = true
+	}
+	if v, from := f.get("destroy-cgroup"); v != "" {
+		sel, err := f.cgroup(v, from)
+		if err != nil {
+			return h, err
+		}
+		h.sel.Cgroup = sel.Path
+	}
+	switch {
+	case h.after == 0 && !h.sel.Empty():
+		return h, usagef("the --destroy-* selectors need --destroy-after DURATION")
+	case h.after == 0:
+		return h, nil
+	case h.sel.Empty():
+		return h, usagef("--destroy-after needs at least one selector (--destroy-port, --destroy-pid, --destroy-comm or --destroy-cgroup): it never destroys every stuck socket of the node")
+	case h.after < threshold:
+		return h, usagef("--destroy-after %v is below --threshold %v: sockets are followed from the threshold on", h.after, threshold)
+	}
+	return h, nil
 }
 
 // terminalWidth reports whether w is a terminal, and its width if known.

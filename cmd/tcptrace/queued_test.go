@@ -19,22 +19,7 @@ import (
 // listener's descriptor.
 func queuedLeak(t *testing.T, n int) (port, fd int) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 4); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port = sa.(*unix.SockaddrInet4).Port
+	port, fd = rawListener(t, 4)
 	for range n {
 		c, err := net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
@@ -122,4 +107,27 @@ func TestQueuedSocketsNameTheListener(t *testing.T) {
 	if code != 0 || destroyed != n || !strings.Contains(stderr, "--include-queued: destroying") {
 		t.Errorf("kill --include-queued: exit %d, %d destroyed, want %d and a warning:\n%s", code, destroyed, n, stderr)
 	}
+}
+
+// rawListener listens on a free loopback port with the given backlog,
+// through the system calls (not Go's net, which asks for SOMAXCONN), and
+// returns the port and descriptor; closed when the test ends.
+func rawListener(t *testing.T, backlog int) (port, fd int) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, backlog); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sa.(*unix.SockaddrInet4).Port, fd
 }

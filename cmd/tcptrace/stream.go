@@ -14,7 +14,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/attribute"
+	"github.com/tcptrace/tcptrace/bootclock"
+	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
+	"github.com/tcptrace/tcptrace/heal"
 	"github.com/tcptrace/tcptrace/internal/oneline"
 	"github.com/tcptrace/tcptrace/metrics"
 	"github.com/tcptrace/tcptrace/output"
@@ -78,6 +81,17 @@ func runTracer(c *cli.Context, mode tracer.Mode) error {
 	}
 	if mode == tracer.ModeCloseWait {
 		cfg.ListenInterval = listenInterval
+	}
+	if o.heal.after > 0 {
+		h, closeHeal, err := newHealer(o.heal, tr, logger)
+		if err != nil {
+			if cl != nil {
+				err = oneline.Join(err, cl.close())
+			}
+			return oneline.Join(err, tr.Close())
+		}
+		defer closeHeal()
+		cfg.Heal, cfg.HealInterval = h, h.Interval()
 	}
 	p := pipeline.New(cfg, tr, attr, sinks...)
 	stopSampling := func() {}
@@ -171,6 +185,34 @@ type sinkFunc func(ev *events.Event) error
 
 func (f sinkFunc) Write(ev *events.Event) error { return f(ev) }
 func (f sinkFunc) Flush() error                 { return nil }
+
+// newHealer makes closewait's self-healing policy (--destroy-after), with
+// a destroyer of its own.
+func newHealer(o healOptions, tr *tracer.Tracer, log *slog.Logger) (*heal.Healer, func(), error) {
+	d, err := tracer.NewDestroyer()
+	if err != nil {
+		return nil, nil, fmt.Errorf("--destroy-after: %w", err)
+	}
+	var paths *cgroup.Resolver
+	if o.sel.Cgroup != "" {
+		root, _ := cgroup.UnifiedRoot()
+		paths = cgroup.NewResolver(root, time.Second)
+	}
+	h := heal.New(heal.Config{
+		After: o.after, Rate: o.rate, DryRun: o.dryRun, Select: o.sel,
+		Destroy: d.Destroy, Method: d.Method(), Cookies: tr.SocketCookie(), List: tracer.ListCloseWaitSockets,
+		CgroupPath: func(id uint64) (string, bool) {
+			if paths == nil {
+				return "", false
+			}
+			return paths.Path(id)
+		},
+		BootNow: bootclock.Now, Logger: log,
+	})
+	log.Warn("self-healing on: sockets in CLOSE-WAIT longer than --destroy-after are destroyed; their applications get an error on their next use",
+		"destroy_after", o.after, "rate", o.rate, "dry_run", o.dryRun, "method", d.Method())
+	return h, func() { d.Close() }, nil
+}
 
 // listenInterval is how often closewait looks at the listeners' drops,
 // for listen_drops events: a sock_diag dump per network namespace.

@@ -274,6 +274,19 @@ func TestBadInvocation(t *testing.T) {
 		{"closewait", "--threshold", "30"},
 		{"trace", "--netns", "-1"},
 		{"trace", "--ready-file", "/no/such/directory/ready"},
+		// Self-healing: a selector is required, and each is checked.
+		{"closewait", "--destroy-after", "10m"},
+		{"closewait", "--destroy-after", "-1m", "--destroy-port", "5984"},
+		{"closewait", "--destroy-after", "soon", "--destroy-port", "5984"},
+		{"closewait", "--destroy-after", "10m", "--destroy-port", "5984", "--destroy-rate", "0"},
+		{"closewait", "--destroy-after", "10m", "--destroy-port", "5984", "--destroy-rate", "fast"},
+		{"closewait", "--destroy-after", "10s", "--threshold", "30s", "--destroy-port", "5984"},
+		{"closewait", "--destroy-after", "10m", "--destroy-port", "http"},
+		{"closewait", "--destroy-after", "10m", "--destroy-pid", "couchdb"},
+		{"closewait", "--destroy-after", "10m", "--destroy-comm", "a-name-longer-than-15"},
+		{"closewait", "--destroy-after", "10m", "--destroy-cgroup", "/no/such/cgroup"},
+		{"closewait", "--destroy-port", "5984"},
+		{"closewait", "--destroy-after", "10m", "--destroy-selector", "x"},
 	} {
 		var stdout, stderr bytes.Buffer
 		err := run(context.Background(), append([]string{"tcptrace"}, args...), &stdout, &stderr)
