@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/tcptrace/tcptrace/events"
-	"github.com/tcptrace/tcptrace/track"
 	"github.com/tcptrace/tcptrace/tracer"
+	"github.com/tcptrace/tcptrace/track"
 )
 
 // sock is a tracked socket: id, port, holder, cgroup, FIN time.
@@ -36,9 +36,11 @@ func TestHealSelectsAndReports(t *testing.T) {
 	var asked []uint64
 	h := New(Config{
 		After: 10 * time.Minute, Rate: 1000, Method: "kfunc", Cookies: true,
-		Select:     Selector{Ports: map[uint16]bool{5984: true}, PIDs: map[int]bool{10: true}, Comms: map[string]bool{"beam.smp": true}, Cgroup: "/kubepods/pod-a"},
-		CgroupPath: func(id uint64) (string, bool) { return map[uint64]string{7: "/kubepods/pod-a/ctr", 8: "/kubepods/pod-ab"}[id], true },
-		BootNow:    func() int64 { return boot },
+		Select: Selector{Ports: map[uint16]bool{5984: true}, PIDs: map[int]bool{10: true}, Comms: map[string]bool{"beam.smp": true}, Cgroup: "/kubepods/pod-a"},
+		CgroupPath: func(id uint64) (string, bool) {
+			return map[uint64]string{7: "/kubepods/pod-a/ctr", 8: "/kubepods/pod-ab"}[id], true
+		},
+		BootNow: func() int64 { return boot },
 		Destroy: func(ts []tracer.CloseWaitSocket) (map[uint64]tracer.DestroyResult, error) {
 			r := map[uint64]tracer.DestroyResult{}
 			for _, s := range ts {
