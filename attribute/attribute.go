@@ -104,7 +104,13 @@ func (a *Attributor) Owners(ev *events.Event) (retry time.Duration) {
 		ev.Owners, ev.OwnerSource = nil, events.OwnerNoFile
 		return 0
 	}
-	found, _, wait := a.owners.ResolveWait(ev.Inode, uint64(ev.NetNS), nil)
+	var hints []int
+	if ev.Kind == events.KindAcceptFailed && ev.Task.PID != 0 {
+		// The process whose accept() failed holds the listener: looked at
+		// first, the answer needs no full scan.
+		hints = []int{int(ev.Task.PID)}
+	}
+	found, _, wait := a.owners.ResolveWait(ev.Inode, uint64(ev.NetNS), hints)
 	a.setOwners(ev, found)
 	return wait
 }

@@ -75,11 +75,49 @@ func (p *Pipeline) watchListeners(now time.Time) {
 
 func (p *Pipeline) emitListenDrops(now time.Time, netns uint32, l events.Listener, dropped uint64, interval time.Duration) {
 	ev := events.Event{Kind: events.KindListenDrops, Time: now, NetNS: netns, CgroupID: l.CgroupID, Inode: l.Inode,
-		Dropped: dropped, DropIntervalNS: interval.Nanoseconds()}
+		Dropped: dropped, DropIntervalNS: interval.Nanoseconds(), Listener: &l}
 	p.attr.Socket(&ev)
-	p.attr.Owners(&ev) // the listener's holders
-	l.Owners = ev.Owners
-	ev.Inode, ev.Owners, ev.OwnerSource = 0, nil, 0
-	ev.Listener = &l
-	p.emit(&ev)
+	p.pendingDrops = append(p.pendingDrops, pendingDrop{ev: ev, giveUp: now.Add(p.maxOwnerWait())})
+	p.retryListenDrops(now)
+}
+
+// pendingDrop is a listen_drops event waiting for its listener's holders:
+// as a stuck report does, it waits (up to the owner wait) for a scan the
+// resolver's budget does not allow yet, rather than name nobody.
+type pendingDrop struct {
+	ev      events.Event
+	retryAt time.Time
+	giveUp  time.Time
+}
+
+// retryListenDrops emits the pending listen_drops events whose holders
+// are found, or whose wait is over.
+func (p *Pipeline) retryListenDrops(now time.Time) {
+	keep := p.pendingDrops[:0]
+	for _, d := range p.pendingDrops {
+		if now.Before(d.retryAt) {
+			keep = append(keep, d)
+			continue
+		}
+		ev := d.ev
+		retry := p.attr.Owners(&ev) // the listener's holders
+		if len(ev.Owners) == 0 && retry > 0 && now.Before(d.giveUp) {
+			d.retryAt = now.Add(retry)
+			keep = append(keep, d)
+			continue
+		}
+		l := *ev.Listener
+		l.Owners = ev.Owners
+		ev.Inode, ev.Owners, ev.OwnerSource = 0, nil, 0
+		ev.Listener = &l
+		p.emit(&ev)
+	}
+	p.pendingDrops = keep
+}
+
+func (p *Pipeline) maxOwnerWait() time.Duration {
+	if w := p.cfg.Track.MaxOwnerWait; w > 0 {
+		return w
+	}
+	return DefaultMaxOwnerWait
 }

@@ -84,3 +84,33 @@ func TestListenDropsWhenTheyStart(t *testing.T) {
 		t.Errorf("its drops start: %d events, want 1", got)
 	}
 }
+
+// A listen_drops event whose listener's holders cannot be looked up yet
+// (the scan budget is spent) waits for them rather than name nobody, and
+// goes out unresolved once the owner wait is over.
+func TestListenDropsWaitForHolders(t *testing.T) {
+	src := &listingSource{fakeSource: newFakeSource()}
+	rec := &recorder{}
+	attr := &fakeAttr{owners: map[uint64]*events.Process{40: {PID: 7, Comm: "beam.smp"}}, busy: 1}
+	p := New(Config{CloseWait: true}, src, attr, rec)
+	t0 := time.Now()
+	l := events.Listener{Local: netip.MustParseAddrPort("0.0.0.0:5984"), Inode: 40}
+	p.emitListenDrops(t0, 1, l, 3, time.Second)
+	if len(rec.evs) != 0 {
+		t.Fatalf("emitted before its holders were looked up: %+v", rec.evs)
+	}
+	p.retryListenDrops(t0.Add(time.Millisecond))
+	if len(rec.evs) != 0 {
+		t.Fatalf("emitted before the retry time: %+v", rec.evs)
+	}
+	p.retryListenDrops(t0.Add(30 * time.Millisecond))
+	if len(rec.evs) != 1 || len(rec.evs[0].Listener.Owners) != 1 || rec.evs[0].Listener.Owners[0].PID != 7 {
+		t.Fatalf("after the retry: %+v", rec.evs)
+	}
+	attr.owners, attr.busy = nil, 1000
+	p.emitListenDrops(t0, 1, l, 3, time.Second)
+	p.retryListenDrops(t0.Add(DefaultMaxOwnerWait + time.Second))
+	if len(rec.evs) != 2 || len(rec.evs[1].Listener.Owners) != 0 {
+		t.Errorf("past the owner wait: %+v, want it out, unresolved", rec.evs)
+	}
+}

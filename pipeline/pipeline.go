@@ -204,8 +204,9 @@ type Pipeline struct {
 	rescans map[uint32]rescan
 
 	// The listeners' drop counts at the last look (watchListeners).
-	listens    map[listenKey]listenState
-	lastListen time.Time
+	listens      map[listenKey]listenState
+	lastListen   time.Time
+	pendingDrops []pendingDrop
 
 	// Sockets the tracker had no room for, by sock id, until they close.
 	refused map[uint64]struct{}
@@ -356,6 +357,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 			if p.cfg.ListenInterval > 0 && due(p.lastListen, p.cfg.ListenInterval) {
 				p.watchListeners(now)
+			} else if len(p.pendingDrops) > 0 {
+				p.retryListenDrops(now)
 			}
 			if p.cfg.Heal != nil && p.track != nil && due(lastHeal, p.cfg.HealInterval) {
 				evs := p.cfg.Heal.Heal(p.track.All())
