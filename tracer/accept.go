@@ -1,7 +1,6 @@
 package tracer
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
@@ -65,8 +64,6 @@ func (t *Tracer) attachAccept(spec *ebpf.CollectionSpec) (*ebpf.Collection, []li
 	for _, h := range acceptHooks {
 		l, err := link.Tracepoint("syscalls", h.tracepoint, coll.Programs[h.prog], nil)
 		switch {
-		case err != nil && h.optional && errors.Is(err, ebpf.ErrNotSupported):
-			continue
 		case err != nil && h.optional:
 			// Absent on this architecture or kernel: accept4 is enough.
 			t.cfg.Logger.Debug("syscall tracepoint unavailable", "tracepoint", h.tracepoint, "error", err)

@@ -49,30 +49,22 @@ func diagnose(fd int, s *CloseWaitSocket) (Diagnosis, error) {
 		if b[1] != tcpCloseWait {
 			return errNotCloseWait
 		}
-		if s.Inode != 0 && uint64(ne.Uint32(b[68:])) != s.Inode {
+		if s.Inode != 0 && uint64(ne.Uint32(b[idiagOffInode:])) != s.Inode {
 			return errNotCloseWait // another socket at these addresses
 		}
 		found = true
-		rqueue := ne.Uint32(b[56:])
+		rqueue := ne.Uint32(b[idiagOffRqueue:])
 		d.ReadEOF = rqueue == 0
 		if rqueue > 0 {
 			d.UnreadBytes = uint64(rqueue - 1)
 		}
-		for a := b[inetDiagMsgSize:]; len(a) >= unix.SizeofNlAttr; {
-			l := int(ne.Uint16(a[0:]))
-			if l < unix.SizeofNlAttr || l > len(a) {
-				break
+		diagAttrs(b, func(typ uint16, ti []byte) {
+			if typ == diagExtInfo && len(ti) >= tcpiLastDataRecv+4 {
+				d.SinceSend = time.Duration(ne.Uint32(ti[tcpiLastDataSent:])) * time.Millisecond
+				d.SinceRecv = time.Duration(ne.Uint32(ti[tcpiLastDataRecv:])) * time.Millisecond
+				info = true
 			}
-			if ne.Uint16(a[2:])&nlaTypeMask == diagExtInfo {
-				ti := a[unix.SizeofNlAttr:l]
-				if len(ti) >= tcpiLastDataRecv+4 {
-					d.SinceSend = time.Duration(ne.Uint32(ti[tcpiLastDataSent:])) * time.Millisecond
-					d.SinceRecv = time.Duration(ne.Uint32(ti[tcpiLastDataRecv:])) * time.Millisecond
-					info = true
-				}
-			}
-			a = a[min((l+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(a)):]
-		}
+		})
 		return nil
 	})
 	switch {
@@ -87,6 +79,20 @@ func diagnose(fd int, s *CloseWaitSocket) (Diagnosis, error) {
 }
 
 var errNotCloseWait = errors.New("not in CLOSE-WAIT")
+
+// diagAttrs calls fn with the type and payload of each netlink attribute
+// after the inet_diag_msg of b, up to the first malformed one.
+func diagAttrs(b []byte, fn func(typ uint16, v []byte)) {
+	ne := binary.NativeEndian
+	for a := b[min(inetDiagMsgSize, len(b)):]; len(a) >= unix.SizeofNlAttr; {
+		l := int(ne.Uint16(a[0:]))
+		if l < unix.SizeofNlAttr || l > len(a) {
+			return
+		}
+		fn(ne.Uint16(a[2:])&nlaTypeMask, a[unix.SizeofNlAttr:l])
+		a = a[min((l+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(a)):]
+	}
+}
 
 // INET_DIAG_INFO (linux/inet_diag.h), an attribute's type bits, and the
 // offsets in struct tcp_info of the times since data was last sent and

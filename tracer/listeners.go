@@ -74,13 +74,8 @@ func listenersIn(ns namespace) ([]events.Listener, error) {
 				Local: netip.AddrPortFrom(ev.LocalAddr, binary.BigEndian.Uint16(b[idiagOffSport:])),
 				Inode: uint64(ne.Uint32(b[idiagOffInode:])), Queue: ne.Uint32(b[idiagOffRqueue:]), Backlog: ne.Uint32(b[idiagOffWqueue:]),
 			}
-			for a := b[inetDiagMsgSize:]; len(a) >= unix.SizeofNlAttr; {
-				n := int(ne.Uint16(a[0:]))
-				if n < unix.SizeofNlAttr || n > len(a) {
-					break
-				}
-				v := a[unix.SizeofNlAttr:n]
-				switch ne.Uint16(a[2:]) & nlaTypeMask {
+			diagAttrs(b, func(typ uint16, v []byte) {
+				switch typ {
 				case diagExtMemInfo:
 					// A listener's sk_drops: what tcp_listendrop counts, the
 					// SYNs and handshakes dropped because a queue was full
@@ -93,8 +88,7 @@ func listenersIn(ns namespace) ([]events.Listener, error) {
 						l.CgroupID = ne.Uint64(v)
 					}
 				}
-				a = a[min((n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1), len(a)):]
-			}
+			})
 			ls = append(ls, l)
 		})
 		if err != nil {
