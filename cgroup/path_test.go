@@ -172,3 +172,21 @@ func TestSelect(t *testing.T) {
 		}
 	}
 }
+
+func TestWithin(t *testing.T) {
+	for _, c := range []struct {
+		path, dir string
+		want      bool
+	}{
+		{"/kubepods/pod-a", "/kubepods/pod-a", true},
+		{"/kubepods/pod-a/ctr", "/kubepods/pod-a", true},
+		{"/kubepods/pod-a/ctr", "/kubepods/pod-a/", true},
+		{"/kubepods/pod-ab", "/kubepods/pod-a", false},
+		{"/kubepods", "/kubepods/pod-a", false},
+		{"/system.slice/x.service", "/", true},
+	} {
+		if got := Within(c.path, c.dir); got != c.want {
+			t.Errorf("Within(%q, %q) = %v, want %v", c.path, c.dir, got, c.want)
+		}
+	}
+}

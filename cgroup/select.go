@@ -16,6 +16,12 @@ type Selected struct {
 	Level uint32
 }
 
+// Within reports whether the cgroup at path is dir or below it (paths
+// relative to the root, as Selected.Path and Resolver.Path give them).
+func Within(path, dir string) bool {
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
 // Select finds the cgroup that spec names in the hierarchy mounted at root:
 // a path (absolute under root, such as /sys/fs/cgroup/system.slice/nginx.service,
 // or relative to root, such as /system.slice/nginx.service), or a container

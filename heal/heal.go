@@ -19,11 +19,11 @@ import (
 	"math"
 	"net/netip"
 	"slices"
-	"strings"
 	"time"
 
 	"golang.org/x/time/rate"
 
+	"github.com/tcptrace/tcptrace/cgroup"
 	"github.com/tcptrace/tcptrace/events"
 	"github.com/tcptrace/tcptrace/tracer"
 	"github.com/tcptrace/tcptrace/track"
@@ -241,7 +241,7 @@ func (h *Healer) selected(i *track.Info) bool {
 	}
 	if s.Cgroup != "" {
 		p, ok := h.cfg.CgroupPath(i.CgroupID)
-		if !ok || (p != s.Cgroup && !strings.HasPrefix(p, strings.TrimSuffix(s.Cgroup, "/")+"/")) {
+		if !ok || !cgroup.Within(p, s.Cgroup) {
 			return false
 		}
 	}

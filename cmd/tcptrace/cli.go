@@ -325,6 +325,46 @@ func (f flags) ports(name string) ([]uint16, string, error) {
 	return ports, from, nil
 }
 
+// pids reads a repeatable flag of process ids.
+func (f flags) pids(name string) ([]int, error) {
+	values, from := f.list(name)
+	var pids []int
+	for _, v := range values {
+		pid, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || pid < 1 {
+			return nil, f.errorf(from, v, "want a process id")
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
+}
+
+// comms reads a repeatable flag of process names, as /proc/PID/comm has
+// them.
+func (f flags) comms(name string) ([]string, error) {
+	values, from := f.list(name)
+	var comms []string
+	for _, v := range values {
+		if v = strings.TrimSpace(v); v == "" || len(v) > 15 {
+			return nil, f.errorf(from, v, "want a process name of 1 to 15 bytes, as in /proc/PID/comm")
+		}
+		comms = append(comms, v)
+	}
+	return comms, nil
+}
+
+// setOf is the set of xs; nil when there are none.
+func setOf[T comparable](xs []T) map[T]bool {
+	if len(xs) == 0 {
+		return nil
+	}
+	set := make(map[T]bool, len(xs))
+	for _, x := range xs {
+		set[x] = true
+	}
+	return set
+}
+
 // netns reads a network namespace inode flag, as readlink shows it or
 // bare; 0 when not given.
 func (f flags) netns(name string) (uint32, error) {
@@ -503,20 +543,11 @@ func closewaitOptions(f flags, o *options) error {
 	if sel.MinLatency > 0 && sel.EverySocket {
 		return usagef("--min-latency has no effect with --all, which writes every close")
 	}
-	values, from := f.list("pid")
-	for _, v := range values {
-		pid, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || pid < 1 {
-			return f.errorf(from, v, "want a process id")
-		}
-		sel.PIDs = append(sel.PIDs, pid)
+	if sel.PIDs, err = f.pids("pid"); err != nil {
+		return err
 	}
-	values, from = f.list("comm")
-	for _, v := range values {
-		if v = strings.TrimSpace(v); v == "" || len(v) > 15 {
-			return f.errorf(from, v, "want a process name of 1 to 15 bytes, as in /proc/PID/comm")
-		}
-		sel.Comms = append(sel.Comms, v)
+	if sel.Comms, err = f.comms("comm"); err != nil {
+		return err
 	}
 	if o.statusInterval, err = f.duration("status-interval", 0, 24*time.Hour); err != nil {
 		return err
@@ -580,33 +611,15 @@ func parseHeal(f flags, threshold time.Duration) (healOptions, error) {
 	if err != nil {
 		return h, err
 	}
-	for _, p := range ports {
-		if h.sel.Ports == nil {
-			h.sel.Ports = map[uint16]bool{}
-		}
-		h.sel.Ports[p] = true
+	pids, err := f.pids("destroy-pid")
+	if err != nil {
+		return h, err
 	}
-	values, from := f.list("destroy-pid")
-	for _, v := range values {
-		pid, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || pid < 1 {
-			return h, f.errorf(from, v, "want a process id")
-		}
-		if h.sel.PIDs == nil {
-			h.sel.PIDs = map[int]bool{}
-		}
-		h.sel.PIDs[pid] = true
+	comms, err := f.comms("destroy-comm")
+	if err != nil {
+		return h, err
 	}
-	values, from = f.list("destroy-comm")
-	for _, v := range values {
-		if v = strings.TrimSpace(v); v == "" || len(v) > 15 {
-			return h, f.errorf(from, v, "want a process name of 1 to 15 bytes, as in /proc/PID/comm")
-		}
-		if h.sel.Comms == nil {
-			h.sel.Comms = map[string]bool{}
-		}
-		h.sel.Comms[v] = true
-	}
+	h.sel.Ports, h.sel.PIDs, h.sel.Comms = setOf(ports), setOf(pids), setOf(comms)
 	if v, from := f.get("destroy-cgroup"); v != "" {
 		sel, err := f.cgroup(v, from)
 		if err != nil {

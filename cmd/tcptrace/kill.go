@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -114,23 +113,11 @@ func parseKill(c *cli.Context) (killOptions, error) {
 	if err != nil {
 		return o, err
 	}
-	for _, p := range ports {
-		if o.ports == nil {
-			o.ports = map[uint16]bool{}
-		}
-		o.ports[p] = true
+	pids, err := f.pids("pid")
+	if err != nil {
+		return o, err
 	}
-	values, from := f.list("pid")
-	for _, v := range values {
-		pid, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || pid < 1 {
-			return o, f.errorf(from, v, "want a process id")
-		}
-		if o.pids == nil {
-			o.pids = map[int]bool{}
-		}
-		o.pids[pid] = true
-	}
+	o.ports, o.pids = setOf(ports), setOf(pids)
 	cg, cgFrom := f.get("cgroup")
 	ct, ctFrom := f.get("container")
 	if cg != "" && ct != "" {
@@ -220,7 +207,7 @@ func runKill(c *cli.Context) error {
 		}
 		if o.cgroup != nil {
 			p, ok := paths.Path(s.CgroupID)
-			if !ok || (p != o.cgroup.Path && !strings.HasPrefix(p, strings.TrimSuffix(o.cgroup.Path, "/")+"/")) {
+			if !ok || !cgroup.Within(p, o.cgroup.Path) {
 				continue
 			}
 		}
