@@ -276,12 +276,9 @@ func (w *Writer) appendRow(b []byte, e *events.Event) []byte {
 			b = append(b, e.Cause.String()...)
 		}
 		b = appendOwners(b, e)
-		if p := e.Peer; e.Kind == events.KindStuck && p != nil && len(p.Owners) > 0 {
+		if p := e.Peer; e.Kind == events.KindStuck && p != nil {
 			// The local client whose connection this is.
-			b = append(b, " client="...)
-			b = strconv.AppendInt(b, int64(p.Owners[0].PID), 10)
-			b = append(b, '/')
-			b = AppendPrintable(b, []byte(p.Owners[0].Comm))
+			b = appendFirstOwner(b, " client=", p.Owners, false)
 		}
 	case events.KindAppClose:
 		if e.AgeKnown {
@@ -328,16 +325,7 @@ func (w *Writer) appendListenDrops(b []byte, e *events.Event) []byte {
 	b = fmt.Appendf(b, "dropped %d in ", e.Dropped)
 	b = appendCompact(b, time.Duration(e.DropIntervalNS))
 	b = fmt.Appendf(b, " queue %d/%d", l.Queue, l.Backlog)
-	if len(l.Owners) > 0 {
-		b = append(b, " listener="...)
-		b = strconv.AppendInt(b, int64(l.Owners[0].PID), 10)
-		b = append(b, '/')
-		b = AppendPrintable(b, []byte(l.Owners[0].Comm))
-		if n := len(l.Owners) - 1; n > 0 {
-			b = fmt.Appendf(b, "+%d", n)
-		}
-	}
-	return b
+	return appendFirstOwner(b, " listener=", l.Owners, true)
 }
 
 // cut shortens a line to width columns (runes, as every escape is already
@@ -394,24 +382,29 @@ func appendSig(b []byte, v float64, unit string) []byte {
 func appendOwners(b []byte, e *events.Event) []byte {
 	switch {
 	case len(e.Owners) > 0:
-		b = append(b, ' ')
-		b = strconv.AppendInt(b, int64(e.Owners[0].PID), 10)
-		b = append(b, '/')
-		b = AppendPrintable(b, []byte(e.Owners[0].Comm))
-		if n := len(e.Owners) - 1; n > 0 {
-			b = fmt.Appendf(b, "+%d", n)
-		}
+		b = appendFirstOwner(b, " ", e.Owners, true)
 	case e.OwnerSource == events.OwnerNoFile && e.Listener != nil:
 		// In an accept queue: the listener's holder does not accept.
 		b = fmt.Appendf(b, " queued %d/%d", e.Listener.Queue, e.Listener.Backlog)
-		if l := e.Listener; len(l.Owners) > 0 {
-			b = append(b, " listener="...)
-			b = strconv.AppendInt(b, int64(l.Owners[0].PID), 10)
-			b = append(b, '/')
-			b = AppendPrintable(b, []byte(l.Owners[0].Comm))
-		}
+		b = appendFirstOwner(b, " listener=", e.Listener.Owners, false)
 	case e.OwnerSource == events.OwnerNoFile:
 		b = append(b, " no-file"...)
+	}
+	return b
+}
+
+// appendFirstOwner appends prefix and the first owner as pid/comm, and
+// with countOthers +N for the N others; nothing without an owner.
+func appendFirstOwner(b []byte, prefix string, owners []events.Owner, countOthers bool) []byte {
+	if len(owners) == 0 {
+		return b
+	}
+	b = append(b, prefix...)
+	b = strconv.AppendInt(b, int64(owners[0].PID), 10)
+	b = append(b, '/')
+	b = AppendPrintable(b, []byte(owners[0].Comm))
+	if n := len(owners) - 1; countOthers && n > 0 {
+		b = fmt.Appendf(b, "+%d", n)
 	}
 	return b
 }
