@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"cmp"
+	"iter"
 	"maps"
 	"slices"
 	"strconv"
@@ -50,6 +51,12 @@ type listenSum struct {
 	queue, limit, drops uint64
 }
 
+func (s *listenSum) add(o listenSum) {
+	s.queue += o.queue
+	s.limit += o.limit
+	s.drops += o.drops
+}
+
 // collectListeners sends the accept-queue metrics of every listener the
 // source lists, read now (a sock_diag dump per network namespace). Label
 // sets past the series cap are folded into "other", in a stable order
@@ -74,32 +81,36 @@ func (c *Collector) collectListeners(ch chan<- prometheus.Metric) {
 				s = &listenSum{}
 				sums[k] = s
 			}
-			s.queue += uint64(l.Queue)
-			s.limit += uint64(l.Backlog)
-			s.drops += l.Drops
+			s.add(listenSum{uint64(l.Queue), uint64(l.Backlog), l.Drops})
 		}
 	}
-	keys := slices.SortedFunc(maps.Keys(sums), func(a, b listenSeries) int {
-		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod),
-			cmp.Compare(a.Container, b.Container), cmp.Compare(a.Cgroup, b.Cgroup))
-	})
-	var other *listenSum
-	for i, k := range keys {
-		s := sums[k]
-		if i >= c.cfg.MaxSeries {
-			if other == nil {
-				other = &listenSum{}
-			}
-			other.queue += s.queue
-			other.limit += s.limit
-			other.drops += s.drops
-			continue
-		}
-		c.sendListen(ch, s, k.Namespace, k.Pod, k.Container, k.Cgroup, strconv.Itoa(int(k.port)))
+	own, folded := capped(maps.Keys(sums), func(a, b listenSeries) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), compareWorkloads(a.Workload, b.Workload))
+	}, c.cfg.MaxSeries)
+	for _, k := range own {
+		c.sendListen(ch, sums[k], k.Namespace, k.Pod, k.Container, k.Cgroup, strconv.Itoa(int(k.port)))
 	}
-	if other != nil {
+	if len(folded) > 0 {
+		other := &listenSum{}
+		for _, k := range folded {
+			other.add(*sums[k])
+		}
 		c.sendListen(ch, other, Other, Other, Other, Other, Other)
 	}
+}
+
+// capped orders label sets by compare (stable across scrapes) and splits
+// them at the series cap: the first have series of their own, the rest
+// are folded into "other".
+func capped[K any](keys iter.Seq[K], compare func(a, b K) int, maxSeries int) (own, folded []K) {
+	sorted := slices.SortedFunc(keys, compare)
+	n := min(len(sorted), maxSeries)
+	return sorted[:n], sorted[n:]
+}
+
+func compareWorkloads(a, b Workload) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Pod, b.Pod),
+		cmp.Compare(a.Container, b.Container), cmp.Compare(a.Cgroup, b.Cgroup))
 }
 
 func (c *Collector) sendListen(ch chan<- prometheus.Metric, s *listenSum, lv ...string) {
@@ -131,20 +142,18 @@ func (c *Collector) collectAcceptFailures(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.acceptFailures, err)
 		return
 	}
-	keys := slices.SortedFunc(maps.Keys(sums), func(a, b acceptSeries) int {
-		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.reason, b.reason), cmp.Compare(a.Namespace, b.Namespace),
-			cmp.Compare(a.Pod, b.Pod), cmp.Compare(a.Container, b.Container), cmp.Compare(a.Cgroup, b.Cgroup))
-	})
-	var other uint64
-	for i, k := range keys {
-		if i >= c.cfg.MaxSeries {
-			other += sums[k]
-			continue
-		}
+	own, folded := capped(maps.Keys(sums), func(a, b acceptSeries) int {
+		return cmp.Or(cmp.Compare(a.port, b.port), cmp.Compare(a.reason, b.reason), compareWorkloads(a.Workload, b.Workload))
+	}, c.cfg.MaxSeries)
+	for _, k := range own {
 		ch <- prometheus.MustNewConstMetric(c.acceptFailures, prometheus.CounterValue, float64(sums[k]),
 			k.Namespace, k.Pod, k.Container, k.Cgroup, strconv.Itoa(int(k.port)), k.reason)
 	}
-	if other > 0 {
+	var other uint64
+	for _, k := range folded {
+		other += sums[k]
+	}
+	if len(folded) > 0 {
 		ch <- prometheus.MustNewConstMetric(c.acceptFailures, prometheus.CounterValue, float64(other), Other, Other, Other, Other, Other, Other)
 	}
 }

@@ -340,8 +340,7 @@ func (c *Collector) admit(s series) series {
 // agg sums the kernel aggregates of one label set.
 type agg struct {
 	entered, closed, aborted, reports uint64
-	destroyed                         uint64
-	healed                            bool // the policy destroyed some
+	destroyed                         uint64 // by the self-healing policy
 	hist                              [events.HistBuckets]uint64
 	sum                               time.Duration
 }
@@ -381,7 +380,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.aborted, prometheus.CounterValue, float64(v.aborted), lv...)
 		ch <- histogram(c.latency, &v.hist, v.sum, lv)
 		ch <- prometheus.MustNewConstMetric(c.stuckReported, prometheus.CounterValue, float64(v.reports), lv...)
-		if v.healed {
+		if v.destroyed > 0 {
 			ch <- prometheus.MustNewConstMetric(c.destroyedDesc, prometheus.CounterValue, float64(v.destroyed), lv...)
 		}
 	}
@@ -442,10 +441,7 @@ func (c *Collector) walk(now time.Time) (map[series]*agg, error) {
 			byLabels[s] = v
 		}
 		v.reports += reports[a.AggregateKey]
-		if n, ok := destroyed[a.AggregateKey]; ok {
-			v.destroyed += n
-			v.healed = true
-		}
+		v.destroyed += destroyed[a.AggregateKey]
 		v.entered += a.Entered
 		v.closed += a.Closed
 		v.aborted += a.Aborted
