@@ -564,20 +564,24 @@ func (p *Pipeline) refreshOwners(ev *events.Event) time.Duration {
 	}
 	if peer := ev.Peer; peer != nil && peer.Inode != 0 {
 		// The local client: who holds the other end.
-		holder := events.Event{Inode: peer.Inode, NetNS: ev.NetNS}
-		p.attr.Owners(&holder)
-		peer.Owners = holder.Owners
+		peer.Owners = p.holdersOf(peer.Inode, ev.NetNS)
 	}
 	ev.Listener = nil
 	if lf, ok := p.src.(ListenerFinding); ok && ev.Inode == 0 {
 		if l, ok := lf.Listener(ev.NetNS, netip.AddrPortFrom(ev.LocalAddr, ev.LocalPort)); ok {
-			holder := events.Event{Inode: l.Inode, NetNS: ev.NetNS}
-			p.attr.Owners(&holder)
-			l.Owners = holder.Owners
+			l.Owners = p.holdersOf(l.Inode, ev.NetNS)
 			ev.Listener = &l
 		}
 	}
 	return p.attr.Owners(ev)
+}
+
+// holdersOf is who holds another socket than the event's (a listener, the
+// local peer), as the attributor finds them.
+func (p *Pipeline) holdersOf(inode uint64, netns uint32) []events.Owner {
+	holder := events.Event{Inode: inode, NetNS: netns}
+	p.attr.Owners(&holder)
+	return holder.Owners
 }
 
 func (p *Pipeline) currentInode(ev *events.Event) uint64 {
