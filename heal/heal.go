@@ -105,24 +105,19 @@ func (h *Healer) Interval() time.Duration {
 	return min(time.Second, max(100*time.Millisecond, time.Duration(float64(time.Second)/h.cfg.Rate)))
 }
 
-type candidate struct {
-	info track.Info
-	fin  int64
-}
-
 // Heal destroys the tracked sockets past the policy's age that the
 // selectors name, oldest first, as many as the rate allows now, and
 // returns their destroyed (or not_destroyed) events.
 func (h *Healer) Heal(socks iter.Seq[track.Info]) []events.Event {
 	due := h.cfg.BootNow() - h.cfg.After.Nanoseconds()
-	var cands []candidate
+	var cands []track.Info
 	seen := make(map[uint64]bool, len(h.done))
 	for info := range socks {
 		seen[info.Sock] = true
 		if h.done[info.Sock] || info.FinBootNS == 0 || info.FinBootNS > due || !h.selected(&info) {
 			continue
 		}
-		cands = append(cands, candidate{info, info.FinBootNS})
+		cands = append(cands, info)
 	}
 	for s := range h.done {
 		if !seen[s] {
@@ -132,13 +127,14 @@ func (h *Healer) Heal(socks iter.Seq[track.Info]) []events.Event {
 	if len(cands) == 0 {
 		return nil
 	}
-	slices.SortFunc(cands, func(a, b candidate) int { return cmp.Compare(a.fin, b.fin) })
+	slices.SortFunc(cands, func(a, b track.Info) int { return cmp.Compare(a.FinBootNS, b.FinBootNS) })
 	now, boot := h.cfg.Now(), h.cfg.BootNow()
 	var evs []events.Event
 	if h.cfg.DryRun {
-		for _, c := range cands {
-			h.done[c.info.Sock] = true
-			ev := event(&c.info, now, boot)
+		for i := range cands {
+			c := &cands[i]
+			h.done[c.Sock] = true
+			ev := event(c, now, boot)
 			ev.Kind, ev.Reason = events.KindNotDestroyed, "dry_run"
 			evs = append(evs, ev)
 		}
@@ -162,20 +158,16 @@ func (h *Healer) Heal(socks iter.Seq[track.Info]) []events.Event {
 	}
 	for i := range cands {
 		c := &cands[i]
-		h.done[c.info.Sock] = true
-		ev := event(&c.info, now, boot)
-		cookie, ok := byCookie[c.info.Sock]
-		switch r := results[cookie]; {
-		case !ok:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "not_found"
-		case r == tracer.Destroyed:
+		h.done[c.Sock] = true
+		ev := event(c, now, boot)
+		r := tracer.NotFound // not in the listing: gone
+		if cookie, ok := byCookie[c.Sock]; ok {
+			r = results[cookie]
+		}
+		if r == tracer.Destroyed {
 			ev.Kind, ev.Method, ev.Reason = events.KindDestroyed, h.cfg.Method, Reason
-		case r == tracer.LeftCloseWait:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "left_close_wait"
-		case r == tracer.NotFound:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "not_found"
-		default:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "failed: "+r.String()
+		} else {
+			ev.Kind, ev.Reason = events.KindNotDestroyed, r.Reason()
 		}
 		evs = append(evs, ev)
 	}
@@ -185,7 +177,7 @@ func (h *Healer) Heal(socks iter.Seq[track.Info]) []events.Event {
 // targets makes the Destroyer's targets of the candidates, with their
 // cookies: the tracked ids, or found by address in a listing. byCookie
 // maps a tracked id to its cookie (absent: not found).
-func (h *Healer) targets(cands []candidate) ([]tracer.CloseWaitSocket, map[uint64]uint64) {
+func (h *Healer) targets(cands []track.Info) ([]tracer.CloseWaitSocket, map[uint64]uint64) {
 	byCookie := make(map[uint64]uint64, len(cands))
 	targets := make([]tracer.CloseWaitSocket, 0, len(cands))
 	type addrKey struct {
@@ -198,7 +190,7 @@ func (h *Healer) targets(cands []candidate) ([]tracer.CloseWaitSocket, map[uint6
 		listed = make(map[addrKey]uint64)
 		nss := make(map[uint32]bool)
 		for _, c := range cands {
-			nss[c.info.NetNS] = true
+			nss[c.NetNS] = true
 		}
 		for ns := range nss {
 			socks, err := h.cfg.List(ns)
@@ -210,8 +202,8 @@ func (h *Healer) targets(cands []candidate) ([]tracer.CloseWaitSocket, map[uint6
 			}
 		}
 	}
-	for _, c := range cands {
-		i := &c.info
+	for k := range cands {
+		i := &cands[k]
 		cookie := i.Sock
 		if !h.cfg.Cookies {
 			var ok bool

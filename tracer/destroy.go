@@ -318,6 +318,18 @@ func (r DestroyResult) String() string {
 	return fmt.Sprintf("DestroyResult(%d)", int(r))
 }
 
+// Reason is the not_destroyed event's reason for a target not Destroyed:
+// left_close_wait, not_found, or "failed: " and what happened.
+func (r DestroyResult) Reason() string {
+	switch r {
+	case LeftCloseWait:
+		return "left_close_wait"
+	case NotFound:
+		return "not_found"
+	}
+	return "failed: " + r.String()
+}
+
 // The methods a Destroyer may use.
 const (
 	// DestroyKfunc: the bpf_sock_destroy kfunc, called from an iter/tcp

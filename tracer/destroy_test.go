@@ -583,3 +583,13 @@ func TestDestroyUnknownNetNS(t *testing.T) {
 		})
 	}
 }
+
+func TestDestroyResultReason(t *testing.T) {
+	for r, want := range map[tracer.DestroyResult]string{
+		tracer.LeftCloseWait: "left_close_wait", tracer.NotFound: "not_found", tracer.Failed: "failed: failed",
+	} {
+		if got := r.Reason(); got != want {
+			t.Errorf("%v: reason %q, want %q", r, got, want)
+		}
+	}
+}

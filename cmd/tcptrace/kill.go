@@ -337,14 +337,11 @@ func runKill(c *cli.Context) error {
 				ev.AgeNS = ev.Time.Sub(now).Nanoseconds() + ev.AgeNS
 			}
 			destroyed++
-		case tracer.LeftCloseWait:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "left_close_wait"
-			left++
-		case tracer.NotFound:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "not_found"
+		case tracer.LeftCloseWait, tracer.NotFound:
+			ev.Kind, ev.Reason = events.KindNotDestroyed, r.Reason()
 			left++
 		default:
-			ev.Kind, ev.Reason = events.KindNotDestroyed, "failed: "+r.String()
+			ev.Kind, ev.Reason = events.KindNotDestroyed, r.Reason()
 			failed++
 		}
 		// The sockets are destroyed already: an output that fails (a full
