@@ -157,16 +157,33 @@ func (t *Tracer) Listener(netns uint32, local netip.AddrPort) (events.Listener, 
 	return FindListener(l.ls, local)
 }
 
+// listeningCache is the last Listening answer: the metrics' scrape, the
+// drop watch and the leak report's samples each ask, and within a second
+// one listing answers for all.
+type listeningCache struct {
+	mu   sync.Mutex
+	at   time.Time
+	byNS map[uint32][]events.Listener
+	err  error
+}
+
 // Listening lists the listening sockets the tracer's selection covers
 // (its network namespace and ports, when set), by network namespace: for
-// the accept-queue metrics and the drop watch.
+// the accept-queue metrics, the drop watch and the leak report. The
+// answer is at most a second old and shared: callers must not modify it.
 func (t *Tracer) Listening() (map[uint32][]events.Listener, error) {
+	c := &t.listening
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.at.IsZero() && time.Since(c.at) < listenersMaxAge {
+		return c.byNS, c.err
+	}
 	byNS, err := ListListeners(t.cfg.NetNS)
-	if len(t.cfg.Ports) == 0 {
-		return byNS, err
+	if len(t.cfg.Ports) > 0 {
+		for ns, ls := range byNS {
+			byNS[ns] = slices.DeleteFunc(ls, func(l events.Listener) bool { return !slices.Contains(t.cfg.Ports, l.Local.Port()) })
+		}
 	}
-	for ns, ls := range byNS {
-		byNS[ns] = slices.DeleteFunc(ls, func(l events.Listener) bool { return !slices.Contains(t.cfg.Ports, l.Local.Port()) })
-	}
+	c.at, c.byNS, c.err = time.Now(), byNS, err
 	return byNS, err
 }

@@ -180,6 +180,7 @@ type Tracer struct {
 	acceptLinks []link.Link
 	cookie      bool // sock ids are socket cookies
 	listeners   listenerCache
+	listening   listeningCache
 
 	// Time in the previous state, for trace mode; nil in closewait mode.
 	states *stateClock
