@@ -125,14 +125,12 @@ func acceptReason(r uint8) string {
 	return fmt.Sprintf("unknown_%d", r)
 }
 
-// commOf is a kernel comm (char[16]) up to its NUL.
+// commOf is a kernel comm (char[16]) as events.Comm reads it: up to its
+// NUL.
 func commOf(c [16]int8) string {
-	b := make([]byte, 0, len(c))
-	for _, x := range c {
-		if x == 0 {
-			break
-		}
-		b = append(b, byte(x))
+	var b events.Comm
+	for i, x := range c {
+		b[i] = byte(x)
 	}
-	return string(b)
+	return b.String()
 }
